@@ -1,0 +1,105 @@
+"""Training losses: EDM's VP, VE and EDM formulations (Karras et al., 2022, Table 1), with the noise
+drawn from the PFGM++ kernel. D=None is the diffusion model and reproduces EDM's losses exactly;
+a finite D changes only the noise, through training.pfgmpp.sample_noise."""
+
+from typing import Optional
+
+import torch
+
+from training import pfgmpp
+
+#----------------------------------------------------------------------------
+# Shared body: sigma ~ p(sigma), n ~ p_r(. | 0), loss = lambda(sigma) * |D_theta(y + n, sigma) - y|^2.
+
+class _DenoisingLoss:
+    """Base class; subclasses define sample_sigma() (the training p(sigma)) and weight() (lambda)."""
+
+    def __init__(self, D: Optional[float] = None):
+        self.D = pfgmpp.check_D(D)
+
+    def sample_sigma(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, net, images: torch.Tensor, labels: Optional[torch.Tensor] = None, augment_pipe=None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Per-element weighted loss [B, C, H, W] for clean `images` [B, C, H, W].
+
+        Random draws, in EDM's order: sigma, then the augmentation, then the noise; all from
+        `generator` (or torch's global generator when None)."""
+        if images.ndim != 4:
+            raise ValueError(f'images must be [B, C, H, W], got shape {list(images.shape)}.')
+        sigma = self.sample_sigma(images.shape[0], images.device, generator).reshape(-1, 1, 1, 1)
+        weight = self.weight(sigma)
+        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
+        n = pfgmpp.sample_noise(y.shape, sigma, D=self.D, generator=generator, device=y.device).to(y.dtype)
+        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
+        return weight * ((D_yn - y) ** 2)
+
+
+def _uniform(batch, device, generator):
+    draw_device = generator.device if generator is not None else device
+    return torch.rand([batch], device=draw_device, generator=generator).to(device)
+
+
+def _normal(batch, device, generator):
+    draw_device = generator.device if generator is not None else device
+    return torch.randn([batch], device=draw_device, generator=generator).to(device)
+
+#----------------------------------------------------------------------------
+# VP (Song et al., 2021): t ~ U(epsilon_t, 1), sigma = sigma_vp(t), lambda = 1 / sigma^2.
+
+class VPLoss(_DenoisingLoss):
+    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, D: Optional[float] = None):
+        super().__init__(D)
+        self.beta_d = beta_d
+        self.beta_min = beta_min
+        self.epsilon_t = epsilon_t
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (EDM, Table 1, VP)."""
+        t = torch.as_tensor(t)
+        return (0.5 * self.beta_d * (t ** 2) + self.beta_min * t).exp().sub(1).sqrt()
+
+    def sample_sigma(self, batch, device, generator=None):
+        rnd_uniform = _uniform(batch, device, generator)
+        return self.sigma(1 + rnd_uniform * (self.epsilon_t - 1))
+
+    def weight(self, sigma):
+        return 1 / sigma ** 2
+
+#----------------------------------------------------------------------------
+# VE (Song et al., 2021): log sigma ~ U(log sigma_min, log sigma_max), lambda = 1 / sigma^2.
+
+class VELoss(_DenoisingLoss):
+    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100, D: Optional[float] = None):
+        super().__init__(D)
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+
+    def sample_sigma(self, batch, device, generator=None):
+        rnd_uniform = _uniform(batch, device, generator)
+        return self.sigma_min * ((self.sigma_max / self.sigma_min) ** rnd_uniform)
+
+    def weight(self, sigma):
+        return 1 / sigma ** 2
+
+#----------------------------------------------------------------------------
+# EDM (Karras et al., 2022): ln sigma ~ N(P_mean, P_std^2),
+# lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Table 1).
+
+class EDMLoss(_DenoisingLoss):
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, D: Optional[float] = None):
+        super().__init__(D)
+        self.P_mean = P_mean
+        self.P_std = P_std
+        self.sigma_data = sigma_data
+
+    def sample_sigma(self, batch, device, generator=None):
+        rnd_normal = _normal(batch, device, generator)
+        return (rnd_normal * self.P_std + self.P_mean).exp()
+
+    def weight(self, sigma):
+        return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2

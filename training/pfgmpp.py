@@ -1,0 +1,193 @@
+"""The PFGM++ perturbation kernel: the one place where the augmented dimension D enters.
+
+PFGM++ (Xu et al., 2023) embeds N-dimensional data in N+D dimensions. With r = sigma * sqrt(D), the
+perturbation kernel is
+
+    p_r(x | y)  proportional to  (|x - y|^2 + r^2)^(-(N+D)/2)                      (Equation 4)
+
+whose norm R = |x - y| satisfies (R / r)^2 ~ BetaPrime(N/2, D/2) with a uniformly random direction.
+That is exactly the multivariate Student t distribution with D degrees of freedom and scale sigma:
+
+    n = sigma * g / sqrt(c / D),   g ~ N(0, I_N),   c ~ chi^2(D) = 2 * Gamma(D/2)
+
+because |g|^2 ~ chi^2(N) is independent of the direction g / |g|, and (|g|^2/2) / (c/2) is a ratio of
+independent Gamma(N/2) and Gamma(D/2) draws, i.e. BetaPrime(N/2, D/2). The law is exact for every N
+and D (no clipping of a Beta draw), costs one Gaussian per element plus one Gamma draw per sample, and
+tends to sigma * g, the diffusion kernel, as D -> infinity (D=None), using the same g.
+
+Training draws its noise from sample_noise() and sampling draws its starting point from
+sample_prior(); nothing else in the code base depends on D.
+"""
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+__all__ = ['check_D', 'sample_noise', 'sample_prior', 'ideal_denoiser', 'sample_gamma_log']
+
+SigmaLike = Union[float, int, torch.Tensor]
+
+#----------------------------------------------------------------------------
+# Argument checks shared by everything that takes D or sigma.
+
+def check_D(D: Optional[float]) -> Optional[float]:
+    """Validate the augmented dimension: None (D -> infinity, diffusion) or a finite real D > 0."""
+    if D is None:
+        return None
+    if isinstance(D, bool) or not isinstance(D, (int, float)):
+        raise ValueError(f'D must be a positive number or None (diffusion), got {D!r}.')
+    D = float(D)
+    if not math.isfinite(D) or D <= 0:
+        raise ValueError(f'D must be a finite number > 0 (or None for diffusion), got {D}.')
+    return D
+
+
+def _sigma_per_sample(sigma: SigmaLike, batch: int, device: Optional[torch.device]) -> torch.Tensor:
+    """Return sigma as a float64 tensor of shape [batch], checking it is finite and >= 0."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, torch.Tensor)):
+        raise ValueError(f'sigma must be a float or a tensor, got {type(sigma).__name__}.')
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=device)
+    if sigma.numel() == 1:
+        sigma = sigma.reshape(1).expand(batch)
+    elif sigma.numel() == batch and sigma.ndim >= 1 and sigma.shape[0] == batch:
+        sigma = sigma.reshape(batch)
+    else:
+        raise ValueError(f'sigma must be a scalar or hold one value per sample ({batch}), got shape {list(sigma.shape)}.')
+    if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any()):
+        raise ValueError('sigma must be finite and >= 0; got NaN, infinite or negative values.')
+    return sigma
+
+
+def _check_shape(shape: Sequence[int]) -> tuple:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise ValueError(f'shape must be [batch, ...] with at least one data dimension and positive sizes, got {list(shape)}.')
+    return shape
+
+#----------------------------------------------------------------------------
+# Gamma draws from an explicit torch.Generator (torch.distributions.Gamma cannot take one).
+
+def sample_gamma_log(alpha: float, num: int, generator: Optional[torch.Generator] = None,
+                     device: Optional[torch.device] = None) -> torch.Tensor:
+    """log of `num` independent Gamma(alpha, 1) draws, float64 [num].
+
+    Marsaglia and Tsang's (2000) exact rejection method, vectorised over the batch: each round
+    redraws only the rejected entries, so the result depends only on the generator's state. For
+    alpha < 1 it draws Gamma(alpha + 1) and multiplies by U^(1/alpha), done in log space so that a
+    tiny alpha cannot underflow to log(0).
+    """
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f'Gamma shape must be finite and > 0, got {alpha}.')
+    kw = dict(dtype=torch.float64, device=device, generator=generator)
+    a = alpha + 1 if alpha < 1 else alpha
+    d = a - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    out = torch.empty(num, dtype=torch.float64, device=device)
+    pending = torch.arange(num, device=device)
+    while pending.numel() > 0:
+        x = torch.randn(pending.numel(), **kw)
+        u = torch.rand(pending.numel(), **kw)
+        v = (1 + c * x) ** 3
+        log_v = torch.log(v.clamp(min=torch.finfo(torch.float64).tiny))
+        accept = (v > 0) & (torch.log(u) < 0.5 * x ** 2 + d - d * v + d * log_v)
+        out[pending[accept]] = math.log(d) + log_v[accept]
+        pending = pending[~accept]
+    if alpha < 1:
+        out = out + torch.log(torch.rand(num, **kw)) / alpha
+    return out
+
+#----------------------------------------------------------------------------
+# The kernel: training noise and prior.
+
+def sample_noise(shape: Sequence[int], sigma: SigmaLike, D: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Draw n ~ p_r(. | 0) for each sample: float32 [B, ...] on sigma's device (or `device`).
+
+    D=None:  n = sigma * g, g ~ N(0, I_N)  (EDM's diffusion noise).
+    D > 0:   n = sigma * g / sqrt(c / D), c ~ chi^2(D), so (|n| / r)^2 ~ BetaPrime(N/2, D/2) with
+             r = sigma * sqrt(D) and a uniform direction (the PFGM++ kernel, Equation 4).
+    `sigma` is a float or a tensor with one value per sample (any shape with B elements). The
+    Gaussian g is drawn first, on the generator's device, so D=None reproduces EDM's stream and a
+    large D converges to it sample by sample.
+    """
+    shape = _check_shape(shape)
+    D = check_D(D)
+    if device is None:
+        device = sigma.device if isinstance(sigma, torch.Tensor) else (generator.device if generator is not None else torch.device('cpu'))
+    device = torch.device(device)
+    batch = shape[0]
+    sigma = _sigma_per_sample(sigma, batch, device)
+    draw_device = generator.device if generator is not None else device
+
+    g = torch.randn(shape, dtype=torch.float32, device=draw_device, generator=generator)
+    if D is None:
+        scale = sigma
+    else:
+        # sqrt(D / c) with c = 2 * Gamma(D/2), in float64 and log space.
+        log_gamma = sample_gamma_log(D / 2, batch, generator=generator, device=draw_device).to(device)
+        scale = sigma * torch.exp(0.5 * (math.log(D / 2) - log_gamma))
+    scale = scale.to(torch.float32).reshape([batch] + [1] * (len(shape) - 1))
+    return g.to(device) * scale
+
+
+def sample_prior(shape: Sequence[int], sigma_max: float, D: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Starting point of the sampler: the kernel at sigma = sigma_max for every sample, [B, ...].
+
+    For D=None this is sigma_max * N(0, I), the diffusion prior; for finite D it is the PFGM++
+    prior p_{r_max} with r_max = sigma_max * sqrt(D).
+    """
+    if isinstance(sigma_max, torch.Tensor):
+        if sigma_max.numel() != 1:
+            raise ValueError('sigma_max must be a single number.')
+        sigma_max = float(sigma_max)
+    if isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float)) or not math.isfinite(sigma_max) or sigma_max <= 0:
+        raise ValueError(f'sigma_max must be a finite number > 0, got {sigma_max!r}.')
+    return sample_noise(shape, float(sigma_max), D=D, generator=generator, device=device)
+
+#----------------------------------------------------------------------------
+# The exact denoiser for a finite data set (an oracle for tests, and the stable target field).
+
+def ideal_denoiser(x: torch.Tensor, sigma: SigmaLike, data: torch.Tensor, D: Optional[float] = None,
+                   weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Posterior mean E[y | x] when y is drawn from the points `data` [K, ...] (with probabilities
+    `weights` [K], uniform by default) and x = y + n with n from the kernel at noise level sigma.
+
+        E[y | x] = sum_k w_k(x) y_k,   log w_k = log p_k - (N+D)/2 * log(|x - y_k|^2 + sigma^2 D)
+                                         (D = None: log w_k = log p_k - |x - y_k|^2 / (2 sigma^2))
+
+    x is [B, ...] with the same data shape as `data`; sigma a float or one value per sample, > 0.
+    Computed in float64 and log space (softmax), so it never overflows, even for N = 3*256*256.
+    Returns x's dtype and shape.
+    """
+    D = check_D(D)
+    if not isinstance(x, torch.Tensor) or not isinstance(data, torch.Tensor):
+        raise ValueError('x and data must be tensors.')
+    if x.ndim < 2 or data.ndim != x.ndim or tuple(x.shape[1:]) != tuple(data.shape[1:]):
+        raise ValueError(f'x [B, ...] and data [K, ...] must share their data shape, got {list(x.shape)} and {list(data.shape)}.')
+    if data.shape[0] == 0:
+        raise ValueError('data must hold at least one point.')
+    batch, num_points = x.shape[0], data.shape[0]
+    sigma = _sigma_per_sample(sigma, batch, x.device)
+    if bool((sigma <= 0).any()):
+        raise ValueError('ideal_denoiser needs sigma > 0.')
+    if weights is None:
+        log_p = torch.zeros(num_points, dtype=torch.float64, device=x.device)
+    else:
+        weights = torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+        if weights.shape != (num_points,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError(f'weights must be {num_points} finite non-negative numbers with a positive sum.')
+        log_p = torch.log(weights)
+
+    xf = x.reshape(batch, -1).to(torch.float64)
+    yf = data.reshape(num_points, -1).to(device=x.device, dtype=torch.float64)
+    N = xf.shape[1]
+    # |x - y|^2 expanded into norms and a matrix product: memory B*K rather than B*K*N.
+    dist2 = (xf.square().sum(1, keepdim=True) + yf.square().sum(1)[None, :] - 2 * xf @ yf.T).clamp(min=0)
+    if D is None:
+        logits = -dist2 / (2 * sigma[:, None] ** 2)
+    else:
+        logits = -(N + D) / 2 * torch.log(dist2 + sigma[:, None] ** 2 * D)
+    w = torch.softmax(logits + log_p[None, :], dim=1)
+    return (w @ yf).reshape(x.shape).to(x.dtype)
