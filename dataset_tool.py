@@ -1,0 +1,517 @@
+"""Convert image datasets into the ZIP (or folder) layout that training/dataset.py reads.
+
+Layout of the output, as in EDM: PNGs named 00000/img00000000.png, 00000/img00000001.png, ...
+(1000 per folder), and dataset.json holding {"labels": [[png name, class], ...]} or
+{"labels": null}. A ZIP is written uncompressed (ZIP_STORED) because the PNGs are what the data
+loader reads; images are 1-channel (grayscale) or 3-channel (RGB), square, with a power-of-two side.
+"""
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import traceback
+import zipfile
+from typing import Any, Callable, Iterator, NamedTuple, Optional
+
+import click
+import numpy as np
+import PIL.Image
+import tqdm
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm')
+TRANSFORMS = ('center-crop', 'center-crop-wide')
+
+#----------------------------------------------------------------------------
+
+class ImageEntry(NamedTuple):
+    name: str               # Where the image came from (file, archive member, key), for messages.
+    img: np.ndarray         # [H, W, C] uint8 with C = 1 (grayscale) or 3 (RGB).
+    label: Any              # Class index (or any JSON value from a source dataset.json), or None.
+
+#----------------------------------------------------------------------------
+# Decoding.
+
+def decode_image(file: Any, name: str) -> np.ndarray:
+    """Decode an image file (path or file object) into [H, W, C] uint8, C = 1 or 3.
+
+    Grayscale stays one channel; RGBA, palette, CMYK and other modes become RGB (alpha dropped).
+    A file that PIL cannot read raises click.ClickException naming it.
+    """
+    try:
+        with PIL.Image.open(file) as img:
+            img.load()
+            if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+                raise click.ClickException(f'{name} is a {img.mode}-mode (16-bit or float) image; convert it to 8-bit grayscale or RGB first.')
+            if img.mode in ('1', 'L', 'LA'):
+                img = img.convert('L')
+            else:
+                if img.mode == 'P' and 'transparency' in img.info:
+                    img = img.convert('RGBA') # Direct P -> RGB warns when transparency is given as bytes.
+                img = img.convert('RGB')
+            arr = np.asarray(img, dtype=np.uint8)
+    except click.ClickException:
+        raise
+    except Exception as e: # PIL reports broken files as OSError, ValueError, SyntaxError, ...
+        raise click.ClickException(f'Cannot read image {name} ({e}); remove or replace the file.') from e
+    return arr[:, :, np.newaxis] if arr.ndim == 2 else arr
+
+def is_image_name(name: str) -> bool:
+    """True for image files by extension, skipping hidden files and macOS archive debris."""
+    parts = name.replace('\\', '/').split('/')
+    if any(part.startswith('.') or part == '__MACOSX' for part in parts):
+        return False
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+def labels_for_images(names: list[str], dataset_json: Optional[bytes], where: str) -> Optional[list[Any]]:
+    """Labels for images named by relative path ('a/b.png'), in the order given.
+
+    A dataset.json in the source ({"labels": [[relpath, label], ...]} or {"labels": null}) takes
+    precedence. Otherwise, when every image sits in a top-level folder and there are at least two
+    such folders, the sorted folder names become classes 0..K-1; else there are no labels (None).
+    """
+    if dataset_json is not None:
+        try:
+            listed = json.loads(dataset_json)['labels']
+            table = None if listed is None else {str(path).replace('\\', '/'): label for path, label in listed}
+        except Exception as e:
+            raise click.ClickException(f'Cannot parse dataset.json in {where} ({e}); it must read {{"labels": [[relpath, class], ...]}} or {{"labels": null}}.') from e
+        if table is None:
+            return None
+        missing = [name for name in names if name not in table]
+        if missing:
+            raise click.ClickException(f'dataset.json in {where} has no label for {missing[0]} ({len(missing)} images unlabelled); add them or delete dataset.json.')
+        return [table[name] for name in names]
+
+    folders = [name.split('/')[0] if '/' in name else None for name in names]
+    if None in folders or len(set(folders)) < 2:
+        return None
+    class_index = {folder: idx for idx, folder in enumerate(sorted(set(folders)))}
+    return [class_index[folder] for folder in folders]
+
+#----------------------------------------------------------------------------
+# Sources. Each returns (number of images it will yield, iterator of ImageEntry); the listing
+# happens at once so that a bad source fails before any output is written.
+
+def open_image_folder(source_dir: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """Images anywhere under source_dir, sorted by relative path; labels per labels_for_images()."""
+    def raise_walk_error(e: OSError) -> None:
+        raise click.ClickException(f'Cannot read folder {e.filename} ({e.strerror}); check its permissions.')
+    names = []
+    for root, _dirs, files in os.walk(source_dir, onerror=raise_walk_error):
+        names += [os.path.relpath(os.path.join(root, f), source_dir).replace('\\', '/') for f in files]
+    names = sorted(name for name in names if is_image_name(name))
+    if not names:
+        raise click.ClickException(f'No image files found in {source_dir}; check --source.')
+
+    json_path = os.path.join(source_dir, 'dataset.json')
+    dataset_json = None
+    if os.path.isfile(json_path):
+        with open(json_path, 'rb') as f:
+            dataset_json = f.read()
+    labels = labels_for_images(names, dataset_json, source_dir)
+    names = names[:max_images]
+
+    def iterate() -> Iterator[ImageEntry]:
+        for idx, name in enumerate(names):
+            path = os.path.join(source_dir, name)
+            yield ImageEntry(path, decode_image(path, path), None if labels is None else labels[idx])
+    return len(names), iterate()
+
+def open_image_zip(source: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """Images in a ZIP archive, sorted by member name; labels per labels_for_images()."""
+    try:
+        with zipfile.ZipFile(source) as z:
+            members = z.namelist()
+            dataset_json = z.read('dataset.json') if 'dataset.json' in members else None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise click.ClickException(f'Cannot read ZIP archive {source} ({e}); check --source.') from e
+    names = sorted(name for name in members if not name.endswith('/') and is_image_name(name))
+    if not names:
+        raise click.ClickException(f'No image files found in {source}; check --source.')
+    labels = labels_for_images(names, dataset_json, source)
+    names = names[:max_images]
+
+    def iterate() -> Iterator[ImageEntry]:
+        with zipfile.ZipFile(source) as z:
+            for idx, name in enumerate(names):
+                where = f'{source}:{name}'
+                try:
+                    data = z.read(name)
+                except Exception as e: # zipfile reports bad CRCs and truncation in several ways.
+                    raise click.ClickException(f'Cannot read {where} ({e}); the archive is damaged.') from e
+                yield ImageEntry(where, decode_image(io.BytesIO(data), where), None if labels is None else labels[idx])
+    return len(names), iterate()
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR-10 batches: plain containers and numpy arrays only, so a tampered
+    archive cannot run code while it is read."""
+    _allowed = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
+                ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+                ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar')}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._allowed:
+            raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a CIFAR-10 batch')
+        return super().find_class(module, name)
+
+def open_cifar10(tarball: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """The training half of cifar-10-python.tar.gz: data_batch_1..5, in order, as [32, 32, 3].
+
+    Each batch is a pickled dict with 'data' uint8 [n, 3072] (channel-major: R plane, G, B) and
+    'labels' [n]; batches of any size are accepted.
+    """
+    images, labels = [], []
+    try:
+        with tarfile.open(tarball, 'r:gz') as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and os.path.basename(m.name).startswith('data_batch_')), key=lambda m: m.name)
+            if not members:
+                raise click.ClickException(f'{tarball} holds no data_batch_* files; pass the original cifar-10-python.tar.gz.')
+            for member in members:
+                # The batches are Python 2 pickles; 'latin1' is the decoding numpy documents for them.
+                batch = _ArrayUnpickler(tar.extractfile(member), encoding='latin1').load()
+                batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+                data = np.asarray(batch['data'], dtype=np.uint8)
+                if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch['labels']) != data.shape[0]:
+                    raise ValueError(f'{member.name} has data of shape {data.shape} and {len(batch["labels"])} labels')
+                images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)) # NCHW -> NHWC
+                labels += [int(label) for label in batch['labels']]
+    except click.ClickException:
+        raise
+    except Exception as e: # tarfile, gzip, pickle and KeyError all signal a damaged or foreign archive.
+        raise click.ClickException(f'Cannot read CIFAR-10 archive {tarball} ({type(e).__name__}: {e}); download cifar-10-python.tar.gz again.') from e
+    images = np.concatenate(images)[:max_images]
+
+    def iterate() -> Iterator[ImageEntry]:
+        for idx, img in enumerate(images):
+            yield ImageEntry(f'{tarball}[{idx}]', img, labels[idx])
+    return len(images), iterate()
+
+def read_idx(path: str, magic: int) -> np.ndarray:
+    """Read a gzipped IDX file (MNIST's format): big-endian magic, dimensions, then uint8 data."""
+    try:
+        with gzip.open(path, 'rb') as f:
+            data = f.read()
+        found, *dims = np.frombuffer(data, dtype='>u4', count=1 + (magic & 0xff), offset=0)
+        if found != magic:
+            raise ValueError(f'magic number {found}, expected {magic}')
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 * (1 + len(dims)))
+        return arr.reshape(*[int(d) for d in dims])
+    except Exception as e:
+        raise click.ClickException(f'Cannot read MNIST file {path} ({e}); download it again.') from e
+
+def open_mnist(images_gz: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """MNIST images (train-images-idx3-ubyte.gz) with the labels file beside it, padded to [32, 32, 1]."""
+    labels_gz = os.path.join(os.path.dirname(images_gz), os.path.basename(images_gz).replace('images-idx3', 'labels-idx1'))
+    if not os.path.isfile(labels_gz):
+        raise click.ClickException(f'MNIST labels {labels_gz} not found; put the labels file beside the images file.')
+    images = read_idx(images_gz, magic=0x0803)
+    labels = read_idx(labels_gz, magic=0x0801)
+    if images.shape[0] != labels.shape[0]:
+        raise click.ClickException(f'{images_gz} has {images.shape[0]} images but {labels_gz} has {labels.shape[0]} labels; download both again.')
+    images = np.pad(images[:max_images], [(0, 0), (2, 2), (2, 2)]) # 28x28 -> 32x32, zero border.
+
+    def iterate() -> Iterator[ImageEntry]:
+        for idx, img in enumerate(images):
+            yield ImageEntry(f'{images_gz}[{idx}]', img[:, :, np.newaxis], int(labels[idx]))
+    return len(images), iterate()
+
+def open_lsun(lmdb_dir: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """An LSUN category (*_lmdb folder): encoded images stored as lmdb values, no labels."""
+    try:
+        import lmdb
+    except ImportError as e:
+        raise click.ClickException('Reading LSUN needs the lmdb package; install it with: pip install lmdb') from e
+    try:
+        with lmdb.open(lmdb_dir, readonly=True, lock=False) as env:
+            total = env.stat()['entries']
+    except Exception as e:
+        raise click.ClickException(f'Cannot open LSUN database {lmdb_dir} ({e}); check --source.') from e
+    total = total if max_images is None else min(total, max_images)
+
+    def iterate() -> Iterator[ImageEntry]:
+        count = 0
+        with lmdb.open(lmdb_dir, readonly=True, lock=False) as env, env.begin(write=False) as txn:
+            for key, value in txn.cursor():
+                if count == total:
+                    break
+                where = f'{lmdb_dir}[{bytes(key).decode(errors="replace")}]'
+                try:
+                    img = decode_image(io.BytesIO(value), where)
+                except click.ClickException as e:
+                    # LSUN ships a few undecodable records; the reference converters skip them too.
+                    tqdm.tqdm.write(f'Skipping: {e.message}')
+                    continue
+                count += 1
+                yield ImageEntry(where, img, None)
+    return total, iterate()
+
+def open_source(source: str, max_images: Optional[int] = None) -> tuple[int, Iterator[ImageEntry]]:
+    """Guess the format of --source as EDM does and open it; returns (image count, entries)."""
+    name = os.path.basename(os.path.normpath(source))
+    if os.path.isdir(source):
+        if name.endswith('_lmdb'):
+            return open_lsun(source, max_images)
+        return open_image_folder(source, max_images)
+    if not os.path.exists(source):
+        raise click.ClickException(f'Source {source} does not exist; check --source.')
+    if not os.access(source, os.R_OK):
+        raise click.ClickException(f'Source {source} is not readable; check its permissions.')
+    if name == 'cifar-10-python.tar.gz':
+        return open_cifar10(source, max_images)
+    if name.endswith('images-idx3-ubyte.gz'):
+        return open_mnist(source, max_images)
+    if name.lower().endswith('.zip'):
+        return open_image_zip(source, max_images)
+    raise click.ClickException(f'Unknown source format: {source}; pass a folder of images, a ZIP of images, an LSUN *_lmdb folder, '
+        'cifar-10-python.tar.gz or train-images-idx3-ubyte.gz.')
+
+#----------------------------------------------------------------------------
+# Transforms: [H, W, C] uint8 in, [H, W, C] uint8 out.
+
+def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resize to width x height, as EDM does; an image already that size is left untouched."""
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    pil = PIL.Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    out = np.asarray(pil.resize((width, height), PIL.Image.Resampling.LANCZOS))
+    return out.reshape(height, width, img.shape[2])
+
+def center_crop(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Crop the largest centred square, then resize to width x height (the ImageNet recipe)."""
+    h, w = img.shape[:2]
+    crop = min(h, w)
+    img = img[(h - crop) // 2 : (h + crop) // 2, (w - crop) // 2 : (w + crop) // 2]
+    return resize_image(img, width, height)
+
+def center_crop_wide(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Crop the largest centred box of aspect width:height, resize it to width x height, and pad
+    it with black above and below to a width x width square (the LSUN wide recipe)."""
+    h, w = img.shape[:2]
+    if w * height >= h * width: # Source is wider than the box: keep full height.
+        crop_w, crop_h = min(w, int(round(h * width / height))), h
+    else:
+        crop_w, crop_h = w, min(h, int(round(w * height / width)))
+    img = img[(h - crop_h) // 2 : (h + crop_h) // 2, (w - crop_w) // 2 : (w + crop_w) // 2]
+    img = resize_image(img, width, height)
+    canvas = np.zeros([width, width, img.shape[2]], dtype=np.uint8)
+    canvas[(width - height) // 2 : (width - height) // 2 + height] = img
+    return canvas
+
+def make_transform(transform: Optional[str], resolution: Optional[tuple[int, int]]) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-image transform for --transform and --resolution (width, height)."""
+    if transform is None:
+        return (lambda img: img) if resolution is None else (lambda img: resize_image(img, *resolution))
+    if resolution is None:
+        raise click.ClickException(f'--transform={transform} needs an output size; add --resolution=WxH.')
+    fn = {'center-crop': center_crop, 'center-crop-wide': center_crop_wide}[transform]
+    return lambda img: fn(img, *resolution)
+
+def check_output_size(width: int, height: int, hint: str) -> None:
+    """Output images must be square with a power-of-two side (the networks halve it repeatedly)."""
+    if width != height or width < 1 or (width & (width - 1)) != 0:
+        raise click.ClickException(f'Output images would be {width}x{height}, but they must be square with a power-of-two side; {hint}.')
+
+#----------------------------------------------------------------------------
+# Destination: written under a temporary name beside dest and renamed at the end.
+
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of [H, W, C] uint8, stored without compression (the ZIP is uncompressed too)."""
+    buf = io.BytesIO()
+    PIL.Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buf, format='png', compress_level=0, optimize=False)
+    return buf.getvalue()
+
+def check_dest_free(dest: str) -> None:
+    """Refuse an existing ZIP or non-empty folder at dest rather than overwrite hours of work."""
+    if os.path.isfile(dest) or (os.path.isdir(dest) and (dest.lower().endswith('.zip') or os.listdir(dest))):
+        raise click.ClickException(f'Destination {dest} already exists; delete it or choose another --dest.')
+
+def cannot_write(dest: str, e: OSError) -> click.ClickException:
+    """The error for a failed write to the destination (full disk, no permission, bad path)."""
+    return click.ClickException(f'Cannot write {dest} ({e.strerror or e}); check the path, permissions and free space.')
+
+@contextlib.contextmanager
+def open_dest(dest: str) -> Iterator[Callable[[str, bytes], None]]:
+    """Yield save_bytes(name, data) that writes into a new ZIP (dest ending in .zip) or folder.
+
+    Everything goes to a temporary sibling of dest that replaces dest only when the block exits
+    normally; on any error it is removed (with any parent folders made for it), so a failed run
+    leaves no destination behind.
+    """
+    dest = os.path.normpath(dest)
+    check_dest_free(dest)
+    parent, base = os.path.split(os.path.abspath(dest))
+    is_zip = base.lower().endswith('.zip')
+    created_dirs = [] # Innermost first.
+    tmp = None
+    archive = None
+    try:
+        try:
+            missing = parent
+            while not os.path.isdir(missing):
+                created_dirs.append(missing)
+                missing = os.path.dirname(missing)
+            os.makedirs(parent, exist_ok=True)
+            if is_zip:
+                fd, tmp = tempfile.mkstemp(prefix=f'{base}.tmp-', dir=parent)
+                os.close(fd)
+                archive = zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED)
+            else:
+                tmp = tempfile.mkdtemp(prefix=f'{base}.tmp-', dir=parent)
+        except OSError as e:
+            raise cannot_write(dest, e) from e
+
+        def save_bytes(name: str, data: bytes) -> None:
+            try:
+                if archive is not None:
+                    archive.writestr(name, data)
+                else:
+                    path = os.path.join(tmp, name)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, 'wb') as f:
+                        f.write(data)
+            except OSError as e:
+                raise cannot_write(dest, e) from e
+        yield save_bytes
+
+        try:
+            if archive is not None:
+                archive.close() # Writes the central directory.
+            if os.path.isdir(dest):
+                os.rmdir(dest) # An empty folder given as dest; os.replace cannot overwrite it.
+            os.replace(tmp, dest)
+            tmp = None
+        except OSError as e:
+            raise cannot_write(dest, e) from e
+    finally:
+        if archive is not None:
+            with contextlib.suppress(OSError):
+                archive.close()
+        if tmp is not None:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            for d in created_dirs: # Only folders this call made, and only if still empty.
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+
+#----------------------------------------------------------------------------
+
+def convert_dataset(
+    source: str,                                # Folder, ZIP, *_lmdb folder, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz.
+    dest: str,                                  # Output ZIP (if it ends in .zip) or folder.
+    max_images: Optional[int] = None,           # Convert at most this many images.
+    transform: Optional[str] = None,            # None, 'center-crop' or 'center-crop-wide'.
+    resolution: Optional[tuple[int, int]] = None, # Output (width, height); None keeps the source size.
+    progress: bool = True,                      # Show a tqdm progress bar on stderr.
+) -> int:
+    """Convert source into the dataset layout of training/dataset.py; returns the image count.
+
+    Labels are kept only when every image has one. Mistakes a user can make raise
+    click.ClickException, and no destination is left behind.
+    """
+    if transform is not None and transform not in TRANSFORMS:
+        raise click.ClickException(f'Unknown transform {transform}; use one of {", ".join(TRANSFORMS)}.')
+    if resolution is not None:
+        width, height = resolution
+        if transform == 'center-crop-wide':
+            if height > width:
+                raise click.ClickException(f'--transform=center-crop-wide pads a wide box to a square, so --resolution={width}x{height} must have height <= width.')
+            check_output_size(width, width, 'choose a power-of-two width in --resolution')
+        else:
+            check_output_size(width, height, 'choose a square power-of-two --resolution such as 64x64')
+    apply_transform = make_transform(transform, resolution)
+    check_dest_free(os.path.normpath(dest)) # Before listing a large source, not after.
+
+    num_images, entries = open_source(source, max_images)
+    labels = []
+    shape = None # Output [H, W, C] of the first image; all others must match.
+    with open_dest(dest) as save_bytes:
+        for idx, entry in enumerate(tqdm.tqdm(entries, total=num_images, unit='img', disable=not progress)):
+            img = apply_transform(entry.img)
+            if shape is None:
+                shape = img.shape
+                check_output_size(shape[1], shape[0], f'pass --resolution=NxN to resize{"" if transform else " (with --transform=center-crop to keep the aspect ratio)"}')
+            if img.shape[2] != shape[2]:
+                if img.shape[2] == 1: # A grayscale image in a colour dataset (ImageNet has some): replicate.
+                    img = img.repeat(3, axis=2)
+                else:
+                    raise click.ClickException(f'{entry.name} is in colour but the images before it are grayscale; convert the dataset to one mode first.')
+            if img.shape != shape:
+                raise click.ClickException(f'{entry.name} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}; pass --resolution=WxH to resize all images to one size.')
+            idx_str = f'{idx:08d}'
+            fname = f'{idx_str[:5]}/img{idx_str}.png'
+            save_bytes(fname, encode_png(img))
+            labels.append([fname, entry.label])
+        if not labels:
+            raise click.ClickException(f'No images could be read from {source}; check --source.')
+        has_labels = all(label is not None for _, label in labels)
+        save_bytes('dataset.json', json.dumps({'labels': labels if has_labels else None}).encode())
+    return len(labels)
+
+#----------------------------------------------------------------------------
+
+def parse_resolution(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[int, int]]:
+    """Click callback: 'WxH' -> (W, H)."""
+    if value is None:
+        return None
+    parts = value.lower().split('x')
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f'{value!r} is not WxH with positive integers, e.g. 64x64.')
+    return int(parts[0]), int(parts[1])
+
+@click.command()
+
+# Input and output.
+@click.option('--source',       help='Folder, ZIP, LSUN *_lmdb folder, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz', metavar='PATH', type=str, required=True)
+@click.option('--dest',         help='Output ZIP (ends in .zip) or folder', metavar='PATH', type=str, required=True)
+@click.option('--max-images',   help='Convert at most this many images', metavar='INT', type=click.IntRange(min=1), default=None)
+
+# Geometry.
+@click.option('--transform',    help='Crop before resizing', type=click.Choice(TRANSFORMS), default=None)
+@click.option('--resolution',   help='Output resolution, e.g. 64x64', metavar='WxH', type=str, callback=parse_resolution, default=None)
+
+# Diagnostics.
+@click.option('--debug',        help='Show the traceback of errors', is_flag=True)
+
+def main(source: str, dest: str, max_images: Optional[int], transform: Optional[str], resolution: Optional[tuple[int, int]], debug: bool) -> None:
+    """Convert an image dataset into the ZIP (or folder) layout used for training.
+
+    \b
+    Examples:
+    python dataset_tool.py --source=downloads/cifar10/cifar-10-python.tar.gz --dest=datasets/cifar10-32x32.zip
+    python dataset_tool.py --source=downloads/ffhq/images1024x1024 --dest=datasets/ffhq-64x64.zip --resolution=64x64
+    python dataset_tool.py --source=downloads/imagenet/ILSVRC/Data/CLS-LOC/train \\
+        --dest=datasets/imagenet-64x64.zip --resolution=64x64 --transform=center-crop
+
+    \b
+    Folder and ZIP sources are read recursively in sorted order. Labels come from a dataset.json
+    in the source ({"labels": [[relpath, class], ...]}); without one, from the names of the
+    top-level folders when all images sit in two or more of them; otherwise there are none.
+
+    \b
+    Output images must be square with a power-of-two side: use --resolution to resize, with
+    --transform=center-crop to crop the largest centred square first. --transform=center-crop-wide
+    crops a centred WxH box (e.g. --resolution=512x256) and pads it to WxW with black bars.
+    """
+    try:
+        count = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
+    except click.ClickException:
+        if debug:
+            traceback.print_exc()
+        raise
+    click.echo(f'Wrote {count} images to {dest}')
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------
