@@ -128,6 +128,10 @@ def test_prior_is_kernel_at_sigma_max():
     # D = None: sigma_max times a standard normal, as EDM's latents.
     c = pfgmpp.sample_prior([6, 3, 4, 4], 80.0, D=None, generator=gen(12))
     assert torch.equal(c, torch.randn([6, 3, 4, 4], generator=gen(12)) * 80.0)
+    # In float64 it is EDM's latents to the bit: randn in float32, then * sigma_max in float64.
+    d = pfgmpp.sample_prior([6, 3, 4, 4], 80.0, D=None, generator=gen(12), dtype=torch.float64)
+    assert d.dtype == torch.float64
+    assert torch.equal(d, torch.randn([6, 3, 4, 4], generator=gen(12)).to(torch.float64) * 80.0)
 
 
 @pytest.mark.parametrize('alpha', [0.05, 0.5, 1.0, 3.7, 1024.0])

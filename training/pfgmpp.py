@@ -20,6 +20,7 @@ sample_prior(); nothing else in the code base depends on D.
 """
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -35,7 +36,7 @@ def check_D(D: Optional[float]) -> Optional[float]:
     """Validate the augmented dimension: None (D -> infinity, diffusion) or a finite real D > 0."""
     if D is None:
         return None
-    if isinstance(D, bool) or not isinstance(D, (int, float)):
+    if isinstance(D, bool) or not isinstance(D, numbers.Real):
         raise ValueError(f'D must be a positive number or None (diffusion), got {D!r}.')
     D = float(D)
     if not math.isfinite(D) or D <= 0:
@@ -101,8 +102,10 @@ def sample_gamma_log(alpha: float, num: int, generator: Optional[torch.Generator
 # The kernel: training noise and prior.
 
 def sample_noise(shape: Sequence[int], sigma: SigmaLike, D: Optional[float] = None,
-                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Draw n ~ p_r(. | 0) for each sample: float32 [B, ...] on sigma's device (or `device`).
+                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Draw n ~ p_r(. | 0) for each sample: [B, ...] on sigma's device (or `device`), float32 unless
+    `dtype` says otherwise (the Gaussian is always drawn in float32, the scale applied in `dtype`).
 
     D=None:  n = sigma * g, g ~ N(0, I_N)  (EDM's diffusion noise).
     D > 0:   n = sigma * g / sqrt(c / D), c ~ chi^2(D), so (|n| / r)^2 ~ BetaPrime(N/2, D/2) with
@@ -127,16 +130,18 @@ def sample_noise(shape: Sequence[int], sigma: SigmaLike, D: Optional[float] = No
         # sqrt(D / c) with c = 2 * Gamma(D/2), in float64 and log space.
         log_gamma = sample_gamma_log(D / 2, batch, generator=generator, device=draw_device).to(device)
         scale = sigma * torch.exp(0.5 * (math.log(D / 2) - log_gamma))
-    scale = scale.to(torch.float32).reshape([batch] + [1] * (len(shape) - 1))
-    return g.to(device) * scale
+    scale = scale.to(dtype).reshape([batch] + [1] * (len(shape) - 1))
+    return g.to(device=device, dtype=dtype) * scale
 
 
 def sample_prior(shape: Sequence[int], sigma_max: float, D: Optional[float] = None,
-                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Starting point of the sampler: the kernel at sigma = sigma_max for every sample, [B, ...].
 
     For D=None this is sigma_max * N(0, I), the diffusion prior; for finite D it is the PFGM++
-    prior p_{r_max} with r_max = sigma_max * sqrt(D).
+    prior p_{r_max} with r_max = sigma_max * sqrt(D). With dtype=torch.float64 and D=None this is
+    EDM's starting point to the bit: randn(shape).to(float64) * sigma_max.
     """
     if isinstance(sigma_max, torch.Tensor):
         if sigma_max.numel() != 1:
@@ -144,7 +149,7 @@ def sample_prior(shape: Sequence[int], sigma_max: float, D: Optional[float] = No
         sigma_max = float(sigma_max)
     if isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float)) or not math.isfinite(sigma_max) or sigma_max <= 0:
         raise ValueError(f'sigma_max must be a finite number > 0, got {sigma_max!r}.')
-    return sample_noise(shape, float(sigma_max), D=D, generator=generator, device=device)
+    return sample_noise(shape, float(sigma_max), D=D, generator=generator, device=device, dtype=dtype)
 
 #----------------------------------------------------------------------------
 # The exact denoiser for a finite data set (an oracle for tests, and the stable target field).

@@ -1,0 +1,155 @@
+"""Training losses (training/loss.py): p(sigma), weights, the D=None path against EDM's recipe, the
+PFGM++ noise plumbing, and learning on a toy set."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from training import loss as losses
+
+
+class RecordingNet(torch.nn.Module):
+    """Returns x scaled by a fixed factor and remembers what it was called with."""
+
+    def __init__(self, factor=0.5):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, sigma, class_labels=None, augment_labels=None):
+        self.x, self.sigma, self.class_labels, self.augment_labels = x, sigma, class_labels, augment_labels
+        return x * self.factor
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+LOSSES = [losses.VPLoss, losses.VELoss, losses.EDMLoss]
+
+#----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('cls', LOSSES)
+@pytest.mark.parametrize('D', [None, 64.0])
+def test_shape_and_weight(cls, D):
+    images = torch.randn([6, 3, 8, 8], generator=gen(1))
+    net = RecordingNet()
+    loss_fn = cls(D=D)
+    out = loss_fn(net, images, generator=gen(2))
+    assert out.shape == images.shape
+    sigma = net.sigma.reshape(-1, 1, 1, 1)
+    assert net.sigma.shape == (6, 1, 1, 1)
+    # The weight, written out independently from EDM's Table 1.
+    if cls is losses.EDMLoss:
+        weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    else:
+        weight = 1 / sigma ** 2
+    expected = weight * (net.x * 0.5 - images) ** 2
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=0)
+
+
+def test_edm_path_is_edm_recipe():
+    # EDM's draw order with torch's global RNG: rnd_normal [B,1,1,1], then noise randn_like(y).
+    images = torch.randn([4, 3, 8, 8], generator=gen(3))
+    net = RecordingNet(0.3)
+    torch.manual_seed(123)
+    ours = losses.EDMLoss()(net, images)
+    torch.manual_seed(123)
+    rnd_normal = torch.randn([4, 1, 1, 1])
+    sigma = (rnd_normal * 1.2 - 1.2).exp()
+    weight = (sigma ** 2 + 0.5 ** 2) / (sigma * 0.5) ** 2
+    n = torch.randn_like(images) * sigma
+    ref = weight * ((images + n) * 0.3 - images) ** 2
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize('cls', LOSSES)
+def test_sigma_distributions(cls):
+    loss_fn = cls()
+    sigma = loss_fn.sample_sigma(5000, torch.device('cpu'), gen(4)).double().numpy()
+    if cls is losses.EDMLoss:
+        law = scipy.stats.norm(-1.2, 1.2)
+        stat = np.log(sigma)
+    elif cls is losses.VELoss:
+        law = scipy.stats.uniform(math.log(0.02), math.log(100) - math.log(0.02))
+        stat = np.log(sigma)
+    else:
+        # Invert sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1): t ~ U(epsilon_t, 1).
+        c = np.log1p(sigma ** 2)
+        stat = (-0.1 + np.sqrt(0.1 ** 2 + 2 * 19.9 * c)) / 19.9
+        law = scipy.stats.uniform(1e-5, 1 - 1e-5)
+    assert scipy.stats.kstest(stat, law.cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize('D', [3.0, 512.0])
+def test_noise_comes_from_the_kernel(D):
+    # The noise the net sees, x - y, must follow the kernel at each sample's own sigma.
+    images = torch.zeros([3000, 1, 4, 4])
+    net = RecordingNet()
+    losses.EDMLoss(D=D)(net, images, generator=gen(5))
+    N = 16
+    n = net.x.double().reshape(3000, -1)
+    sigma = net.sigma.double().reshape(-1)
+    ratio = (n.square().sum(1) / (sigma ** 2 * D)).numpy()
+    assert scipy.stats.kstest(ratio, scipy.stats.betaprime(N / 2, D / 2).cdf).pvalue > 1e-3
+
+
+def test_generator_reproducible_and_labels_passed():
+    images = torch.randn([4, 3, 8, 8], generator=gen(6))
+    labels = torch.eye(10)[:4]
+    net = RecordingNet()
+    a = losses.VELoss(D=10.0)(net, images, labels, generator=gen(7))
+    assert torch.equal(net.class_labels, labels)
+    b = losses.VELoss(D=10.0)(net, images, labels, generator=gen(7))
+    assert torch.equal(a, b)
+
+
+def test_augment_pipe_output_is_the_target():
+    images = torch.randn([2, 3, 8, 8], generator=gen(8))
+    aug_labels = torch.randn([2, 9], generator=gen(9))
+    pipe = lambda x: (x.flip(3), aug_labels)
+    net = RecordingNet(0.0)
+    out = losses.EDMLoss()(net, images, augment_pipe=pipe, generator=gen(10))
+    assert torch.equal(net.augment_labels, aug_labels)
+    sigma = net.sigma
+    weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    torch.testing.assert_close(out, weight * images.flip(3) ** 2)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match='D must'):
+        losses.EDMLoss(D=0)
+    with pytest.raises(ValueError, match='D must'):
+        losses.VPLoss(D=-3.0)
+    with pytest.raises(ValueError, match=r'\[B, C, H, W\]'):
+        losses.EDMLoss()(RecordingNet(), torch.zeros(3, 8, 8))
+
+#----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('D', [None, 128.0])
+def test_tiny_network_learns_toy_set(D):
+    from training.networks import EDMPrecond
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=8, img_channels=1, model_type='SongUNet', model_channels=8,
+                     channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0, D=D)
+    # Two structured 8x8 images: a bar and a checkerboard, in [-1, 1].
+    bar = -torch.ones(1, 8, 8)
+    bar[:, :, 3:5] = 1
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    images = torch.stack([bar, checker[None]]).repeat(4, 1, 1, 1)
+    loss_fn = losses.EDMLoss(D=D)
+
+    def evaluate():
+        with torch.no_grad():
+            return float(loss_fn(net, images.repeat(16, 1, 1, 1), generator=gen(99)).mean())
+    before = evaluate()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    g = gen(11)
+    for _ in range(150):
+        opt.zero_grad()
+        loss_fn(net, images, generator=g).mean().backward()
+        opt.step()
+    after = evaluate()
+    assert after < 0.5 * before, (before, after)
