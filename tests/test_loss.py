@@ -109,7 +109,7 @@ def test_generator_reproducible_and_labels_passed():
 def test_augment_pipe_output_is_the_target():
     images = torch.randn([2, 3, 8, 8], generator=gen(8))
     aug_labels = torch.randn([2, 9], generator=gen(9))
-    pipe = lambda x: (x.flip(3), aug_labels)
+    pipe = lambda x, generator=None: (x.flip(3), aug_labels)
     net = RecordingNet(0.0)
     out = losses.EDMLoss()(net, images, augment_pipe=pipe, generator=gen(10))
     assert torch.equal(net.augment_labels, aug_labels)

@@ -28,12 +28,13 @@ class _DenoisingLoss:
         """Per-element weighted loss [B, C, H, W] for clean `images` [B, C, H, W].
 
         Random draws, in EDM's order: sigma, then the augmentation, then the noise; all from
-        `generator` (or torch's global generator when None)."""
+        `generator` (or torch's global generator when None). `augment_pipe(images, generator=...)`
+        returns (augmented images, augment labels), as training.augment.AugmentPipe does."""
         if images.ndim != 4:
             raise ValueError(f'images must be [B, C, H, W], got shape {list(images.shape)}.')
         sigma = self.sample_sigma(images.shape[0], images.device, generator).reshape(-1, 1, 1, 1)
         weight = self.weight(sigma)
-        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
+        y, augment_labels = augment_pipe(images, generator=generator) if augment_pipe is not None else (images, None)
         n = pfgmpp.sample_noise(y.shape, sigma, D=self.D, generator=generator, device=y.device).to(y.dtype)
         D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
         return weight * ((D_yn - y) ** 2)
