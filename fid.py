@@ -1,0 +1,631 @@
+"""Reference statistics, Frechet Inception Distance (FID), Inception Score (IS) and Kernel Inception
+Distance (KID), computed with the Inception-v3 detector that EDM and PFGM++ report their numbers with.
+
+    python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
+    torchrun --standalone --nproc_per_node=8 -- fid.py calc --images=out --ref=fid-refs/cifar10-32x32.npz --num=50000
+    python fid.py sweep --run=training-runs/exp_name --ref=fid-refs/cifar10-32x32.npz
+"""
+
+import dataclasses
+import datetime
+import functools
+import inspect
+import json
+import os
+import re
+import tempfile
+import zipfile
+from typing import Any, BinaryIO, Callable, Optional, Sequence
+
+import click
+import numpy as np
+import PIL.Image
+import scipy.linalg
+import scipy.special
+import torch
+import tqdm
+
+import dnnlib
+from torch_utils import distributed as dist
+from torch_utils import persistence
+
+#----------------------------------------------------------------------------
+
+DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+TRUSTED_DETECTOR_URLS = (DETECTOR_URL,)  # Pickles from anywhere else need --allow-pickle.
+METRICS = ('fid', 'is', 'kid')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+
+#----------------------------------------------------------------------------
+# Reading images: a folder (searched recursively) or a .zip. training/dataset.py may replace this.
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The PNG and JPEG images under `path`, in sorted name order. Item i is (i, uint8 [3, H, W]), with
+    grayscale repeated to three channels; an unreadable file gives (i, message), so that the error
+    reaches the main process as one line rather than as a worker's traceback."""
+
+    def __init__(self, path: str):
+        if os.path.isdir(path):
+            names = [os.path.relpath(os.path.join(root, name), path).replace(os.sep, '/')
+                     for root, _dirs, files in os.walk(path) for name in files]
+            self._zip_path = None
+        elif os.path.isfile(path):
+            if not zipfile.is_zipfile(path):
+                raise ValueError(f'{path} is neither a folder nor a .zip of images; pass one of those.')
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            self._zip_path = path
+        else:
+            raise FileNotFoundError(f'{path} does not exist; pass a folder or a .zip of PNG/JPEG images.')
+        self.path = path
+        self.names = sorted(name for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+        self._zip, self._zip_pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _zip=None, _zip_pid=None)  # Each worker opens the zip itself.
+
+    def _open(self, name: str) -> BinaryIO:
+        if self._zip_path is None:
+            return open(os.path.join(self.path, name), 'rb')
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip, self._zip_pid = zipfile.ZipFile(self._zip_path), os.getpid()
+        return self._zip.open(name)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            with self._open(self.names[i]) as f:
+                image = PIL.Image.open(f)
+                gray = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+                array = np.asarray(image.convert('L' if gray else 'RGB'))
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            return i, f'Cannot read image {self.names[i]} in {self.path} ({err}); remove or replace it.'
+        if gray:
+            array = np.repeat(array[:, :, np.newaxis], 3, axis=2)
+        return i, torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def select_images(num_available: int, num: Optional[int], seed: int = 0, block: Optional[int] = None,
+                  path: str = 'the image folder') -> np.ndarray:
+    """Indices (in sorted name order) of the images to evaluate: all of them (num=None); `num` chosen
+    at random by `seed` when more exist, as EDM does; or, with `block`=k, images k*num ... (k+1)*num-1,
+    which are seeds k*num ... for folders that generate.py wrote."""
+    if num is None:
+        return np.arange(num_available)
+    if block is not None:
+        if num_available < (block + 1) * num:
+            raise ValueError(f'Found {num_available} images in {path}, but block {block} of {num} needs '
+                             f'{(block + 1) * num}; generate more images or lower --num.')
+        return np.arange(block * num, (block + 1) * num)
+    if num_available < num:
+        raise ValueError(f'Found {num_available} images in {path}, but --num={num} needs at least that '
+                         f'many; generate more images or lower --num.')
+    indices = np.arange(num_available)
+    if num_available > num:
+        np.random.RandomState(seed % (1 << 31)).shuffle(indices)
+        indices = np.sort(indices[:num])
+    return indices
+
+
+def _stack_images(batch: list, path: str, shape: Optional[torch.Size]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a list of dataset items into indices [B] and uint8 images [B, 3, H, W]."""
+    for _i, image in batch:
+        if isinstance(image, str):
+            raise ValueError(image)
+        if shape is not None and image.shape != shape:
+            raise ValueError(f'The images in {path} differ in size ({tuple(shape)} and {tuple(image.shape)}); '
+                             f'resize them to one resolution.')
+        shape = image.shape
+    return torch.tensor([i for i, _image in batch]), torch.stack([image for _i, image in batch])
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+#----------------------------------------------------------------------------
+# The detector: the Inception-v3 pickle, or any pickle or TorchScript file with its call signature.
+
+def _accepts_keyword(net: Callable, name: str) -> bool:
+    forward = getattr(net, 'forward', net)
+    schema = getattr(forward, 'schema', None)  # TorchScript methods.
+    if schema is not None:
+        return any(arg.name == name for arg in schema.arguments)
+    try:
+        return name in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclasses.dataclass
+class Detector:
+    """A network called as net(images, return_features=True) -> [N, D] features and
+    net(images, **prob_kwargs) -> [N, C] class probabilities, for uint8 images [N, 3, H, W]."""
+    net: Callable
+    source: str
+    device: torch.device
+    prob_kwargs: dict
+
+    def _call(self, images: torch.Tensor, what: str, **kwargs: Any) -> torch.Tensor:
+        try:
+            out = self.net(images.to(self.device), **kwargs)
+        except RuntimeError as err:
+            call = ', '.join(['images'] + [f'{k}={v}' for k, v in kwargs.items()])
+            raise ValueError(f'The detector {self.source} failed on uint8 images of shape {list(images.shape)} '
+                             f'({_first_line(err)}); it must be callable as detector({call}).') from err
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f'The detector {self.source} returned {shape} as {what} for {images.shape[0]} '
+                             f'images; it must return a tensor [N, D].')
+        return out.to(torch.float64)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pool features [N, D] (D = 2048 for Inception-v3), float64."""
+        return self._call(images, 'features', return_features=True)
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, C], float64; the official detector leaves out the output bias here,
+        as the original TensorFlow Inception Score does."""
+        return self._call(images, 'class probabilities', **self.prob_kwargs)
+
+
+def load_detector(url_or_path: Optional[str] = None, allow_pickle: bool = False,
+                  device: torch.device = torch.device('cpu')) -> Detector:
+    """Load the detector (the Inception-v3 of EDM and PFGM++ when url_or_path is None) through the
+    download cache. Rank 0 loads first, so that under torchrun only one process downloads."""
+    url = url_or_path or DETECTOR_URL
+    if dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        path = dnnlib.open_url(url, return_filename=True, verbose=(dist.get_rank() == 0))
+    except dnnlib.DownloadError as err:
+        raise dnnlib.DownloadError(
+            f'Cannot download the detector {url} and no copy is cached in {os.path.dirname(dnnlib.util.url_cache_path(url))}; '
+            f'download it where the network is reachable and pass --detector=PATH, or copy it to '
+            f'{dnnlib.util.url_cache_path(url)}.') from err
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'--detector {url} does not exist; pass a pickle or TorchScript file.') from err
+
+    with open(path, 'rb') as f:
+        head = f.read(4)
+        f.seek(0)
+        if head.startswith(b'PK'):  # torch.jit.save writes a zip archive.
+            try:
+                net = torch.jit.load(f, map_location=device)
+            except RuntimeError as err:
+                raise ValueError(f'{url} is a zip archive but not a TorchScript file (torch.jit.save); pass the '
+                                 f'Inception-v3 pickle or a TorchScript detector.') from err
+        elif head[:1] == b'\x80':  # Pickle protocol 2 or later.
+            net = persistence.load_pickle(f, allow_pickle=allow_pickle, trusted=(url in TRUSTED_DETECTOR_URLS), name=url)
+        else:
+            raise ValueError(f'{url} is neither a TorchScript file (torch.jit.save) nor a pickle; pass the '
+                             f'Inception-v3 pickle or a TorchScript detector.')
+    if not callable(net):
+        raise ValueError(f'{url} holds a {type(net).__name__}, not a network; pass a detector network.')
+    if isinstance(net, torch.nn.Module):
+        net = net.eval().to(device)  # Run under torch.no_grad(); ScriptModules refuse requires_grad_().
+    prob_kwargs = dict(no_output_bias=True) if _accepts_keyword(net, 'no_output_bias') else {}
+
+    if dist.get_rank() == 0:
+        dist.barrier()
+    return Detector(net=net, source=url, device=device, prob_kwargs=prob_kwargs)
+
+#----------------------------------------------------------------------------
+# One pass over the images, shared by all metrics and split over the processes.
+
+@torch.no_grad()
+def calculate_inception_stats(image_path: str, detector: Detector, num_expected: Optional[int] = None,
+                              seed: int = 0, block: Optional[int] = None, max_batch_size: int = 64,
+                              num_workers: int = 3, with_features: bool = False, with_probs: bool = False,
+                              progress: bool = True) -> dict:
+    """Detector statistics of the images chosen by select_images(), the same on every process:
+    num; mu [D] and the unbiased covariance sigma [D, D] = (sum f f^T - num mu mu^T) / (num - 1), both
+    float64; with_features: features [num, D] float32; with_probs: probs [num, C] float64; rows of
+    the last two in sorted name order, whatever the number of processes."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    dataset = ImageFiles(image_path)
+    indices = select_images(len(dataset), num_expected, seed=seed, block=block, path=image_path)
+    dataset.names = [dataset.names[i] for i in indices]
+    num = len(dataset)
+    if num < max(2, world_size):
+        raise ValueError(f'Found {num} PNG/JPEG images in {image_path}; the statistics need at least '
+                         f'{max(2, world_size)} (2, and one per process).')
+
+    # Each process takes every world_size'th image.
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(rank, num, world_size)),
+                                         batch_size=max_batch_size, num_workers=num_workers, collate_fn=_as_list)
+    feature_sum = feature_gram = shape = None
+    order, features, probs = [], [], []
+    with tqdm.tqdm(total=num, unit='img', desc=os.path.basename(os.path.normpath(image_path)),
+                   disable=(rank != 0 or not progress)) as bar:
+        for batch in loader:
+            index, images = _stack_images(batch, image_path, shape)
+            shape = images.shape[1:]
+            f = detector.features(images)
+            if feature_sum is None:
+                feature_sum = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
+                feature_gram = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
+            feature_sum += f.sum(dim=0)
+            feature_gram += f.T @ f
+            order.append(index)
+            if with_features:
+                features.append(f.to(torch.float32).cpu())
+            if with_probs:
+                probs.append(detector.probs(images).cpu())
+            bar.update(min(len(batch) * world_size, bar.total - bar.n))
+
+    mu = dist.all_reduce_sum(feature_sum).cpu().numpy() / num
+    sigma = (dist.all_reduce_sum(feature_gram).cpu().numpy() - num * np.outer(mu, mu)) / (num - 1)
+    stats = dict(num=num, mu=mu, sigma=sigma)
+    if with_features or with_probs:
+        rows = torch.argsort(dist.all_gather_cat(torch.cat(order)))
+        if with_features:
+            stats['features'] = dist.all_gather_cat(torch.cat(features))[rows].numpy()
+        if with_probs:
+            stats['probs'] = dist.all_gather_cat(torch.cat(probs))[rows].numpy()
+    return stats
+
+#----------------------------------------------------------------------------
+# The metrics.
+
+def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray, mu_ref: np.ndarray,
+                                       sigma_ref: np.ndarray) -> float:
+    """Frechet distance of two Gaussians (Heusel et al. 2017):
+    |mu - mu_ref|^2 + tr(sigma + sigma_ref - 2 (sigma sigma_ref)^(1/2)), with scipy's matrix square
+    root; its imaginary round-off is dropped."""
+    if mu.shape != mu_ref.shape or sigma.shape != sigma_ref.shape:
+        raise ValueError(f'The statistics have {mu.shape[0]} features but the reference has {mu_ref.shape[0]}; '
+                         f'compute both with the same detector.')
+    m = np.square(mu - mu_ref).sum()
+    s = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
+    return float(np.real(m + np.trace(sigma + sigma_ref - s * 2)))
+
+
+def calculate_is(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) on each of `splits`
+    consecutive parts of probs [N, C]; returns the mean and standard deviation over the parts."""
+    n = probs.shape[0]
+    if n < splits:
+        raise ValueError(f'The Inception Score needs at least {splits} images (one per split), got {n}.')
+    scores = []
+    for k in range(splits):
+        p_yx = probs[k * n // splits:(k + 1) * n // splits]
+        p_y = p_yx.mean(axis=0, keepdims=True)
+        kl = scipy.special.xlogy(p_yx, p_yx) - scipy.special.xlogy(p_yx, p_y)  # 0 log 0 = 0.
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def calculate_kid(feats: np.ndarray, ref_feats: np.ndarray, num_subsets: int = 100,
+                  max_subset_size: int = 1000, seed: int = 0) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased estimate of MMD^2 with the
+    kernel k(x, y) = (x.y / D + 1)^3, averaged over `num_subsets` random subsets of
+    m = min(N, N_ref, max_subset_size) rows of features [N, D] and ref_feats [N_ref, D]."""
+    if feats.shape[1] != ref_feats.shape[1]:
+        raise ValueError(f'The features have {feats.shape[1]} dimensions but the reference has '
+                         f'{ref_feats.shape[1]}; compute both with the same detector.')
+    d = feats.shape[1]
+    m = min(len(feats), len(ref_feats), max_subset_size)
+    if m < 2:
+        raise ValueError('KID needs at least 2 images on each side.')
+    rng = np.random.default_rng(seed)
+    mmd2 = []
+    for _subset in range(num_subsets):
+        x = feats[rng.choice(len(feats), m, replace=False)].astype(np.float64)
+        y = ref_feats[rng.choice(len(ref_feats), m, replace=False)].astype(np.float64)
+        k_xx, k_yy, k_xy = [(a @ b.T / d + 1) ** 3 for a, b in [(x, x), (y, y), (x, y)]]
+        mmd2.append((k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2 * k_xy.mean())
+    return float(np.mean(mmd2))
+
+
+def calculate_metrics(image_path: str, ref: dict, detector: Detector, metrics: Sequence[str] = ('fid',),
+                      num_expected: Optional[int] = 50000, seed: int = 0, block: Optional[int] = None,
+                      max_batch_size: int = 64, num_workers: int = 3, progress: bool = True) -> dict:
+    """The requested metrics of the images against reference statistics `ref` (see load_ref_stats),
+    from one pass over the images: {'fid'}, {'is', 'is_std'}, {'kid'}. Every process takes part; the
+    metrics are computed and returned on rank 0 only (an empty dict elsewhere)."""
+    stats = calculate_inception_stats(image_path, detector, num_expected=num_expected, seed=seed, block=block,
+                                      max_batch_size=max_batch_size, num_workers=num_workers,
+                                      with_features=('kid' in metrics), with_probs=('is' in metrics), progress=progress)
+    results = {}
+    if dist.get_rank() == 0:
+        if 'fid' in metrics:
+            results['fid'] = calculate_fid_from_inception_stats(stats['mu'], stats['sigma'], ref['mu'], ref['sigma'])
+        if 'is' in metrics:
+            results['is'], results['is_std'] = calculate_is(stats['probs'])
+        if 'kid' in metrics:
+            results['kid'] = calculate_kid(stats['features'], ref['features'], seed=seed)
+    return results
+
+#----------------------------------------------------------------------------
+# Files: reference statistics and records, written whole or not at all.
+
+def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
+    """Reference statistics from an .npz (path or URL): mu [D], sigma [D, D] and, when KID is wanted,
+    features [N, D]."""
+    try:
+        f = dnnlib.open_url(path_or_url, verbose=(dist.get_rank() == 0))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'--ref {path_or_url} does not exist; make reference statistics with '
+                                f'"python fid.py ref --data=DATASET --dest=FILE.npz".') from err
+    with f:
+        try:
+            stats = dict(np.load(f, allow_pickle=False))
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f'{path_or_url} is not an .npz of reference statistics ({_first_line(err)}); make one '
+                             f'with "python fid.py ref".') from err
+    mu, sigma = stats.get('mu'), stats.get('sigma')
+    if mu is None or sigma is None or mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f'{path_or_url} lacks reference statistics "mu" [D] and "sigma" [D, D] (it has '
+                         f'{", ".join(sorted(stats)) or "nothing"}); make it with "python fid.py ref".')
+    if need_features and 'features' not in stats:
+        raise ValueError(f'{path_or_url} has no "features", which KID needs; make it again with '
+                         f'"python fid.py ref --features".')
+    return stats
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through a temporary name in the same folder, so that `path` is either the old file
+    or the complete new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    except OSError as err:
+        raise OSError(f'Cannot write {path} ({err.strerror}); choose a path in a folder you can write to.') from err
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files only the owner can read.
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before the long computation, not after it, when an output cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'Cannot create the folder of {option} {path} ({err.strerror}); choose another path.') from err
+    if not os.access(folder, os.W_OK) or os.path.isdir(path):
+        raise OSError(f'Cannot write {option} {path}; choose a path in a folder you can write to.')
+
+
+def _write_json(path: str, record: dict) -> None:
+    write_atomic(path, lambda f: f.write((json.dumps(record, indent=2) + '\n').encode('utf-8')))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    old = open(path, 'rb').read() if os.path.isfile(path) else b''
+    write_atomic(path, lambda f: f.write(old + (json.dumps(record) + '\n').encode('utf-8')))
+
+#----------------------------------------------------------------------------
+# Command line.
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _parse_metrics(_ctx: Any, _param: Any, value: str) -> tuple[str, ...]:
+    metrics = tuple(m.strip().lower() for m in value.split(',') if m.strip())
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise click.BadParameter(f'unknown metric {", ".join(unknown) or "(none)"}; choose from {", ".join(METRICS)}.')
+    return tuple(m for m in METRICS if m in metrics)
+
+
+def _command(fn: Callable) -> Callable:
+    """Options that every subcommand has, and one-line errors for what the user got wrong."""
+    @click.option('--detector', help='Detector pickle or TorchScript file  [default: Inception-v3]', metavar='PATH|URL', type=str, default=None)
+    @click.option('--allow-pickle', help='Load a pickle from a source other than the official URL (runs its code)', is_flag=True)
+    @click.option('--batch', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+    @click.option('--workers', help='DataLoader worker processes per process', metavar='INT', type=click.IntRange(min=0),
+                  default=min(3, os.cpu_count() or 1), show_default=True)
+    @click.option('--device', help='Where to run the detector', type=click.Choice(['auto', 'cuda', 'cpu']), default='auto', show_default=True)
+    @click.option('--debug', help='Show the traceback of errors', is_flag=True)
+    @functools.wraps(fn)
+    def wrapper(debug: bool, **kwargs: Any) -> None:
+        try:
+            fn(**kwargs)
+        except (ValueError, OSError) as err:  # Includes dnnlib.DownloadError and persistence's errors.
+            if debug:
+                raise
+            raise click.ClickException(_first_line(err)) from err
+        finally:
+            dist.shutdown()
+    return wrapper
+
+
+@click.group()
+def main():
+    """Calculate FID, IS and KID with the Inception-v3 detector of EDM and PFGM++.
+
+    \b
+    # Reference statistics of a dataset
+    python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
+
+    \b
+    # FID of generated images, on 8 GPUs ('--' keeps torchrun from reading --num)
+    torchrun --standalone --nproc_per_node=8 -- fid.py calc --images=out \\
+        --ref=fid-refs/cifar10-32x32.npz --num=50000
+
+    \b
+    # Every ckpt_*/ folder of a run, best checkpoint last
+    python fid.py sweep --run=training-runs/exp_name --ref=fid-refs/cifar10-32x32.npz
+    """
+
+#----------------------------------------------------------------------------
+
+@main.command()
+@click.option('--data', help='Dataset: folder or .zip of images', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--dest', help='Where to save the statistics', metavar='NPZ', type=str, required=True)
+@click.option('--features', help='Also save the features, which KID needs', is_flag=True)
+@_command
+def ref(data: str, dest: str, features: bool, detector: Optional[str], allow_pickle: bool, batch: int,
+        workers: int, device: str) -> None:
+    """Calculate reference statistics of a dataset, for 'calc' and 'sweep'."""
+    device = dist.init(device)
+    check_writable(dest, '--dest')
+    net = load_detector(detector, allow_pickle=allow_pickle, device=device)
+    dist.print0(f'Calculating statistics of {data}...')
+    stats = calculate_inception_stats(data, net, max_batch_size=batch, num_workers=workers, with_features=features)
+    if dist.get_rank() == 0:
+        arrays = dict(mu=stats['mu'], sigma=stats['sigma'])
+        if features:
+            arrays['features'] = stats['features']
+        write_atomic(dest, lambda f: np.savez(f, **arrays))
+        print(f'Saved statistics of {stats["num"]} images to {dest}')
+    dist.barrier()
+
+#----------------------------------------------------------------------------
+
+@main.command()
+@click.option('--images', help='Generated images: folder or .zip', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
+@click.option('--num', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--metrics', help='Comma-separated list of fid, is, kid', metavar='LIST', callback=_parse_metrics, default='fid', show_default=True)
+@click.option('--json', 'json_path', help='Also write the results to this JSON file', metavar='FILE', type=str, default=None)
+@_command
+def calc(images: str, ref_path: str, num: int, seed: int, metrics: tuple[str, ...], json_path: Optional[str],
+         detector: Optional[str], allow_pickle: bool, batch: int, workers: int, device: str) -> None:
+    """Calculate metrics of generated images; the last line printed is the FID."""
+    device = dist.init(device)
+    if json_path is not None:
+        check_writable(json_path, '--json')
+    ref_stats = load_ref_stats(ref_path, need_features=('kid' in metrics))
+    net = load_detector(detector, allow_pickle=allow_pickle, device=device)
+    dist.print0(f'Calculating {", ".join(metrics)} of {images}...')
+    results = calculate_metrics(images, ref_stats, net, metrics, num_expected=num, seed=seed,
+                                max_batch_size=batch, num_workers=workers)
+    if dist.get_rank() == 0:
+        if json_path is not None:
+            _write_json(json_path, dict(images=images, ref=ref_path, num=num, seed=seed, detector=net.source,
+                                        metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds')))
+        for line in _format_results(results):
+            print(line)
+    dist.barrier()
+
+
+def _format_results(results: dict) -> list[str]:
+    """Lines for the terminal, FID last and bare so that scripts can read it as EDM's."""
+    lines = []
+    if 'is' in results:
+        lines.append(f'IS: {results["is"]:g} (std {results["is_std"]:g})')
+    if 'kid' in results:
+        lines.append(f'KID: {results["kid"]:g}')
+    if 'fid' in results:
+        lines.append(f'{results["fid"]:g}')
+    return lines
+
+#----------------------------------------------------------------------------
+
+def _ckpt_folders(run: str) -> list[str]:
+    """The ckpt_*/ folders of a run, in checkpoint order (ckpt_2 before ckpt_10)."""
+    if not os.path.isdir(run):
+        raise FileNotFoundError(f'--run {run} is not a folder; pass the folder that holds the ckpt_*/ image folders.')
+    names = [name for name in os.listdir(run) if name.startswith('ckpt_') and os.path.isdir(os.path.join(run, name))]
+    natural = lambda name: [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
+    return sorted(names, key=natural)
+
+
+def _same_evaluation(record: dict, **key: Any) -> bool:
+    return all(record.get(k) == v for k, v in key.items())
+
+
+@main.command()
+@click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote', metavar='DIR', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
+@click.option('--num', help='Number of images per evaluation', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--ranges', help='Disjoint blocks of --num images to evaluate per folder, in name (seed) order', metavar='INT',
+              type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--metrics', help='Comma-separated list of fid, is, kid', metavar='LIST', callback=_parse_metrics, default='fid', show_default=True)
+@_command
+def sweep(run: str, ref_path: str, num: int, seed: int, ranges: int, metrics: tuple[str, ...],
+          detector: Optional[str], allow_pickle: bool, batch: int, workers: int, device: str) -> None:
+    """Evaluate every ckpt_*/ folder of a run; results go to RUN/metrics.jsonl.
+
+    Folders already recorded there are skipped, and the table ends with the checkpoint of lowest FID
+    (the minimum over its --ranges blocks: --ranges=3 with 150000 images per folder gives EDM's three
+    seed ranges 0-49999, 50000-99999, 100000-149999)."""
+    if 'fid' not in metrics:
+        raise click.BadParameter('sweep ranks checkpoints by FID; include fid.', param_hint='--metrics')
+    device = dist.init(device)
+    folders = _ckpt_folders(run)
+    if not folders:
+        raise FileNotFoundError(f'{run} has no ckpt_*/ image folders; write them with generate.py first.')
+    ref_stats = load_ref_stats(ref_path, need_features=('kid' in metrics))
+    log_path = os.path.join(run, 'metrics.jsonl')
+    records = _read_jsonl(log_path)
+    dist.barrier()  # Every process has read the log before rank 0 appends to it.
+    source = detector or DETECTOR_URL
+    blocks = [None] if ranges == 1 else list(range(ranges))
+    net = None
+    for name in folders:
+        path = os.path.join(run, name)
+        for block in blocks:
+            key = dict(ckpt=name, block=block, num=num, seed=(seed if block is None else None), ref=ref_path, detector=source)
+            if any(_same_evaluation(r, **key) and set(metrics) <= set(r['metrics']) for r in records):
+                continue
+            needed = num * (1 if block is None else block + 1)
+            available = len(ImageFiles(path))
+            if available < needed:
+                dist.print0(f'Skipping {name}: {available} images, {needed} needed.')
+                break
+            net = net or load_detector(detector, allow_pickle=allow_pickle, device=device)
+            results = calculate_metrics(path, ref_stats, net, metrics, num_expected=num, seed=seed, block=block,
+                                        max_batch_size=batch, num_workers=workers)
+            if dist.get_rank() == 0:
+                images = 'random' if block is None else f'{block * num}-{(block + 1) * num - 1}'
+                record = dict(key, images=images, metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'))
+                _append_jsonl(log_path, record)
+                records.append(record)
+                print(f'{name} images {images}: ' + ', '.join(_format_results(results)[:-1] + [f'FID {results["fid"]:g}']))
+    if dist.get_rank() == 0:
+        for line in _sweep_table(records, folders, blocks, num=num, seed=seed, ref=ref_path, detector=source):
+            print(line)
+    dist.barrier()
+
+
+def _sweep_table(records: list[dict], folders: list[str], blocks: list, **key: Any) -> list[str]:
+    """Rows 'ckpt  FID per block  minimum', then the best checkpoint among those with every block done."""
+    lines = [f'{"checkpoint":<24}{"FID per block":<{12 * len(blocks)}}{"min FID":>10}']
+    best = None
+    for name in folders:
+        fids = []
+        for block in blocks:
+            match = [r for r in records if _same_evaluation(r, ckpt=name, block=block, num=key['num'], ref=key['ref'],
+                                                             detector=key['detector'], seed=(key['seed'] if block is None else None))]
+            fids.append(match[-1]['metrics']['fid'] if match else None)
+        done = [fid for fid in fids if fid is not None]
+        if not done:
+            continue
+        cells = ''.join(f'{fid:<12.4f}' if fid is not None else f'{"-":<12}' for fid in fids)
+        lines.append(f'{name:<24}{cells}{min(done):>10.4f}')
+        if len(done) == len(fids) and (best is None or min(done) < best[1]):
+            best = (name, min(done))
+    lines.append(f'Best: {best[0]} with FID {best[1]:g}' if best else 'No checkpoint has been fully evaluated yet.')
+    return lines
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,364 @@
+"""fid.py: statistics against independent numpy computations, the metrics against their formulas,
+one process against two, and every bad input. A stand-in detector replaces Inception-v3."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import fid
+from torch_utils import persistence
+
+NUM_IMAGES = 25  # Odd, so that two processes get unequal shares.
+RESOLUTION = 8
+
+#----------------------------------------------------------------------------
+# A stand-in detector with Inception-v3's call signature: 8 features, 5 classes.
+
+@persistence.persistent_class
+class StandInDetector(torch.nn.Module):
+    def __init__(self, feature_dim: int = 8, num_classes: int = 5):
+        super().__init__()
+        gen = torch.Generator().manual_seed(123)
+        self.conv = torch.nn.Parameter(torch.randn([feature_dim, 3, 3, 3], generator=gen) * 0.5)
+        self.fc = torch.nn.Parameter(torch.randn([num_classes, feature_dim], generator=gen))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = x.to(torch.float32) / 127.5 - 1
+        features = torch.tanh(torch.nn.functional.conv2d(x, self.conv, padding=1)).mean(dim=[2, 3])
+        if return_features:
+            return features
+        return torch.softmax(features @ self.fc.T * 4, dim=1)
+
+
+def _expected_features(images: np.ndarray, return_features: bool = True) -> np.ndarray:
+    """Detector output for uint8 images [N, 3, H, W], one image at a time, float64."""
+    net = StandInDetector()
+    with torch.no_grad():
+        return np.concatenate([net(torch.from_numpy(x[np.newaxis]), return_features=return_features).double().numpy() for x in images])
+
+
+def _make_images(folder: Path, num: int, gen: np.random.Generator, brightness: tuple) -> np.ndarray:
+    """Random PNGs in nested folders, every fourth one grayscale; returns what the detector must see,
+    uint8 [N, 3, H, W] in file-name order."""
+    expected = []
+    for i in range(num):
+        base = gen.uniform(*brightness)
+        if i % 4 == 0:
+            gray = np.clip(base + gen.normal(0, 60, [RESOLUTION, RESOLUTION]), 0, 255).astype(np.uint8)
+            image, seen = PIL.Image.fromarray(gray, 'L'), np.stack([gray] * 3)
+        else:
+            rgb = np.clip(base + gen.normal(0, 60, [RESOLUTION, RESOLUTION, 3]), 0, 255).astype(np.uint8)
+            image, seen = PIL.Image.fromarray(rgb, 'RGB'), rgb.transpose(2, 0, 1)
+        path = folder / f'{i - i % 10:06d}' / f'{i:06d}.png'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        expected.append(seen)
+    return np.stack(expected)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """Detector files, an image folder, the same images zipped, and reference statistics."""
+    root = tmp_path_factory.mktemp('fid')
+    gen = np.random.default_rng(0)
+    d = dict(root=root, images=root / 'images')
+    d['arrays'] = _make_images(d['images'], NUM_IMAGES, gen, (40, 215))
+    d['zip'] = root / 'images.zip'
+    with zipfile.ZipFile(d['zip'], 'w') as z:
+        z.writestr('dataset.json', '{"labels": null}')
+        for path in sorted(d['images'].rglob('*.png')):
+            z.write(path, path.relative_to(d['images']).as_posix())
+    d['other'] = root / 'other'
+    d['other_arrays'] = _make_images(d['other'], NUM_IMAGES, gen, (0, 60))
+    d['detector'] = root / 'standin.pt'
+    torch.jit.save(torch.jit.script(StandInDetector()), str(d['detector']))
+    d['detector_pkl'] = root / 'standin.pkl'
+    d['detector_pkl'].write_bytes(pickle.dumps(StandInDetector()))
+    d['ref'] = root / 'ref.npz'
+    result = _invoke('ref', '--data', d['images'], '--dest', d['ref'], '--features', detector=d['detector'])
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def _invoke(*args, detector=None, env=None):
+    args = [str(a) for a in args] + ['--device', 'cpu', '--workers', '0']
+    if detector is not None:
+        args += ['--detector', str(detector)]
+    return CliRunner().invoke(fid.main, args, env=env)
+
+#----------------------------------------------------------------------------
+# Statistics.
+
+def test_ref_matches_numpy(data):
+    features = _expected_features(data['arrays'])
+    ref = np.load(data['ref'])
+    assert ref['mu'].dtype == np.float64 and ref['sigma'].shape == (8, 8)
+    np.testing.assert_allclose(ref['mu'], features.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ref['sigma'], np.cov(features, rowvar=False, ddof=1), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(ref['features'], features, rtol=1e-5, atol=1e-7)
+
+
+def test_zip_with_workers_matches_folder(data, tmp_path):
+    dest = tmp_path / 'sub' / 'zip.npz'
+    result = CliRunner().invoke(fid.main, ['ref', '--data', str(data['zip']), '--dest', str(dest), '--detector',
+                                           str(data['detector']), '--device', 'cpu', '--workers', '2', '--batch', '4'])
+    assert result.exit_code == 0, result.output
+    ours, ref = np.load(dest), np.load(data['ref'])
+    assert sorted(ours.files) == ['mu', 'sigma']  # Features only when asked for.
+    np.testing.assert_allclose(ours['mu'], ref['mu'], rtol=1e-6)
+    np.testing.assert_allclose(ours['sigma'], ref['sigma'], rtol=1e-6, atol=1e-10)
+    assert [p.name for p in tmp_path.joinpath('sub').iterdir()] == ['zip.npz']  # No temporary left behind.
+
+
+def test_seeded_subset(data):
+    detector = fid.load_detector(str(data['detector']))
+    all_features = _expected_features(data['arrays'])
+    picks = {}
+    for seed in [0, 0, 1]:
+        stats = fid.calculate_inception_stats(str(data['images']), detector, num_expected=16, seed=seed, num_workers=0, with_features=True)
+        # Every row is one of the images, no image twice, and mu is their mean.
+        rows = [int(np.argmin(np.abs(all_features - f).sum(axis=1))) for f in stats['features']]
+        np.testing.assert_allclose(stats['features'], all_features[rows], rtol=1e-5, atol=1e-7)
+        assert len(set(rows)) == 16 and rows == sorted(rows) and stats['num'] == 16
+        np.testing.assert_allclose(stats['mu'], all_features[rows].mean(axis=0), rtol=1e-5, atol=1e-7)
+        picks.setdefault(seed, []).append(rows)
+    assert picks[0][0] == picks[0][1] and picks[0][0] != picks[1][0]
+
+
+def test_two_processes_match_one(data, tmp_path):
+    dest = tmp_path / 'two.npz'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                          str(ROOT / 'fid.py'), 'ref', '--data', str(data['images']), '--dest', str(dest), '--features',
+                          '--detector', str(data['detector']), '--device', 'cpu', '--workers', '1', '--batch', '5'],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count('Saved statistics of 25 images') == 1  # Rank 0 alone writes and prints.
+    two, one = np.load(dest), np.load(data['ref'])
+    np.testing.assert_allclose(two['mu'], one['mu'], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(two['sigma'], one['sigma'], rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(two['features'], one['features'])  # Gathered back in name order.
+
+#----------------------------------------------------------------------------
+# Metrics.
+
+def _random_spd(gen: np.random.Generator, d: int) -> np.ndarray:
+    a = gen.normal(size=[d, d])
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def _symmetric_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def test_fid_of_known_gaussians():
+    gen = np.random.default_rng(1)
+    # Diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
+    a, b = gen.uniform(0.5, 2, 6), gen.uniform(0.5, 2, 6)
+    mu1, mu2 = gen.normal(size=6), gen.normal(size=6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    # General covariances: tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric computation.
+    s1, s2 = _random_spd(gen, 16), _random_spd(gen, 16)
+    r1 = _symmetric_sqrt(s1)
+    expected = np.sum((mu1[:1] - mu2[:1]) ** 2) + np.trace(s1 + s2) - 2 * np.trace(_symmetric_sqrt(r1 @ s2 @ r1))
+    mu1, mu2 = np.r_[mu1[:1], np.zeros(15)], np.r_[mu2[:1], np.zeros(15)]
+    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-10)
+    with pytest.raises(ValueError, match='same detector'):
+        fid.calculate_fid_from_inception_stats(mu1[:4], s1[:4, :4], mu2, s2)
+
+
+def test_inception_score():
+    gen = np.random.default_rng(2)
+    assert fid.calculate_is(np.full([100, 7], 1 / 7)) == pytest.approx((1.0, 0.0), abs=1e-12)
+    # Confident predictions spread evenly over C classes score C.
+    assert fid.calculate_is(np.eye(7)[np.tile(np.arange(7), 20)], splits=10)[0] == pytest.approx(7.0, rel=1e-12)
+    # Against the definition exp(E KL(p(y|x) || p(y))) on one split.
+    p = gen.dirichlet(np.ones(5), size=40)
+    expected = np.exp(np.mean(np.sum(p * np.log(p / p.mean(axis=0)), axis=1)))
+    assert fid.calculate_is(p, splits=1)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_kid_matches_definition():
+    gen = np.random.default_rng(3)
+    x, y = gen.normal(size=[12, 4]), gen.normal(0.5, 1, size=[10, 4])
+    k = lambda a, b: (a @ b / 4 + 1) ** 3
+    # One subset holding all of y and 10 of x; which 10 rows of x is up to the seed, so use the
+    # permutation invariance: with 10 rows of x the estimate is the same for any order of those rows.
+    m = 10
+    xs = x[:m]
+    kxx = sum(k(xs[i], xs[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kxy = sum(k(xs[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    assert fid.calculate_kid(xs, y, num_subsets=3) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
+    assert fid.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0) == fid.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0)
+    # Near 0 for two samples of one distribution, clearly positive for shifted ones.
+    x1, x2, shifted = gen.normal(size=[300, 4]), gen.normal(size=[300, 4]), gen.normal(0.5, 1, size=[300, 4])
+    assert abs(fid.calculate_kid(x1, x2, num_subsets=5, max_subset_size=200)) < 0.2 * fid.calculate_kid(x1, shifted, num_subsets=5, max_subset_size=200)
+
+
+def test_calc_self_and_other(data, tmp_path):
+    trace = np.trace(np.load(data['ref'])['sigma'])
+    same = _invoke('calc', '--images', data['images'], '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'r.json', detector=data['detector'])
+    assert same.exit_code == 0, same.output
+    value = float(same.stdout.strip().splitlines()[-1])
+    assert abs(value) < 1e-6 * trace
+    record = json.loads((tmp_path / 'r.json').read_text())
+    assert record['metrics']['fid'] == pytest.approx(value, rel=1e-5, abs=1e-12) and record['num'] == NUM_IMAGES
+
+    other = _invoke('calc', '--images', data['other'], '--ref', data['ref'], '--num', NUM_IMAGES, '--metrics', 'fid,is,kid',
+                    '--json', tmp_path / 'o.json', detector=data['detector'])
+    assert other.exit_code == 0, other.output
+    metrics = json.loads((tmp_path / 'o.json').read_text())['metrics']
+    f_other, f_ref = _expected_features(data['other_arrays']), np.load(data['ref'])['features']
+    expected_fid = fid.calculate_fid_from_inception_stats(f_other.mean(0), np.cov(f_other, rowvar=False), f_ref.mean(0), np.cov(f_ref, rowvar=False))
+    assert metrics['fid'] == pytest.approx(expected_fid, rel=1e-4) and expected_fid > 0.1 * trace
+    assert metrics['is'] == pytest.approx(fid.calculate_is(_expected_features(data['other_arrays'], return_features=False))[0], rel=1e-5)
+    assert metrics['kid'] == pytest.approx(fid.calculate_kid(f_other, f_ref, seed=0), rel=1e-4)
+    assert float(other.stdout.strip().splitlines()[-1]) == pytest.approx(metrics['fid'], rel=1e-5)
+
+
+def test_pickle_detector_needs_allow_pickle(data):
+    args = ['calc', '--images', data['images'], '--ref', data['ref'], '--num', NUM_IMAGES]
+    refused = _invoke(*args, detector=data['detector_pkl'])
+    assert refused.exit_code == 1 and '--allow-pickle' in refused.output and 'executes code' in refused.output
+    allowed = _invoke(*args, '--allow-pickle', detector=data['detector_pkl'])
+    assert allowed.exit_code == 0, allowed.output
+    assert abs(float(allowed.stdout.strip().splitlines()[-1])) < 1e-8
+
+
+def test_sweep(data, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    for name, source in [('ckpt_10', data['images']), ('ckpt_2', data['other'])]:
+        (run / name).symlink_to(source)  # Sorted by checkpoint number: ckpt_2 first.
+    (run / 'ckpt_5' / '000000').mkdir(parents=True)  # Still being written by generate.py.
+    args = ['sweep', '--run', run, '--ref', data['ref'], '--num', 12, '--ranges', 2]
+    first = _invoke(*args, detector=data['detector'])
+    assert first.exit_code == 0, first.output
+    records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [(r['ckpt'], r['images']) for r in records] == [('ckpt_2', '0-11'), ('ckpt_2', '12-23'), ('ckpt_10', '0-11'), ('ckpt_10', '12-23')]
+    lines = first.stdout.strip().splitlines()
+    assert 'Skipping ckpt_5: 0 images' in first.stdout
+    assert [line.split()[0] for line in lines[-3:-1]] == ['ckpt_2', 'ckpt_10']
+    best = min(r['metrics']['fid'] for r in records)
+    assert best == min(r['metrics']['fid'] for r in records if r['ckpt'] == 'ckpt_10')
+    assert lines[-1] == f'Best: ckpt_10 with FID {best:g}'
+
+    again = _invoke(*args, detector=data['detector'])
+    assert again.exit_code == 0 and (run / 'metrics.jsonl').read_text().count('\n') == 4  # Nothing evaluated twice.
+    assert again.stdout.strip().splitlines()[-1] == lines[-1]
+
+    # A checkpoint with a block still missing shows, but cannot be best on fewer tries.
+    partial = [dict(ckpt='ckpt_1', block=0, metrics=dict(fid=0.5)), dict(ckpt='ckpt_3', block=0, metrics=dict(fid=0.7)),
+               dict(ckpt='ckpt_3', block=1, metrics=dict(fid=0.9))]
+    table = fid._sweep_table(partial, ['ckpt_1', 'ckpt_3'], [0, 1], num=None, seed=None, ref=None, detector=None)
+    assert table[1].split() == ['ckpt_1', '0.5000', '-', '0.5000'] and table[-1] == 'Best: ckpt_3 with FID 0.7'
+
+#----------------------------------------------------------------------------
+# Bad input: one line, exit code 1, no traceback, no output file.
+
+def _bad_files(data):
+    root = data['root'] / 'bad'
+    root.mkdir(exist_ok=True)
+    np.savez(root / 'nomu.npz', means=np.zeros(8))
+    (root / 'text.npz').write_text('mu, sigma')
+    (root / 'text.pt').write_text('not a network')
+    with zipfile.ZipFile(root / 'plain.zip.pt', 'w') as z:
+        z.writestr('hello.txt', 'a zip, but no TorchScript')
+    for name, sizes in [('corrupt', [8, 8, 8]), ('mixed', [8, 8, 6])]:
+        for i, size in enumerate(sizes):
+            (root / name).mkdir(exist_ok=True)
+            PIL.Image.new('RGB', (size, size), (i * 50, 0, 0)).save(root / name / f'{i}.png')
+    (root / 'corrupt' / '3.png').write_bytes(b'\x89PNG truncated')
+    return root
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing_images', 'does not exist'),
+    ('too_few_images', 'Found 25 images'),
+    ('ref_without_mu', 'lacks reference statistics "mu"'),
+    ('ref_not_npz', 'is not an .npz'),
+    ('missing_ref', 'does not exist'),
+    ('kid_without_features', 'ref --features'),
+    ('detector_neither_format', 'neither a TorchScript file'),
+    ('detector_zip_not_torchscript', 'not a TorchScript file'),
+    ('detector_offline', '--detector=PATH'),
+    ('corrupt_image', 'Cannot read image 3.png'),
+    ('mixed_sizes', 'differ in size'),
+])
+def test_bad_input(data, tmp_path, case, message):
+    bad = _bad_files(data)
+    out = tmp_path / 'out.json'
+    images, ref, num, detector, extra, env = data['images'], data['ref'], NUM_IMAGES, data['detector'], [], None
+    if case == 'missing_images':
+        images = tmp_path / 'nowhere'
+    elif case == 'too_few_images':
+        num = NUM_IMAGES + 1
+    elif case == 'ref_without_mu':
+        ref = bad / 'nomu.npz'
+    elif case == 'ref_not_npz':
+        ref = bad / 'text.npz'
+    elif case == 'missing_ref':
+        ref = tmp_path / 'missing.npz'
+    elif case == 'kid_without_features':
+        np.savez(tmp_path / 'nofeat.npz', mu=np.zeros(8), sigma=np.eye(8))
+        ref, extra = tmp_path / 'nofeat.npz', ['--metrics', 'fid,kid']
+    elif case == 'detector_neither_format':
+        detector = bad / 'text.pt'
+    elif case == 'detector_zip_not_torchscript':
+        detector = bad / 'plain.zip.pt'
+    elif case in ('corrupt_image', 'mixed_sizes'):
+        images, num = bad / case.split('_')[0], 3
+    elif case == 'detector_offline':
+        detector = 'https://example.invalid/metrics/inception-2015-12-05.pkl'
+        env = dict(DNNLIB_CACHE_DIR=str(tmp_path / 'empty-cache'))
+    result = _invoke('calc', '--images', images, '--ref', ref, '--num', num, '--json', out, *extra, detector=detector, env=env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert 'Traceback' not in result.output and not out.exists()
+    if case == 'detector_offline':
+        assert detector in errors[0] and str(tmp_path / 'empty-cache') in errors[0]
+
+
+def test_error_in_a_real_process(data, tmp_path):
+    dest = tmp_path / 'ref.npz'
+    out = subprocess.run([sys.executable, str(ROOT / 'fid.py'), 'ref', '--data', str(tmp_path / 'nowhere'), '--dest', str(dest),
+                          '--detector', str(data['detector']), '--device', 'cpu'], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().count('\n') == 0 and 'does not exist' in out.stderr
+    assert not dest.exists()
+    debug = subprocess.run([sys.executable, str(ROOT / 'fid.py'), 'ref', '--data', str(tmp_path / 'nowhere'), '--dest', str(dest),
+                            '--detector', str(data['detector']), '--device', 'cpu', '--debug'], capture_output=True, text=True, timeout=60)
+    assert debug.returncode != 0 and 'Traceback' in debug.stderr
+
+
+def test_unknown_metric(data):
+    result = _invoke('calc', '--images', data['images'], '--ref', data['ref'], '--metrics', 'fid,precision', detector=data['detector'])
+    assert result.exit_code == 2 and 'precision' in result.output and 'Traceback' not in result.output
+
+
+@pytest.mark.parametrize('case, message', [('missing_run', 'is not a folder'), ('no_ckpt', 'no ckpt_*/ image folders'), ('no_fid', 'include fid')])
+def test_sweep_bad_input(data, tmp_path, case, message):
+    run = tmp_path / ('missing' if case == 'missing_run' else 'run')
+    (tmp_path / 'run').mkdir()
+    metrics = 'is' if case == 'no_fid' else 'fid'
+    result = _invoke('sweep', '--run', run, '--ref', data['ref'], '--metrics', metrics, detector=data['detector'])
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit) and message in result.output, result.output
+    assert not (tmp_path / 'run' / 'metrics.jsonl').exists()
+
+#----------------------------------------------------------------------------
