@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
@@ -365,28 +364,6 @@ def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
     return stats
 
 
-def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through a temporary name in the same folder, so that `path` is either the old file
-    or the complete new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-    except OSError as err:
-        raise OSError(f'Cannot write {path} ({err.strerror}); choose a path in a folder you can write to.') from err
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files only the owner can read.
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
 def check_writable(path: str, option: str) -> None:
     """Fail before the long computation, not after it, when an output cannot be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -399,7 +376,7 @@ def check_writable(path: str, option: str) -> None:
 
 
 def _write_json(path: str, record: dict) -> None:
-    write_atomic(path, lambda f: f.write((json.dumps(record, indent=2) + '\n').encode('utf-8')))
+    dnnlib.util.write_atomic(path, lambda f: f.write((json.dumps(record, indent=2) + '\n').encode('utf-8')))
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -411,7 +388,7 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _append_jsonl(path: str, record: dict) -> None:
     old = open(path, 'rb').read() if os.path.isfile(path) else b''
-    write_atomic(path, lambda f: f.write(old + (json.dumps(record) + '\n').encode('utf-8')))
+    dnnlib.util.write_atomic(path, lambda f: f.write(old + (json.dumps(record) + '\n').encode('utf-8')))
 
 #----------------------------------------------------------------------------
 # Command line.
@@ -488,7 +465,7 @@ def ref(data: str, dest: str, features: bool, detector: Optional[str], allow_pic
         arrays = dict(mu=stats['mu'], sigma=stats['sigma'])
         if features:
             arrays['features'] = stats['features']
-        write_atomic(dest, lambda f: np.savez(f, **arrays))
+        dnnlib.util.write_atomic(dest, lambda f: np.savez(f, **arrays))
         print(f'Saved statistics of {stats["num"]} images to {dest}')
     dist.barrier()
 

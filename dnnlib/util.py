@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 #----------------------------------------------------------------------------
 # Attribute-style dictionary, used for configurations passed to constructors.
@@ -60,6 +60,34 @@ def construct_class_by_name(*args, class_name: str, **kwargs) -> Any:
     if not callable(cls):
         raise ValueError(f'{class_name!r} is not a class or function.')
     return cls(*args, **kwargs)
+
+#----------------------------------------------------------------------------
+# Files that are either the old version or the complete new one.
+
+def write_atomic(path: str, write: Callable[[BinaryIO], None], fsync: bool = False) -> None:
+    """Call write(f) on a temporary file in the folder of `path`, then rename it to `path`, so that
+    a crash or an error never leaves a truncated file; the temporary file is removed on failure.
+    fsync=True also flushes the data to disk before the rename (for checkpoints)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    except OSError as err:
+        raise OSError(f'Cannot write {path} ({err.strerror}); choose a path in a folder you can write to.') from err
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files only the owner can read.
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
 
 #----------------------------------------------------------------------------
 # Cache directory and URL opening.
@@ -138,11 +166,7 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 3, v
             f'local path instead, or copy it to that cache path.')
 
     if cache or return_filename:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(cache_path), prefix='.tmp-')
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp_path, cache_path)
+        write_atomic(cache_path, lambda f: f.write(data))
         if return_filename:
             return cache_path
     return io.BytesIO(data)
