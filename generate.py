@@ -1,7 +1,483 @@
-"""generate.py: lands with its issue (see README.md). The library pieces it builds on are in training/."""
+"""Generate images with a trained PFGM++ (or EDM) network: EDM's samplers (training/sampling.py) started
+from the PFGM++ prior (training/pfgmpp.sample_prior), one PNG per seed.
 
-import sys
+Examples:
+
+\b
+# 64 images from one checkpoint (our .pt, or EDM/PFGM++ legacy files with --allow-pickle)
+python generate.py --network=training-runs/00000-cifar10/network-snapshot-200000.pt \\
+    --outdir=out --seeds=0-63 --batch=64
+
+\b
+# Every checkpoint of a training run, each into RUN/ckpt_<kimg>/, 8 GPUs (as the PFGM++ code base)
+torchrun --standalone --nproc_per_node=8 generate.py --seeds=0-49999 \\
+    --outdir=./training-runs/exp_name --pfgmpp=1 --aug_dim=2048
+
+Each image depends only on its seed: the seed's own torch.Generator draws, in this order, the prior
+sample, the class label (conditional networks) and the sampler's noise (S_churn, alpha), as EDM does,
+so for D -> infinity an EDM checkpoint gives EDM's images for the same seeds. The study scripts
+generate_alpha.py, generate_steps.py and generate_quant.py share this script's options and code.
+"""
+
+import contextlib
+import math
+import os
+import re
+from typing import Callable, Iterable, Optional, Sequence
+
+import click
+import torch
+import tqdm
+
+import dnnlib
+from torch_utils import distributed as dist
+from torch_utils import images as image_io
+from torch_utils import misc
+from training import checkpoint, pfgmpp, sampling
+
+#----------------------------------------------------------------------------
+# Parsing lists on the command line.
+
+def parse_int_list(s: str | Sequence[int]) -> list[int]:
+    """'0-9,15' -> [0, 1, ..., 9, 15]: comma-separated non-negative integers and inclusive ranges a-b,
+    duplicates dropped (first occurrence kept)."""
+    if isinstance(s, (list, tuple)):
+        values = [int(v) for v in s]
+    else:
+        values = []
+        for part in str(s).replace(' ', '').split(','):
+            match = re.fullmatch(r'(\d+)(?:-(\d+))?', part)
+            if match is None:
+                raise ValueError(f'{s!r} is not a list like 0-49999 or 1,5,10-19 (non-negative integers).')
+            lo, hi = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
+            if hi < lo:
+                raise ValueError(f'The range {part} in {s!r} is empty; write it as low-high.')
+            values.extend(range(lo, hi + 1))
+    if any(v < 0 for v in values):
+        raise ValueError(f'{s!r} holds negative numbers; seeds and counts are >= 0.')
+    return list(dict.fromkeys(values))
+
+
+def parse_float_list(s: str | Sequence[float]) -> list[float]:
+    """'0,0.05,0.1' -> [0.0, 0.05, 0.1] (finite numbers, duplicates dropped)."""
+    if isinstance(s, (list, tuple)):
+        values = [float(v) for v in s]
+    else:
+        try:
+            values = [float(part) for part in str(s).replace(' ', '').split(',')]
+        except ValueError:
+            raise ValueError(f'{s!r} is not a comma-separated list of numbers like 0,0.05,0.1.') from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f'{s!r} must hold at least one finite number.')
+    return list(dict.fromkeys(values))
+
+
+def _click_list(parse: Callable) -> Callable:
+    """A click callback that parses a list option and reports a bad value as a usage error."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return callback
+
+#----------------------------------------------------------------------------
+# Per-seed randomness.
+
+class StackedRandomGenerator:
+    """One torch.Generator per seed (seeded with seed mod 2^32, as EDM); every draw for a batch is the
+    per-seed draws of the trailing shape stacked along dim 0, so sample i depends only on seeds[i]."""
+
+    def __init__(self, device: torch.device | str, seeds: Iterable[int]):
+        self.device = torch.device(device)
+        self.generators = [misc.make_generator(int(seed) % (1 << 32), self.device) for seed in seeds]
+
+    def randn(self, size: Sequence[int], **kwargs) -> torch.Tensor:
+        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def randn_like(self, input: torch.Tensor) -> torch.Tensor:
+        return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
+
+    def randint(self, *args, size: Sequence[int], **kwargs) -> torch.Tensor:
+        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def prior(self, shape: Sequence[int], sigma: float, D: Optional[float]) -> torch.Tensor:
+        """float64 [B, *shape]: each seed's draw from the prior at noise level sigma (pfgmpp.sample_prior);
+        for D=None exactly EDM's latents * sigma."""
+        return torch.cat([pfgmpp.sample_prior([1, *shape], sigma, D, generator=gen, device=self.device, dtype=torch.float64)
+                          for gen in self.generators])
+
+#----------------------------------------------------------------------------
+# Sampling one batch.
+
+SAMPLER_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise',
+                'solver', 'discretization', 'schedule', 'scaling', 'alpha')
+ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
+
+
+def choose_sampler(sampler_kwargs: dict) -> tuple[Callable, str]:
+    """EDM's rule: the ablation sampler when any of solver/discretization/schedule/scaling is given,
+    else edm_sampler. Returns (function, 'ablation' or 'edm')."""
+    unknown = set(sampler_kwargs) - set(SAMPLER_KEYS)
+    if unknown:
+        raise ValueError(f'Unknown sampler settings {sorted(unknown)}; expected some of {", ".join(SAMPLER_KEYS)}.')
+    if any(key in sampler_kwargs for key in ABLATION_KEYS):
+        return sampling.ablation_sampler, 'ablation'
+    return sampling.edm_sampler, 'edm'
+
+
+def sample_batch(net, seeds: Sequence[int], D: Optional[float] = None, sampler_kwargs: Optional[dict] = None,
+                 class_idx: Optional[int] = None, device: torch.device | str = 'cpu',
+                 callback: Optional[Callable] = None) -> torch.Tensor:
+    """Samples for `seeds`, float64 [B, C, H, W] in (about) [-1, 1]. Per seed, in this order: the prior
+    draw at the sampler's first noise level (pfgmpp.sample_prior with D), a class label uniform over
+    label_dim (conditional networks; replaced by class_idx if given), then the sampler's noise."""
+    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
+    sampler_fn, kind = choose_sampler(sampler_kwargs)
+    sigma_start = sampling.first_sigma(net, kind, **sampler_kwargs)
+    rnd = StackedRandomGenerator(device, seeds)
+    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], sigma_start, D)
+    class_labels = None
+    if net.label_dim:
+        class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
+    if class_idx is not None:
+        check_class_idx(net, class_idx)
+        class_labels[:, :] = 0
+        class_labels[:, class_idx] = 1
+    return sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **sampler_kwargs)
+
+
+def check_class_idx(net, class_idx: Optional[int]) -> None:
+    if class_idx is None:
+        return
+    if not net.label_dim:
+        raise ValueError(f'--class={class_idx} was given, but the network is unconditional; drop --class.')
+    if not 0 <= class_idx < net.label_dim:
+        raise ValueError(f'--class={class_idx} is out of range; this network has classes 0 to {net.label_dim - 1}.')
+
+#----------------------------------------------------------------------------
+# Output folders: {seed:06d}.png, with subdirs {seed - seed % 1000:06d}/{seed:06d}.png (as EDM).
+
+def image_path(outdir: str, seed: int, subdirs: bool = False) -> str:
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+
+def missing_seeds(outdir: str, seeds: Sequence[int], subdirs: bool = False) -> list[int]:
+    """The seeds whose PNG is not in outdir yet (images are written atomically, so one that exists is
+    complete); empty when the folder is complete."""
+    return [seed for seed in seeds if not os.path.isfile(image_path(outdir, seed, subdirs))]
+
+
+def generate_images(net, seeds: Sequence[int], outdir: str, D: Optional[float] = None, batch_size: int = 64,
+                    sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
+                    device: torch.device | str = 'cpu', subdirs: bool = False, trajectory: Optional[str] = None,
+                    trajectory_images: int = 8, progress: bool = True, desc: Optional[str] = None) -> list[int]:
+    """Sample one PNG per seed into outdir, split over the torchrun processes as EDM does: the seeds
+    form ceil(n / (batch_size * world)) * world batches and rank r takes batches r, r + world, ...
+    `trajectory`: a GIF path where rank 0 writes the states x_0..x_N of the first `trajectory_images`
+    samples of its first batch. Returns the seeds this process wrote; all processes return together."""
+    seeds = [int(s) for s in seeds]
+    if batch_size < 1:
+        raise ValueError(f'The batch size must be >= 1, got {batch_size}.')
+    check_class_idx(net, class_idx)
+    choose_sampler({k: v for k, v in (sampler_kwargs or {}).items() if v is not None})  # Fail before any work.
+    rank, world = dist.get_rank(), dist.get_world_size()
+    written = []
+    if seeds:
+        num_batches = ((len(seeds) - 1) // (batch_size * world) + 1) * world
+        rank_batches = torch.as_tensor(seeds).tensor_split(num_batches)[rank::world]
+        frames = [] if (trajectory and rank == 0) else None
+        for batch_seeds in tqdm.tqdm(rank_batches, unit='batch', desc=desc, disable=(rank != 0 or not progress)):
+            batch_seeds = batch_seeds.tolist()
+            if not batch_seeds:
+                continue
+            callback = None
+            if frames is not None and not frames:
+                callback = lambda i, t, x: frames.append(x[:trajectory_images].detach().to('cpu', torch.float32))
+            with torch.no_grad():
+                images = sample_batch(net, batch_seeds, D, sampler_kwargs, class_idx, device, callback)
+            for seed, image in zip(batch_seeds, images):
+                image_io.save_image(image, image_path(outdir, seed, subdirs))
+            written.extend(batch_seeds)
+        if frames:
+            image_io.save_trajectory_gif(frames, trajectory)
+    dist.barrier()
+    return written
+
+
+def save_seed_grid(outdir: str, seeds: Sequence[int], path: str, subdirs: bool = False, max_images: int = 64) -> None:
+    """One grid PNG of the first `max_images` seeds' images, read back from outdir."""
+    chosen = list(seeds)[:max_images]
+    if chosen:
+        image_io.save_grid(torch.stack([image_io.load_image(image_path(outdir, s, subdirs)) for s in chosen]), path)
+
+#----------------------------------------------------------------------------
+# Which D the prior uses: the checkpoint's, unless it records none; flags may only agree with it.
+
+def flags_D(pfgmpp_flag: Optional[bool], aug_dim: Optional[float]) -> tuple[bool, Optional[float]]:
+    """(given, D) from --pfgmpp/--aug_dim: given=False when neither was passed."""
+    if pfgmpp_flag is None and aug_dim is None:
+        return False, None
+    if pfgmpp_flag is False:
+        if aug_dim is not None:
+            raise ValueError('--aug_dim is only used with --pfgmpp=1; drop --aug_dim, or pass --pfgmpp=1.')
+        return True, None
+    if aug_dim is None:
+        raise ValueError('--pfgmpp=1 needs the augmentation dimension; pass --aug_dim=D (e.g. --aug_dim=2048).')
+    return True, pfgmpp.check_D(aug_dim)
+
+
+def describe_D(D: Optional[float]) -> str:
+    return 'diffusion (D -> infinity, --pfgmpp=0)' if D is None else f'D={D:g} (--pfgmpp=1 --aug_dim={D:g})'
+
+
+def resolve_D(info: dict, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+              name: str = 'The checkpoint') -> Optional[float]:
+    """The D of the prior: the one the checkpoint records (info from checkpoint.load_network), else the
+    flags' (default None, diffusion). Flags that contradict a recorded D are an error."""
+    given, D_flag = flags_D(pfgmpp_flag, aug_dim)
+    if not info.get('D_recorded', True):
+        return D_flag
+    D_ckpt = info.get('D')
+    same = (D_ckpt is None and D_flag is None) or (D_ckpt is not None and D_flag is not None and math.isclose(D_ckpt, D_flag, rel_tol=1e-9))
+    if given and not same:
+        raise ValueError(f'{name} was trained for {describe_D(D_ckpt)}, but the flags ask for {describe_D(D_flag)}; '
+                         f'drop --pfgmpp/--aug_dim to use the checkpoint\'s D.')
+    return D_ckpt
+
+#----------------------------------------------------------------------------
+# Run-directory mode: every checkpoint of a training run, as the PFGM++ code base does.
+
+_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl'), ('training-state-', '.pt'))
+
+
+def find_checkpoints(run_dir: str, min_kimg: Optional[int] = None, max_kimg: Optional[int] = None) -> list[tuple[int, str]]:
+    """[(kimg, path)] sorted by kimg, one per kimg in [min_kimg, max_kimg]: the network snapshot
+    (ours .pt, else EDM's .pkl), else the training state."""
+    best = {}
+    for name in os.listdir(run_dir):
+        kimg = checkpoint.kimg_from_name(name)
+        if kimg is None or (min_kimg is not None and kimg < min_kimg) or (max_kimg is not None and kimg > max_kimg):
+            continue
+        rank = next((i for i, (prefix, ext) in enumerate(_PREFERENCE) if name.startswith(prefix) and name.endswith(ext)), None)
+        if rank is not None and (kimg not in best or rank < best[kimg][0]):
+            best[kimg] = (rank, os.path.join(run_dir, name))
+    return [(kimg, best[kimg][1]) for kimg in sorted(best)]
+
+
+def ckpt_outdir(run_dir: str, kimg: int) -> str:
+    """RUN/ckpt_<kimg:06d>: where run-directory mode writes a checkpoint's images (fid.py globs ckpt_*/)."""
+    return os.path.join(run_dir, f'ckpt_{int(kimg):06d}')
+
+
+def load_for_sampling(network: str, allow_pickle: bool, device: torch.device, pfgmpp_flag: Optional[bool],
+                      aug_dim: Optional[float]) -> tuple[torch.nn.Module, Optional[float], dict]:
+    """load_network() and resolve_D() together: (net, D of the prior, info). Rank 0 loads first, so
+    that a URL is downloaded once into the cache and the other processes read it from there."""
+    if dist.get_rank() != 0:
+        dist.barrier()
+    net, info = checkpoint.load_network(network, allow_pickle=allow_pickle, device=device)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    D = resolve_D(info, pfgmpp_flag, aug_dim, name=network)
+    return net, D, info
+
+
+def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = None, max_kimg: Optional[int] = None,
+                 allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+                 device: torch.device | str = 'cpu', **kwargs) -> list[str]:
+    """Sample every checkpoint of run_dir (find_checkpoints) into ckpt_outdir(run_dir, kimg), skipping
+    folders that already hold every seed's PNG and completing those that hold some. kwargs go to
+    generate_images(). Returns the folders written to."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f'{run_dir} is not a folder; pass a training run directory as --outdir, or a checkpoint as --network.')
+    found = find_checkpoints(run_dir, min_kimg, max_kimg)
+    if not found:
+        raise FileNotFoundError(f'{run_dir} holds no network-snapshot-*.pt/.pkl or training-state-*.pt'
+                                f'{" in the --ckpt/--end_ckpt range" if (min_kimg, max_kimg) != (None, None) else ""}; '
+                                f'pass a training run directory, or a checkpoint as --network.')
+    subdirs = kwargs.get('subdirs', False)
+    written = []
+    for kimg, path in found:
+        outdir = ckpt_outdir(run_dir, kimg)
+        todo = missing_seeds(outdir, seeds, subdirs)
+        dist.barrier()  # Every process decides before any writes.
+        if not todo:
+            dist.print0(f'{outdir} already holds all {len(seeds)} images; skipping {os.path.basename(path)}.')
+            continue
+        dist.print0(f'Sampling {os.path.basename(path)} ({kimg} kimg): {len(todo)} images to "{outdir}"...')
+        net, D, _ = load_for_sampling(path, allow_pickle, device, pfgmpp_flag, aug_dim)
+        generate_images(net, todo, outdir, D=D, device=device, desc=f'ckpt_{kimg:06d}', **kwargs)
+        written.append(outdir)
+    return written
+
+#----------------------------------------------------------------------------
+# The robustness and ablation studies: one folder per setting, ready for fid.py.
+
+def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Optional[Callable]]], seeds: Sequence[int],
+              allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+              sampler_kwargs: Optional[dict] = None, device: torch.device | str = 'cpu', **kwargs) -> list[str]:
+    """For each (folder, sampler_overrides, net_transform) in settings, sample `seeds` into
+    outdir/folder with sampler_kwargs updated by the overrides and the network replaced by
+    net_transform(net) (if given). Complete folders are skipped, partial ones completed."""
+    net, D, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
+    dist.print0(f'Loaded {network} ({info["source"]}, {describe_D(D)}).')
+    subdirs = kwargs.get('subdirs', False)
+    folders = []
+    for folder, overrides, transform in settings:
+        target = os.path.join(outdir, folder)
+        todo = missing_seeds(target, seeds, subdirs)
+        dist.barrier()
+        folders.append(target)
+        if not todo:
+            dist.print0(f'{target} already holds all {len(seeds)} images; skipping (delete it to regenerate).')
+            continue
+        dist.print0(f'Generating {len(todo)} images to "{target}"...')
+        setting_net = transform(net) if transform is not None else net
+        generate_images(setting_net, todo, target, D=D, sampler_kwargs={**(sampler_kwargs or {}), **overrides},
+                        device=device, desc=folder, **kwargs)
+    return folders
+
+#----------------------------------------------------------------------------
+# Command-line options shared by generate.py and the study scripts, and their error handling.
+
+def _apply(options: Sequence[Callable]) -> Callable:
+    def decorator(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorator
+
+
+def output_options(fn: Callable) -> Callable:
+    """--outdir --seeds --subdirs --class --batch."""
+    return _apply([
+        click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True),
+        click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True, callback=_click_list(parse_int_list)),
+        click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True),
+        click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+    ])(fn)
+
+
+def sampler_options(with_steps: bool = True) -> Callable:
+    """EDM's sampler options (--steps unless a study varies it) and its ablation options."""
+    options = [click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)] if with_steps else []
+    options += [
+        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+        click.option('--solver', help='Ablate ODE solver', metavar='euler|heun', type=click.Choice(list(sampling.SOLVERS))),
+        click.option('--disc', 'discretization', help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(list(sampling.DISCRETIZATIONS))),
+        click.option('--schedule', help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(list(sampling.SCHEDULES))),
+        click.option('--scaling', help='Ablate signal scaling s(t)', metavar='vp|none', type=click.Choice(list(sampling.SCALINGS))),
+    ]
+    return _apply(options)
+
+
+def network_options(required: bool = True) -> Callable:
+    """--network --allow-pickle --pfgmpp --aug_dim --device --debug."""
+    network_help = ('Network checkpoint filename or URL' if required else
+                    'Network checkpoint filename or URL  [default: every checkpoint in --outdir, a training run]')
+    return _apply([
+        click.option('--network', 'network', help=network_help, metavar='PATH|URL', type=str, required=required),
+        click.option('--allow-pickle', 'allow_pickle', help='Allow legacy EDM/PFGM++ pickles, which run code from the file; only for files you trust', is_flag=True),
+        click.option('--pfgmpp', 'pfgmpp_flag', help='PFGM++ prior (1) or diffusion (0)  [default: from the checkpoint]', metavar='BOOL', type=click.BOOL, default=None),
+        click.option('--aug_dim', help='PFGM++ augmentation dimension D  [default: from the checkpoint]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None),
+        click.option('--device', 'device_name', help='Where to run', type=click.Choice(list(misc.DEVICE_CHOICES)), default='auto', show_default=True),
+        click.option('--debug', help='Show the full traceback of errors', is_flag=True),
+    ])
+
+
+USER_ERRORS = (ValueError, OSError, dnnlib.DownloadError)  # CheckpointError and the pickle errors are ValueErrors.
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool = False):
+    """Turn errors a user can cause into a one-sentence click error (exit 1, no traceback) unless --debug."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        raise click.ClickException(str(err)) from None
+
+
+def sampler_kwargs_from(options: dict) -> dict:
+    """The sampler settings among parsed CLI options, without the ones left at None."""
+    return {key: options[key] for key in SAMPLER_KEYS if options.get(key) is not None}
+
+
+def run_study_cli(options: dict, settings: Sequence[tuple[str, dict, Optional[Callable]]]) -> None:
+    """The body of the study scripts: options as parsed by network_options, output_options and
+    sampler_options; settings as run_study() takes them."""
+    with user_errors(options['debug']):
+        device = dist.init(options['device_name'])
+        sampler_kwargs = sampler_kwargs_from(options)
+        choose_sampler(sampler_kwargs)
+        run_study(options['network'], options['outdir'], settings, options['seeds'], options['allow_pickle'],
+                  options['pfgmpp_flag'], options['aug_dim'], sampler_kwargs, device, batch_size=options['max_batch_size'],
+                  class_idx=options['class_idx'], subdirs=options['subdirs'])
+        dist.print0('Done.')
+    dist.shutdown()
+
+#----------------------------------------------------------------------------
+
+@click.command(help=__doc__)
+
+# Network and PFGM++.
+@network_options(required=False)
+@click.option('--ckpt', 'min_kimg', help='Run directory mode: first checkpoint to sample, in kimg', metavar='KIMG', type=click.IntRange(min=0))
+@click.option('--end_ckpt', 'max_kimg', help='Run directory mode: last checkpoint to sample, in kimg', metavar='KIMG', type=click.IntRange(min=0))
+
+# Output.
+@output_options
+@click.option('--grid', help='Also save a grid of the first 64 images (a path outside --outdir)', metavar='PNG', type=str)
+@click.option('--trajectory', help='Also save the denoising trajectory of the first 8 images as a GIF', metavar='GIF', type=str)
+
+# Sampler.
+@sampler_options(with_steps=True)
+
+def main(network, allow_pickle, pfgmpp_flag, aug_dim, device_name, debug, min_kimg, max_kimg, outdir, seeds,
+         subdirs, class_idx, max_batch_size, grid, trajectory, **sampler_options):
+    # The help text is the module docstring.
+    with user_errors(debug):
+        device = dist.init(device_name)
+        sampler_kwargs = sampler_kwargs_from(sampler_options)
+        choose_sampler(sampler_kwargs)
+        common = dict(batch_size=max_batch_size, sampler_kwargs=sampler_kwargs, class_idx=class_idx, subdirs=subdirs)
+
+        if network is None:
+            if grid or trajectory:
+                raise click.ClickException('--grid and --trajectory need a single --network; drop them in run directory mode.')
+            generate_run(outdir, seeds, min_kimg, max_kimg, allow_pickle, pfgmpp_flag, aug_dim, device, **common)
+        else:
+            if min_kimg is not None or max_kimg is not None:
+                raise click.ClickException('--ckpt and --end_ckpt select checkpoints of a training run; drop them, or drop --network.')
+            if grid and os.path.abspath(grid).startswith(os.path.abspath(outdir) + os.sep):
+                raise click.ClickException(f'--grid={grid} is inside --outdir, where fid.py would count it as a sample; write it elsewhere.')
+            dist.print0(f'Loading network from "{network}"...')
+            net, D, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
+            dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {describe_D(D)}...')
+            generate_images(net, seeds, outdir, D=D, device=device, trajectory=trajectory, **common)
+            if grid and dist.get_rank() == 0:
+                save_seed_grid(outdir, seeds, grid, subdirs)
+        dist.barrier()
+        dist.print0('Done.')
+    dist.shutdown()
+
+#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    print('generate.py is not implemented yet; it lands with its issue (see README.md).', file=sys.stderr)
-    sys.exit(2)
+    main()
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""training/sampling.py: the samplers, checked against the exact denoiser of a finite data set (prior,
+schedule and solver together, no training) and against EDM's Algorithm 2 written out independently."""
+
+import math
+
+import pytest
+import scipy.stats
+import torch
+
+from training import pfgmpp, sampling
+
+#----------------------------------------------------------------------------
+# An exact "network": the posterior mean of a small weighted data set under the PFGM++ kernel.
+
+class OracleNet:
+    """net(x, sigma, class_labels) = pfgmpp.ideal_denoiser(x, sigma, data, D, weights), with the
+    attributes the samplers and generate.py use. Records the class labels it was called with."""
+
+    def __init__(self, data, D=None, weights=None, label_dim=0, sigma_min=0.0, sigma_max=float('inf')):
+        self.data, self.D, self.weights = data, D, weights
+        self.img_channels, self.img_resolution = data.shape[1], data.shape[2]
+        self.label_dim = label_dim
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.seen_labels = []
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def __call__(self, x, sigma, class_labels=None):
+        self.seen_labels.append(class_labels)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        return pfgmpp.ideal_denoiser(x, sigma, self.data, self.D, self.weights)
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def make_data(num_points=4, shape=(2, 4, 4), seed=0):
+    """num_points points [K, C, H, W] of unit-variance noise: pairwise distances ~ sqrt(2N), far apart."""
+    return torch.randn([num_points, *shape], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+WEIGHTS = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: one thread avoids contention on a loaded machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def nearest_points(x, data):
+    """(distance to the nearest data point [B], its index [B])."""
+    return torch.cdist(x.reshape(len(x), -1), data.reshape(len(data), -1)).min(1)
+
+
+def check_lands_on_data(x, data, weights, min_hit=0.99, min_p=1e-3):
+    """>= min_hit of the samples within 1e-2 sqrt(N) of a point, hit counts consistent with the weights."""
+    N = data[0].numel()
+    dist, index = nearest_points(x, data)
+    hit = dist < 1e-2 * math.sqrt(N)
+    assert hit.double().mean() >= min_hit, f'only {hit.double().mean():.3f} of the samples landed on a data point'
+    counts = torch.bincount(index[hit], minlength=len(data)).double()
+    expected = weights / weights.sum() * counts.sum()
+    p = scipy.stats.chisquare(counts.numpy(), expected.numpy()).pvalue
+    assert p > min_p, f'hit counts {counts.tolist()} do not match the weights (chi-square p = {p:.2e})'
+
+
+def draw_prior(net, D, num, sampler='edm', seed=1, **kwargs):
+    sigma = sampling.first_sigma(net, sampler, **kwargs)
+    shape = [num, net.img_channels, net.img_resolution, net.img_resolution]
+    return pfgmpp.sample_prior(shape, sigma, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+#----------------------------------------------------------------------------
+# The oracle: prior + schedule + solver land on the data with the right frequencies.
+
+@pytest.mark.parametrize('D', [16, 2048, None])
+def test_edm_sampler_lands_on_data_with_the_right_frequencies(D):
+    data = make_data()
+    net = OracleNet(data, D, WEIGHTS)
+    states = {}
+    x = sampling.edm_sampler(net, draw_prior(net, D, 2000), callback=lambda i, t, x: states.__setitem__(i, (float(t), x)))
+    check_lands_on_data(x, data, WEIGHTS)
+
+    # Along the way, the state at sigma_i must be distributed as the data perturbed by the kernel at
+    # sigma_i. Where the points are resolved (sigma ~ 1) the distance to the nearest point depends on
+    # the kernel's radial law, so this fails if the prior's law is wrong (e.g. Gaussian for D = 16),
+    # which the end points alone cannot show: they depend mostly on the prior's directions.
+    i = min(states, key=lambda i: abs(states[i][0] - 1))
+    sigma, x_i = states[i]
+    gen = torch.Generator().manual_seed(2)
+    y = data[torch.multinomial(WEIGHTS, len(x_i), replacement=True, generator=gen)]
+    reference = y + pfgmpp.sample_noise(y.shape, sigma, D, generator=gen, dtype=torch.float64)
+    p = scipy.stats.ks_2samp(nearest_points(x_i, data)[0].numpy(), nearest_points(reference, data)[0].numpy()).pvalue
+    assert p > 1e-3, f'states at sigma = {sigma:.3f} are not distributed as the perturbed data (KS p = {p:.2e})'
+
+
+@pytest.mark.parametrize('D', [16, None])
+def test_stochastic_edm_sampler_lands_on_data(D):
+    data = make_data()
+    net = OracleNet(data, D, WEIGHTS)
+    gen = torch.Generator().manual_seed(5)
+    randn_like = lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    x = sampling.edm_sampler(net, draw_prior(net, D, 1000), randn_like=randn_like, num_steps=32,
+                             S_churn=20, S_min=0.05, S_max=50, S_noise=1.003)
+    check_lands_on_data(x, data, WEIGHTS)
+
+
+@pytest.mark.parametrize('D,kwargs', [
+    (16, dict(solver='heun', discretization='edm', schedule='linear', scaling='none')),
+    (None, dict(solver='heun', discretization='vp', schedule='linear', scaling='vp')),
+    (2048, dict(solver='heun', discretization='ve', schedule='linear', scaling='none')),
+    (None, dict(solver='heun', discretization='iddpm', schedule='linear', scaling='none', num_steps=40)),
+    (16, dict(solver='euler', discretization='edm', schedule='linear', scaling='none', num_steps=40)),
+    (None, dict(solver='heun', discretization='edm', schedule='linear', scaling='none', alpha_heun=0.5)),
+])
+def test_ablation_sampler_lands_on_data(D, kwargs):
+    data = make_data()
+    net = OracleNet(data, D, WEIGHTS)
+    x = sampling.ablation_sampler(net, draw_prior(net, D, 1000, 'ablation', **kwargs), **kwargs)
+    check_lands_on_data(x, data, WEIGHTS)
+
+
+@pytest.mark.parametrize('schedule', ['vp', 've'])
+def test_ablation_sampler_vp_ve_schedules_converge(schedule):
+    # sigma(t) ~ sqrt(t) near 0 makes the last Euler step go half way, so the samples end about
+    # sigma_min sqrt(N) / 2 from the data, and the ODE needs many steps (EDM, Figure 2); with enough
+    # steps the hit frequencies must still match the weights.
+    data = make_data()
+    net = OracleNet(data, None, WEIGHTS)
+    kwargs = dict(solver='heun', discretization=schedule, schedule=schedule, scaling='vp' if schedule == 'vp' else 'none', num_steps=256)
+    x = sampling.ablation_sampler(net, draw_prior(net, None, 500, 'ablation', **kwargs), **kwargs)
+    sigma_min = float(sampling.ablation_sigma_steps(net, **{k: v for k, v in kwargs.items() if k in ('num_steps', 'discretization')})[0][-1])
+    dist, index = nearest_points(x, data)
+    assert dist.max() < sigma_min * math.sqrt(data[0].numel())
+    counts = torch.bincount(index, minlength=len(data)).double()
+    assert scipy.stats.chisquare(counts.numpy(), (WEIGHTS * len(x)).numpy()).pvalue > 1e-3
+
+#----------------------------------------------------------------------------
+# EDM's Algorithm 2, written out independently in plain Python floats.
+
+def reference_algorithm_2(net, x0, randn_like, num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise):
+    N = num_steps
+    t = [(sigma_max ** (1 / rho) + i / (N - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho for i in range(N)] + [0.0]
+    x = x0.to(torch.float64)
+    for i in range(N):
+        gamma = min(S_churn / N, math.sqrt(2) - 1) if S_min <= t[i] <= S_max else 0.0
+        eps = randn_like(x) * S_noise
+        t_hat = t[i] + gamma * t[i]
+        x_hat = x + math.sqrt(t_hat ** 2 - t[i] ** 2) * eps
+        d = (x_hat - net(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t[i + 1] - t_hat) * d
+        if t[i + 1] != 0:
+            d_prime = (x_next - net(x_next, t[i + 1])) / t[i + 1]
+            x_next = x_hat + (t[i + 1] - t_hat) * (0.5 * d + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_steps=18, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1),
+    dict(num_steps=7, sigma_min=0.01, sigma_max=20, rho=3, S_churn=30, S_min=0.05, S_max=10, S_noise=1.007),
+])
+def test_edm_sampler_matches_algorithm_2(kwargs):
+    net = OracleNet(make_data(), None, WEIGHTS)
+    x0 = draw_prior(net, None, 16, sigma_max=kwargs['sigma_max'])
+    results = []
+    for fn in (sampling.edm_sampler, reference_algorithm_2):
+        gen = torch.Generator().manual_seed(9)
+        randn_like = lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        if fn is sampling.edm_sampler:
+            results.append(fn(net, x0, randn_like=randn_like, **kwargs))
+        else:
+            results.append(fn(net, x0, randn_like, **kwargs))
+    assert results[0].dtype == torch.float64
+    torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-9)
+
+
+def test_ablation_sampler_with_edm_settings_equals_edm_sampler():
+    # Heun, EDM discretization, sigma(t) = t, s(t) = 1 is Algorithm 2 again.
+    net = OracleNet(make_data(), 16, WEIGHTS)
+    x0 = draw_prior(net, 16, 8)
+    a = sampling.edm_sampler(net, x0, num_steps=10)
+    b = sampling.ablation_sampler(net, x0, num_steps=10, solver='heun', discretization='edm', schedule='linear', scaling='none')
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+#----------------------------------------------------------------------------
+# Noise levels, the starting level, noise injection, callbacks and bad input.
+
+def test_edm_sigma_steps_equation_5():
+    steps = sampling.edm_sigma_steps(5, 0.002, 80, 7)
+    assert steps.dtype == torch.float64 and float(steps[0]) == pytest.approx(80) and float(steps[-1]) == pytest.approx(0.002)
+    assert bool((steps[1:] < steps[:-1]).all())
+    i = 2
+    assert float(steps[i]) == pytest.approx((80 ** (1 / 7) + i / 4 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7)
+
+
+def test_first_sigma_clamps_to_the_network():
+    data = make_data()
+    assert sampling.first_sigma(OracleNet(data)) == 80
+    assert sampling.first_sigma(OracleNet(data, sigma_max=50)) == 50
+    assert sampling.first_sigma(OracleNet(data), sigma_max=30) == 30
+    assert sampling.first_sigma(OracleNet(data), 'ablation', discretization='ve') == 100
+    vp = sampling.first_sigma(OracleNet(data), 'ablation', discretization='vp')
+    assert vp == pytest.approx(math.sqrt(math.exp(0.5 * 19.1 + 0.1) - 1))
+
+
+def test_alpha_injects_noise_scaled_by_sigma():
+    net = OracleNet(make_data(), None, WEIGHTS)
+    x0 = draw_prior(net, None, 4)
+    seen = []
+    gen = torch.Generator().manual_seed(0)
+    randn_like = lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    sampling.edm_sampler(net, x0, randn_like=randn_like, num_steps=3, alpha=0.5, callback=lambda i, t, x: seen.append((i, float(t), x)))
+    gen.manual_seed(0)
+    expected = x0 + 0.5 * 80 * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3] and seen[-1][1] == 0
+    torch.testing.assert_close(seen[0][2], expected)
+    # alpha = 0 draws nothing extra, so the deterministic sampler is unchanged.
+    a = sampling.edm_sampler(net, x0, num_steps=3, alpha=0)
+    b = sampling.edm_sampler(net, x0, num_steps=3)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda net, x: sampling.ablation_sampler(net, x, solver='rk4'), 'solver'),
+    (lambda net, x: sampling.ablation_sampler(net, x, discretization='cosine'), 'discretization'),
+    (lambda net, x: sampling.ablation_sampler(net, x, schedule='cosine'), 'schedule'),
+    (lambda net, x: sampling.ablation_sampler(net, x, scaling='ve'), 'scaling'),
+    (lambda net, x: sampling.ablation_sampler(net, x, num_steps=1), 'num_steps'),
+    (lambda net, x: sampling.edm_sampler(net, x, num_steps=0), 'num_steps'),
+    (lambda net, x: sampling.edm_sampler(net, x, sigma_min=5, sigma_max=1), 'sigma_min < sigma_max'),
+])
+def test_bad_sampler_settings_raise(call, match):
+    net = OracleNet(make_data())
+    with pytest.raises(ValueError, match=match):
+        call(net, torch.zeros([1, 2, 4, 4], dtype=torch.float64))
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+"""Checkpoint reading and writing: the one module that knows the file formats.
+
+Our files are torch.save() archives of plain data (dicts, lists, numbers, strings, tensors) that load
+with torch.load(weights_only=True): no pickled classes, no code. A network is stored as its class
+name (one of training.networks' preconditioners), its constructor arguments and its state dict.
+
+- network-snapshot-<kimg>.pt: {'format': 'pfgmpp-network-snapshot', 'network': <network>, 'D',
+  'img_resolution', 'img_channels', 'label_dim', 'kimg', ...}; the EMA network, all generate.py needs.
+- training-state-<kimg>.pt: {'format': 'pfgmpp-training-state', 'net', 'ema', 'optimizer', ...}; all
+  the training loop needs to continue bit for bit.
+
+load_network() is the one entry point that generate.py, fid.py and train.py use to read a network from
+any of these, and from the legacy files of the published code bases, which are pickles and therefore
+execute code from the file (only with allow_pickle, i.e. --allow-pickle):
+- EDM's network-snapshot-<kimg>.pkl: a persistence pickle of {'ema', 'loss_fn', 'augment_pipe', ...}.
+- PFGM++'s training-state-<kimg>.pt: a torch.save() of {'net': <persistent module>, 'optimizer_state'}.
+The legacy network is rebuilt as our class of the same name from its recorded constructor arguments and
+its state dict, so from then on it runs as ours.
+
+Files are written atomically (temporary file in the same folder, fsync, rename), so a crash never
+leaves a truncated newest checkpoint.
+"""
+
+import inspect
+import math
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Optional
+
+import torch
+
+import dnnlib
+from torch_utils import persistence
+from training import networks
+from training.pfgmpp import check_D
+
+__all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
+           'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name',
+           'save_network_snapshot', 'load_network', 'network_from_legacy', 'SOURCE_KINDS']
+
+SNAPSHOT_FORMAT = 'pfgmpp-network-snapshot'
+STATE_FORMAT = 'pfgmpp-training-state'
+FORMAT_VERSION = 1
+NETWORK_CLASSES = {cls.__name__: cls for cls in (networks.VPPrecond, networks.VEPrecond, networks.iDDPMPrecond, networks.EDMPrecond)}
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint we can read, or not the kind that was expected."""
+
+#----------------------------------------------------------------------------
+# Networks as plain data.
+
+def network_to_dict(net: torch.nn.Module) -> dict:
+    """{'class_name', 'init_kwargs', 'state_dict'} for one of training.networks' preconditioners;
+    the state dict is copied to the CPU."""
+    class_name = type(net).__name__
+    if NETWORK_CLASSES.get(class_name) is not type(net) or not hasattr(net, 'init_kwargs'):
+        raise CheckpointError(f'Cannot store a {class_name}: only {", ".join(NETWORK_CLASSES)} from training.networks can be saved.')
+    state_dict = {k: v.detach().to('cpu', copy=True) for k, v in net.state_dict().items()}
+    return dict(class_name=class_name, init_kwargs=dict(net.init_kwargs), state_dict=state_dict)
+
+
+def network_from_dict(data: dict, device: torch.device | str = 'cpu', **override_kwargs) -> torch.nn.Module:
+    """Rebuild a network stored by network_to_dict(): construct the named class with its arguments
+    (updated by override_kwargs) and load the state dict strictly. The class name must be one of
+    ours; nothing else is ever constructed from a file."""
+    if not isinstance(data, dict) or not {'class_name', 'init_kwargs', 'state_dict'} <= set(data):
+        raise CheckpointError('The checkpoint holds no network (class_name, init_kwargs, state_dict).')
+    cls = NETWORK_CLASSES.get(data['class_name'])
+    if cls is None:
+        raise CheckpointError(f'Unknown network class {data["class_name"]!r} in the checkpoint; expected one of {", ".join(NETWORK_CLASSES)}.')
+    kwargs = dict(data['init_kwargs'], **override_kwargs)
+    try:
+        with torch.device('meta'):
+            net = cls(**kwargs)
+        net = net.to_empty(device=device)
+        _restore_non_persistent_buffers(net, cls, kwargs)
+        net.load_state_dict(data['state_dict'], strict=True)
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(f'The checkpoint\'s {data["class_name"]} does not match this code: {err}') from None
+    return net.eval().requires_grad_(False)
+
+
+def _restore_non_persistent_buffers(net: torch.nn.Module, cls: type, kwargs: dict) -> None:
+    # to_empty() leaves every tensor uninitialised; buffers outside the state dict (if any) must be
+    # recomputed, which only a real construction does. Cheap, because it happens only if needed.
+    persistent = set(net.state_dict().keys())
+    missing = [name for name, _ in net.named_buffers() if name not in persistent]
+    if missing:
+        reference = dict(cls(**kwargs).named_buffers())
+        for name in missing:
+            module_name, _, buffer_name = name.rpartition('.')
+            module = net.get_submodule(module_name) if module_name else net
+            getattr(module, buffer_name).copy_(reference[name])
+
+#----------------------------------------------------------------------------
+# Files.
+
+def save_atomic(obj: Any, path: str) -> None:
+    """torch.save(obj) to `path` through a temporary file in the same folder, fsync and an atomic rename."""
+    dnnlib.util.write_atomic(path, lambda f: torch.save(obj, f), fsync=True)
+
+
+def load_plain(path: str, expected_format: Optional[str] = None) -> dict:
+    """torch.load(path, weights_only=True) of one of our checkpoints, with clear errors for a missing,
+    truncated or foreign file. `expected_format` checks the 'format' field."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path} does not exist or is not a file.')
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f'{path} is not a readable checkpoint of this project ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}).') from None
+    if not isinstance(data, dict) or data.get('format') not in (SNAPSHOT_FORMAT, STATE_FORMAT):
+        raise CheckpointError(f'{path} is not a checkpoint of this project (no network-snapshot or training-state format field).')
+    if expected_format is not None and data['format'] != expected_format:
+        raise CheckpointError(f'{path} is a {data["format"]}, not a {expected_format}.')
+    if data.get('version', 0) > FORMAT_VERSION:
+        raise CheckpointError(f'{path} was written by a newer version of this code (format version {data["version"]}).')
+    return data
+
+#----------------------------------------------------------------------------
+# File names: <kimg> as six digits.
+
+def snapshot_name(kimg: int) -> str:
+    return f'network-snapshot-{int(kimg):06d}.pt'
+
+
+def state_name(kimg: int) -> str:
+    return f'training-state-{int(kimg):06d}.pt'
+
+
+def kimg_from_name(name: str) -> Optional[int]:
+    """The <kimg> of network-snapshot-<kimg>.* or training-state-<kimg>.*, else None."""
+    match = re.fullmatch(r'(?:network-snapshot|training-state)-(\d+)\.(?:pt|pkl)', os.path.basename(name))
+    return int(match.group(1)) if match else None
+
+#----------------------------------------------------------------------------
+# Network snapshots, and loading a network from any checkpoint we know.
+
+SOURCE_KINDS = ('snapshot', 'training-state', 'edm-pickle', 'pfgmpp-training-state')
+
+
+def save_network_snapshot(path: str, net: torch.nn.Module, kimg: Optional[int] = None, **extra: Any) -> None:
+    """Write network-snapshot-<kimg>.pt: the network as plain data plus what samplers need without
+    building it (D, img_resolution, img_channels, label_dim, kimg in thousands of images); `extra`
+    adds further plain-data fields (e.g. the training options)."""
+    data = dict(format=SNAPSHOT_FORMAT, version=FORMAT_VERSION, network=network_to_dict(net), D=net.D,
+                img_resolution=int(net.img_resolution), img_channels=int(net.img_channels),
+                label_dim=int(net.label_dim), kimg=None if kimg is None else int(kimg))
+    data.update(extra)
+    save_atomic(data, path)
+
+
+def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.device | str = 'cpu'
+                 ) -> tuple[torch.nn.Module, dict]:
+    """Load the network to sample from, in eval mode without gradients, on `device`.
+
+    Reads our network-snapshot-*.pt ('network') and training-state-*.pt (its 'ema'), and, only with
+    allow_pickle, EDM's network-snapshot-*.pkl ('ema') and PFGM++'s training-state-*.pt ('ema' or
+    'net'). Returns (net, info) with info = {'D': None or float, 'D_recorded': whether the file says
+    which D the network was trained for (legacy EDM files do not), 'kimg': int or None, 'source': one
+    of SOURCE_KINDS, 'path': the local file}. Raises CheckpointError for unreadable or foreign files,
+    persistence.UntrustedPickleError for a legacy file without allow_pickle, FileNotFoundError and
+    dnnlib.DownloadError for files that cannot be had.
+    """
+    path = dnnlib.open_url(path_or_url, return_filename=True, verbose=False)
+    name = str(path_or_url)
+    kimg = kimg_from_name(path_or_url.split('?')[0]) if isinstance(path_or_url, str) else None
+    with open(path, 'rb') as f:
+        head = f.read(2)
+
+    if zipfile.is_zipfile(path):
+        try:
+            data = torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:  # Holds pickled classes: a PFGM++ training state.
+            data = None
+        except Exception as err:
+            raise CheckpointError(f'{name} is not a readable checkpoint ({_first_line(err)}); is the file complete?') from None
+        if data is not None:
+            return _network_from_ours(data, name, path, kimg, device)
+        if not allow_pickle:
+            raise persistence.UntrustedPickleError(
+                f'{name} is a legacy PFGM++ checkpoint that stores pickled classes, and loading it executes '
+                f'code from the file; pass --allow-pickle if you trust its source.')
+        try:
+            data = torch.load(path, map_location='cpu', weights_only=False)
+        except Exception as err:
+            raise CheckpointError(f'{name} could not be loaded as a PFGM++ training state ({_first_line(err)}).') from err
+        source = 'pfgmpp-training-state'
+    elif head[:1] == b'\x80':  # A pickle (protocol >= 2): EDM's network snapshots.
+        data = persistence.load_pickle(path, allow_pickle=allow_pickle, name=name)
+        if isinstance(data, int) and not isinstance(data, bool):  # torch.save()'s old non-zip format starts with a magic number.
+            data = torch.load(path, map_location='cpu', weights_only=False)
+            source = 'pfgmpp-training-state'
+        else:
+            source = 'edm-pickle'
+    else:
+        raise CheckpointError(f'{name} is neither one of our .pt checkpoints nor an EDM/PFGM++ pickle; pass a network-snapshot-*.pt/.pkl or training-state-*.pt.')
+
+    if isinstance(data, torch.nn.Module):
+        legacy = data
+    elif isinstance(data, dict) and isinstance(data.get('ema'), torch.nn.Module):
+        legacy = data['ema']
+    elif isinstance(data, dict) and isinstance(data.get('net'), torch.nn.Module):
+        legacy = data['net']
+    else:
+        keys = ', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f'{name} holds no network (found {keys}); expected EDM\'s dict with \'ema\' or PFGM++\'s with \'net\'.')
+    net, D, D_recorded = network_from_legacy(legacy, name=name, device=device)
+    return net, dict(D=D, D_recorded=D_recorded, kimg=kimg, source=source, path=path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [''])[0]
+    return f'{type(err).__name__}: {text}' if text else type(err).__name__
+
+
+def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], device) -> tuple[torch.nn.Module, dict]:
+    if not isinstance(data, dict) or data.get('format') not in (SNAPSHOT_FORMAT, STATE_FORMAT):
+        raise CheckpointError(f'{name} is not a checkpoint of this project (no network-snapshot or training-state format field).')
+    if data.get('version', 0) > FORMAT_VERSION:
+        raise CheckpointError(f'{name} was written by a newer version of this code (format version {data["version"]}); update the code.')
+    is_snapshot = data['format'] == SNAPSHOT_FORMAT
+    net = network_from_dict(data.get('network' if is_snapshot else 'ema'), device=device)
+    D = check_D(data['D']) if 'D' in data else net.D
+    if D != net.D:
+        raise CheckpointError(f'{name} records D={D} but its network was built for D={net.D}; the file is inconsistent.')
+    if data.get('kimg') is not None:
+        kimg = int(data['kimg'])
+    return net, dict(D=D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
+
+#----------------------------------------------------------------------------
+# Legacy networks (EDM, PFGM++) into our classes.
+
+PFGMPP_ONLY_KWARGS = ('pfgmpp', 'D', 'aug_dim')
+
+
+def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device: torch.device | str = 'cpu'
+                        ) -> tuple[torch.nn.Module, Optional[float], bool]:
+    """Rebuild a network unpickled from EDM or PFGM++ as our class of the same name: the persistent
+    object's recorded constructor arguments (init_args, init_kwargs) with PFGM++'s pfgmpp/D/aug_dim
+    turned into our D, then its state dict loaded strictly. Returns (net, D, D_recorded)."""
+    class_name = type(legacy).__name__
+    cls = NETWORK_CLASSES.get(class_name)
+    if cls is None or not isinstance(legacy, torch.nn.Module):
+        raise CheckpointError(f'{name} holds a {class_name}, not one of {", ".join(NETWORK_CLASSES)}; it cannot be converted.')
+    init_args = tuple(getattr(legacy, 'init_args', ()) or ())
+    init_kwargs = dict(getattr(legacy, 'init_kwargs', {}) or {})
+    if not init_args and not init_kwargs:
+        raise CheckpointError(f'{name} does not record how its {class_name} was constructed (no init_kwargs); it cannot be converted.')
+    if init_args:  # Positional arguments, in the order of EDM's (and our) signature.
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != 'self' and p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        if len(init_args) > len(params):
+            raise CheckpointError(f'{name}: {class_name} was constructed with {len(init_args)} positional arguments; ours takes at most {len(params)}.')
+        init_kwargs = {**{p.name: value for p, value in zip(params, init_args)}, **init_kwargs}
+
+    # PFGM++ records its augmentation as pfgmpp (on/off) and D or aug_dim; our networks take D (None = diffusion).
+    pfgmpp = init_kwargs.pop('pfgmpp', None)
+    D_values = [init_kwargs.pop(key) for key in ('D', 'aug_dim') if key in init_kwargs]
+    D_values = [v for v in D_values if v is not None]
+    if pfgmpp is not None and not pfgmpp:
+        D, D_recorded = None, True
+    elif D_values:
+        if any(not math.isclose(float(v), float(D_values[0])) for v in D_values):
+            raise CheckpointError(f'{name} records contradicting augmentation dimensions {D_values}.')
+        D, D_recorded = check_D(float(D_values[0])), True
+    else:
+        D, D_recorded = None, False  # EDM (or PFGM++ without a recorded D): the caller decides.
+
+    state_dict = {k: v.detach().to('cpu') for k, v in legacy.state_dict().items()}
+    net = network_from_dict(dict(class_name=class_name, init_kwargs=dict(init_kwargs, D=D), state_dict=state_dict), device=device)
+    return net, D, D_recorded
+
+#----------------------------------------------------------------------------
