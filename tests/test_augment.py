@@ -266,5 +266,3 @@ def test_bad_settings(kwargs):
 def test_bad_images(images):
     with pytest.raises(ValueError, match=r'float images \[N, C, H, W\]'):
         AugmentPipe(p=1, xflip=1)(images)
-
-#----------------------------------------------------------------------------

@@ -397,5 +397,3 @@ def test_dataloader_bad_arguments(labelled_zip):
         make_dataloader(ds, batch_size=0)
     with pytest.raises(ValueError, match='workers'):
         make_dataloader(ds, batch_size=2, workers=-1)
-
-#----------------------------------------------------------------------------

@@ -153,3 +153,29 @@ def test_tiny_network_learns_toy_set(D):
         opt.step()
     after = evaluate()
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize('D', [None, 32.0])
+def test_stable_target_field(D):
+    # The target is the exact posterior mean over {batch} + reference, evaluated at the noisy input.
+    from training import pfgmpp
+    images = torch.randn([3, 1, 4, 4], generator=gen(20))
+    reference = torch.randn([5, 1, 4, 4], generator=gen(21))
+    net = RecordingNet(0.0)
+    out = losses.VELoss(D=D)(net, images, generator=gen(22), reference_images=reference)
+    sigma = net.sigma.reshape(-1)
+    target = pfgmpp.ideal_denoiser(net.x, sigma, torch.cat([images, reference]), D=D)
+    torch.testing.assert_close(out, (1 / net.sigma ** 2) * target ** 2)
+    # At a tiny sigma the posterior sits on the sample itself: STF reduces to plain denoising.
+    out = losses.VELoss(sigma_min=1e-3, sigma_max=1.0001e-3, D=D)(net, images, generator=gen(23), reference_images=reference)
+    torch.testing.assert_close(out, (1 / net.sigma ** 2) * images ** 2)
+
+
+def test_sigma_scale_multiplies_the_training_sigmas():
+    images = torch.zeros([4000, 1, 2, 2])
+    net = RecordingNet()
+    losses.EDMLoss(sigma_scale=4.75)(net, images, generator=gen(30))
+    log_sigma = net.sigma.double().log().reshape(-1).numpy()
+    assert scipy.stats.kstest(log_sigma, scipy.stats.norm(-1.2 + math.log(4.75), 1.2).cdf).pvalue > 1e-3
+    with pytest.raises(ValueError, match='sigma_scale'):
+        losses.VELoss(sigma_scale=0)

@@ -12,10 +12,14 @@ from training import pfgmpp
 # Shared body: sigma ~ p(sigma), n ~ p_r(. | 0), loss = lambda(sigma) * |D_theta(y + n, sigma) - y|^2.
 
 class _DenoisingLoss:
-    """Base class; subclasses define sample_sigma() (the training p(sigma)) and weight() (lambda)."""
+    """Base class; subclasses define sample_sigma() (the training p(sigma)) and weight() (lambda).
+    sigma_scale multiplies every drawn sigma (PFGM++ uses 380/80 for 256x256 data)."""
 
-    def __init__(self, D: Optional[float] = None):
+    def __init__(self, D: Optional[float] = None, sigma_scale: float = 1):
         self.D = pfgmpp.check_D(D)
+        if not sigma_scale > 0:
+            raise ValueError(f'sigma_scale must be > 0, got {sigma_scale}.')
+        self.sigma_scale = float(sigma_scale)
 
     def sample_sigma(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         raise NotImplementedError
@@ -24,20 +28,28 @@ class _DenoisingLoss:
         raise NotImplementedError
 
     def __call__(self, net, images: torch.Tensor, labels: Optional[torch.Tensor] = None, augment_pipe=None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, reference_images: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-element weighted loss [B, C, H, W] for clean `images` [B, C, H, W].
 
         Random draws, in EDM's order: sigma, then the augmentation, then the noise; all from
         `generator` (or torch's global generator when None). `augment_pipe(images, generator=...)`
-        returns (augmented images, augment labels), as training.augment.AugmentPipe does."""
+        returns (augmented images, augment labels), as training.augment.AugmentPipe does.
+
+        reference_images [K, C, H, W] switches on the stable target field (Xu et al., 2023): the
+        target is then not y but E[y | y + n] over the reference batch {y} + reference_images,
+        computed exactly by pfgmpp.ideal_denoiser, which lowers the variance of the target."""
         if images.ndim != 4:
             raise ValueError(f'images must be [B, C, H, W], got shape {list(images.shape)}.')
-        sigma = self.sample_sigma(images.shape[0], images.device, generator).reshape(-1, 1, 1, 1)
+        sigma = self.sample_sigma(images.shape[0], images.device, generator).reshape(-1, 1, 1, 1) * self.sigma_scale
         weight = self.weight(sigma)
         y, augment_labels = augment_pipe(images, generator=generator) if augment_pipe is not None else (images, None)
         n = pfgmpp.sample_noise(y.shape, sigma, D=self.D, generator=generator, device=y.device).to(y.dtype)
         D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
-        return weight * ((D_yn - y) ** 2)
+        target = y
+        if reference_images is not None:
+            reference = torch.cat([y, reference_images.to(y.dtype)])
+            target = pfgmpp.ideal_denoiser((y + n).detach(), sigma, reference, D=self.D)
+        return weight * ((D_yn - target) ** 2)
 
 
 def _uniform(batch, device, generator):
@@ -53,8 +65,9 @@ def _normal(batch, device, generator):
 # VP (Song et al., 2021): t ~ U(epsilon_t, 1), sigma = sigma_vp(t), lambda = 1 / sigma^2.
 
 class VPLoss(_DenoisingLoss):
-    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, D: Optional[float] = None):
-        super().__init__(D)
+    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, D: Optional[float] = None,
+                 sigma_scale: float = 1):
+        super().__init__(D, sigma_scale)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.epsilon_t = epsilon_t
@@ -75,8 +88,8 @@ class VPLoss(_DenoisingLoss):
 # VE (Song et al., 2021): log sigma ~ U(log sigma_min, log sigma_max), lambda = 1 / sigma^2.
 
 class VELoss(_DenoisingLoss):
-    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100, D: Optional[float] = None):
-        super().__init__(D)
+    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100, D: Optional[float] = None, sigma_scale: float = 1):
+        super().__init__(D, sigma_scale)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
 
@@ -92,8 +105,9 @@ class VELoss(_DenoisingLoss):
 # lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Table 1).
 
 class EDMLoss(_DenoisingLoss):
-    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, D: Optional[float] = None):
-        super().__init__(D)
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, D: Optional[float] = None,
+                 sigma_scale: float = 1):
+        super().__init__(D, sigma_scale)
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data

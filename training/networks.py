@@ -12,7 +12,6 @@ sigma = r / sqrt(D)."""
 import copy
 import functools
 import inspect
-import math
 from typing import Optional, Sequence, Union
 
 import numpy as np

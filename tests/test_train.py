@@ -1,0 +1,247 @@
+"""train.py end to end on CPU: a tiny run, torchrun with two ranks (gloo), exact resume, preemption
+by SIGTERM, and every bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from training import checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny configuration: 16x16 data, 8 base channels, one resolution level, 16 images per step.
+TINY = ['--cond=1', '--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--tick=1', '--lr=2e-3',
+        '--lr-rampup=0', '--ema=0.0005', '--dropout=0', '--workers=0', '--device=cpu', '--seed=3',
+        '--duration=0.001']  # Every test that trains longer says so; a mistake never trains for 200 Mimg.
+
+
+def run_train(args, timeout=240, torchrun=False):
+    cmd = [sys.executable, 'train.py', *args]
+    if torchrun:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py', *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def read_stats(run_dir):
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def tiny_run(bars_zip, tmp_path_factory):
+    """2 kimg of PFGM++ (D=128) with augmentation; snapshots and states every tick (1 kimg)."""
+    outdir = tmp_path_factory.mktemp('runs')
+    args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128',
+            '--augment=0.12', '--duration=0.002', '--snap=1', '--dump=1']
+    result = run_train(args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(run_dir=os.path.join(outdir, 'tiny'), args=args, outdir=str(outdir), result=result)
+
+
+def test_tiny_run_writes_everything(tiny_run):
+    run_dir = tiny_run['run_dir']
+    names = sorted(os.listdir(run_dir))
+    for kimg in (1, 2):
+        assert checkpoint.snapshot_name(kimg) in names and checkpoint.state_name(kimg) in names
+    assert {'log.txt', 'stats.jsonl', 'training_options.json'} <= set(names)
+    assert not [n for n in names if '.tmp' in n]
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        log = f.read()
+    assert 'tick 0' in log and 'tick 1' in log and 'sec/kimg' in log and 'loss' in log
+    stats = read_stats(run_dir)
+    assert [round(s['kimg']) for s in stats] == [1, 2]
+    assert all(s['Loss/loss']['num'] > 0 and math.isfinite(s['Loss/loss']['mean']) for s in stats)
+    options = json.load(open(os.path.join(run_dir, 'training_options.json')))
+    assert options['aug_dim'] == 128 and options['pfgmpp'] is True
+
+
+def test_checkpoints_load_without_pickle_and_carry_what_generate_needs(tiny_run):
+    snapshot = torch.load(os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(2)), weights_only=True)
+    assert snapshot['format'] == checkpoint.SNAPSHOT_FORMAT and snapshot['D'] == 128.0
+    assert (snapshot['img_resolution'], snapshot['img_channels'], snapshot['label_dim']) == (16, 3, 2)
+    state = torch.load(os.path.join(tiny_run['run_dir'], checkpoint.state_name(2)), weights_only=True)
+    assert state['format'] == checkpoint.STATE_FORMAT and state['cur_nimg'] == -(-2000 // 16) * 16
+    net, info = checkpoint.load_network(os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(2)))
+    assert net.D == 128.0 and info['D'] == 128.0
+    # The snapshot is the EMA of the training state.
+    for k, v in state['ema']['state_dict'].items():
+        assert torch.equal(v, snapshot['network']['state_dict'][k])
+
+
+def test_loss_goes_down(tiny_run):
+    stats = read_stats(tiny_run['run_dir'])
+    assert stats[-1]['Loss/loss']['mean'] < 0.85 * stats[0]['Loss/loss']['mean']
+
+
+def test_resume_is_exact(tiny_run):
+    # Continue the run's 1-kimg state in a new run directory; the 2-kimg states must be identical.
+    args = [a for a in tiny_run['args'] if not a.startswith('--name=')] + ['--name=resumed',
+            f'--resume={os.path.join(tiny_run["run_dir"], checkpoint.state_name(1))}']
+    result = run_train(args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    a = torch.load(os.path.join(tiny_run['run_dir'], checkpoint.state_name(2)), weights_only=True)
+    b = torch.load(os.path.join(tiny_run['outdir'], 'resumed', checkpoint.state_name(2)), weights_only=True)
+    assert a['cur_nimg'] == b['cur_nimg'] and a['cur_tick'] == b['cur_tick']
+    for key in ('net', 'ema'):
+        for name, tensor in a[key]['state_dict'].items():
+            assert torch.equal(tensor, b[key]['state_dict'][name]), (key, name)
+    for pa, pb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
+    snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(2))
+    args = [f'--outdir={tmp_path}', '--name=ft', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128',
+            '--augment=0.12', f'--transfer={snapshot}', '--duration=0.001', '--snap=1', '--dump=0']
+    result = run_train(args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    num_tensors = len(torch.load(snapshot, weights_only=True)['network']['state_dict'])
+    assert f'Transfer: copied {num_tensors} tensors from {snapshot}' in result.stdout
+    # A network whose tensors differ in shape is refused before anything is written.
+    out = str(tmp_path / 'other')
+    bad = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cbase=16', '--duration=0.001', f'--transfer={snapshot}'])
+    assert_clean_failure(bad, 'does not fit this network', out)
+
+
+def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
+    args = [f'--outdir={tmp_path}', '--name=ddp', f'--data={bars_zip}', *TINY, '--batch=16', '--batch-gpu=4',
+            '--augment=0', '--duration=0.001', '--snap=1', '--dump=1']
+    result = run_train(args, torchrun=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = tmp_path / 'ddp'
+    assert 'Number of ranks:         2' in result.stdout
+    assert '8 per rank' not in result.stdout and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout
+    assert (run_dir / checkpoint.snapshot_name(1)).is_file() and (run_dir / checkpoint.state_name(1)).is_file()
+    stats = read_stats(run_dir)
+    # Statistics gathered from both ranks: every image of the 1008 seen contributes 3*16*16 losses.
+    assert stats[-1]['Loss/loss']['num'] == 1008 * 3 * 16 * 16
+
+
+def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path):
+    args = [f'--outdir={tmp_path}', '--name=pre', f'--data={bars_zip}', *TINY, '--augment=0', '--snap=0', '--dump=0']
+    proc = subprocess.Popen([sys.executable, 'train.py', *args, '--duration=1'], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    log_path = tmp_path / 'pre' / 'log.txt'
+    deadline = time.time() + 120
+    while not (log_path.exists() and 'Training for' in log_path.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else 'timeout'
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert 'Received SIGTERM' in out and '--resume=auto' in out
+    states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
+    assert len(states) == 1
+    stopped_at = torch.load(tmp_path / 'pre' / states[0], weights_only=True)['cur_nimg']
+    assert 0 < stopped_at < 1000
+
+    result = run_train(args + ['--duration=0.001', '--resume=auto', '--dump=1'])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f'continuing from {tmp_path / "pre" / states[0]}' in result.stdout
+    assert f'Resuming from {tmp_path / "pre" / states[0]} at {stopped_at / 1000:.3f} kimg' in result.stdout
+    final = torch.load(tmp_path / 'pre' / checkpoint.state_name(1), weights_only=True)
+    assert final['cur_nimg'] == 1008
+
+
+def test_resume_auto_skips_a_truncated_state(tmp_path, tiny_run):
+    # Copy the run, then truncate its newest state: auto must fall back to the 1-kimg one.
+    import shutil
+    run_dir = tmp_path / 'tiny'
+    shutil.copytree(tiny_run['run_dir'], run_dir)
+    newest = run_dir / checkpoint.state_name(2)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    messages = []
+    found = train.newest_valid_state(str(run_dir), log=messages.append)
+    assert found == str(run_dir / checkpoint.state_name(1))
+    assert any(str(newest) in m for m in messages)
+
+#----------------------------------------------------------------------------
+# Bad input: one clear line, a non-zero exit, nothing written.
+
+def invoke(args):
+    return CliRunner().invoke(train.main, args)
+
+
+def assert_clean_failure(result, match, outdir):
+    assert result.exit_code != 0
+    assert 'Traceback' not in result.output and match in result.output, result.output
+    assert not os.path.exists(outdir) or not any(os.scandir(outdir))
+
+
+def test_missing_data(tmp_path):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={tmp_path / "nope.zip"}', *TINY]), '--data', out)
+
+
+def test_cond_without_labels(bars_zip_unlabelled, tmp_path):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip_unlabelled}', *TINY]), 'no labels', out)
+
+
+def test_batch_not_divisible(bars_zip, tmp_path):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--batch=16', '--batch-gpu=5']),
+                         'multiple of --batch-gpu', out)
+
+
+@pytest.mark.parametrize('aug_dim', ['0', '-3', 'nan', 'inf'])
+def test_bad_aug_dim(bars_zip, tmp_path, aug_dim):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--pfgmpp=1', f'--aug_dim={aug_dim}']),
+                         '--aug_dim', out)
+
+
+def test_outdir_is_a_file(bars_zip, tmp_path):
+    out = tmp_path / 'file'
+    out.write_text('x')
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY])
+    assert result.exit_code != 0 and 'is a file' in result.output and 'Traceback' not in result.output
+    assert out.read_text() == 'x'
+
+
+def test_resume_not_a_training_state(bars_zip, tiny_run, tmp_path):
+    out = str(tmp_path / 'out')
+    snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(1))
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, f'--resume={snapshot}']),
+                         'not a pfgmpp-training-state', out)
+    garbage = tmp_path / 'garbage.pt'
+    garbage.write_bytes(b'not a checkpoint')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, f'--resume={garbage}']),
+                         'not a readable checkpoint', out)
+
+
+def test_resume_other_architecture(bars_zip, tiny_run, tmp_path):
+    out = str(tmp_path / 'out')
+    state = os.path.join(tiny_run['run_dir'], checkpoint.state_name(1))
+    args = [f'--outdir={out}', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', f'--resume={state}']
+    assert_clean_failure(invoke(args + ['--cbase=16']), 'another architecture', out)
+    assert_clean_failure(invoke(args + ['--arch=ncsnpp']), 'another architecture', out)
+
+
+def test_existing_named_run_needs_resume(bars_zip, tiny_run):
+    result = invoke([f'--outdir={tiny_run["outdir"]}', '--name=tiny', f'--data={bars_zip}', *TINY])
+    assert result.exit_code != 0 and '--resume=auto' in result.output
+
+
+def test_dry_run_writes_nothing(bars_zip, tmp_path):
+    out = tmp_path / 'out'
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--dry-run'])
+    assert result.exit_code == 0 and 'Dry run' in result.output and not out.exists()
+
+
+def test_help_lists_every_default():
+    result = invoke(['--help'])
+    assert result.exit_code == 0
+    for text in ('--pfgmpp', '--aug_dim', '--stf', '--rbatch', '--sigma-scale', '--device', '--lr-rampup', '--ema-rampup',
+                 'default: 512', 'default: 200', 'default: 0.001', 'default: 0.5', 'default: 0.13', 'default: 0.12'):
+        assert text in result.output, text

@@ -1,0 +1,101 @@
+"""Pieces of training/training_loop.py: EMA, learning-rate ramp-up, gradient accumulation and
+sanitisation, seeds, and the resume architecture check."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from torch_utils import training_stats
+from training import checkpoint, networks, training_loop as tl
+
+
+def test_ema_beta_follows_half_life_and_rampup():
+    # Without ramp-up: after half-life / batch steps the old weights count for exactly one half.
+    beta = tl.ema_beta(cur_nimg=10 ** 9, batch_size=512, ema_halflife_kimg=500, ema_rampup_ratio=None)
+    assert math.isclose(beta ** (500_000 / 512), 0.5, rel_tol=1e-12)
+    # With ramp-up at 100 kimg: half-life min(500 kimg, 0.05 * 100 kimg) = 5 kimg.
+    beta = tl.ema_beta(cur_nimg=100_000, batch_size=512, ema_halflife_kimg=500, ema_rampup_ratio=0.05)
+    assert math.isclose(beta, 0.5 ** (512 / 5000), rel_tol=1e-12)
+    # At the start the EMA simply follows the network.
+    assert tl.ema_beta(cur_nimg=0, batch_size=512, ema_halflife_kimg=500, ema_rampup_ratio=0.05) == 0.0
+
+
+def test_update_ema_is_the_weighted_average():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.parameters()]
+    tl.update_ema(ema, net, 0.9)
+    for p_old, p_net, p_ema in zip(before, net.parameters(), ema.parameters()):
+        torch.testing.assert_close(p_ema, 0.9 * p_old + 0.1 * p_net, rtol=1e-6, atol=1e-7)
+
+
+def test_learning_rate_rampup():
+    assert tl.learning_rate(1e-3, 0, 10) == 0
+    assert math.isclose(tl.learning_rate(1e-3, 5000, 10), 5e-4)
+    assert tl.learning_rate(1e-3, 20000, 10) == 1e-3
+    assert tl.learning_rate(1e-3, 0, 0) == 0 and tl.learning_rate(1e-3, 1, 0) == 1e-3
+
+
+def test_accumulation_equals_one_big_batch():
+    # A deterministic loss: two rounds of 4 must give the gradient of one round of 8.
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.Tanh(), torch.nn.Linear(5, 12))
+    images = torch.randn(8, 3, 2, 2)
+    loss_fn = lambda net, y, labels, **kw: (net(y).reshape(y.shape) - y * 0.5) ** 2
+    one = copy.deepcopy(net)
+    tl.accumulate_gradients(one, loss_fn, [(images, None, {})], loss_scaling=1, batch_gpu_total=8)
+    two = copy.deepcopy(net)
+    stats = training_stats.Collector()
+    tl.accumulate_gradients(two, loss_fn, [(images[:4], None, {}), (images[4:], None, {})], loss_scaling=1,
+                            batch_gpu_total=8, stats=stats)
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    # The statistics saw every element once.
+    collected = stats.collect()
+    assert collected['Loss/loss']['num'] == images.numel()
+    assert math.isclose(collected['Loss/loss']['mean'], float(loss_fn(net, images, None).detach().mean()), rel_tol=1e-5)
+
+
+def test_sanitize_gradients_counts_and_replaces():
+    net = torch.nn.Linear(2, 2)
+    net.weight.grad = torch.tensor([[float('nan'), 1.0], [float('inf'), -float('inf')]])
+    net.bias.grad = torch.tensor([0.5, 2.0])
+    assert int(tl.sanitize_gradients(net)) == 3
+    assert torch.equal(net.weight.grad, torch.tensor([[0.0, 1.0], [1e5, -1e5]]))
+    assert torch.equal(net.bias.grad, torch.tensor([0.5, 2.0]))
+
+
+def test_step_seeds_are_distinct_per_rank_step_and_stream():
+    seeds = {tl.step_seed(s, r, t, k) for s in (0, 1) for r in (0, 1) for t in (0, 1, 2) for k in ('loss', 'global')}
+    assert len(seeds) == 24 and all(0 <= x < 2 ** 63 for x in seeds)
+    assert tl.step_seed(3, 1, 7, 'loss') == tl.step_seed(3, 1, 7, 'loss')
+
+
+def test_training_stats_collector():
+    stats = training_stats.Collector()
+    stats.report('a', torch.tensor([1.0, 2.0, 3.0]))
+    stats.report('a', torch.tensor([4.0, float('nan')]))
+    stats.report('b', 7)
+    out = stats.collect(['a', 'b', 'c'])
+    assert out['a']['num'] == 4 and math.isclose(out['a']['mean'], 2.5) and math.isclose(out['a']['std'], math.sqrt(1.25))
+    assert out['b'] == dict(num=1, mean=7.0, std=0.0)
+    assert out['c']['num'] == 0 and math.isnan(out['c']['mean'])
+    assert stats.collect() == {}
+
+
+def test_state_architecture_check():
+    kwargs = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
+                  num_blocks=1, attn_resolutions=[], dropout=0.0)
+    net = networks.EDMPrecond(**kwargs)
+    state = dict(net=checkpoint.network_to_dict(net))
+    tl.check_state_matches(state, networks.EDMPrecond(**kwargs), 'x.pt')
+    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*model_channels'):
+        tl.check_state_matches(state, networks.EDMPrecond(**dict(kwargs, model_channels=16)), 'x.pt')
+    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*VEPrecond'):
+        tl.check_state_matches(state, networks.VEPrecond(**kwargs), 'x.pt')
