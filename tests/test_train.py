@@ -245,3 +245,18 @@ def test_help_lists_every_default():
     for text in ('--pfgmpp', '--aug_dim', '--stf', '--rbatch', '--sigma-scale', '--device', '--lr-rampup', '--ema-rampup',
                  'default: 512', 'default: 200', 'default: 0.001', 'default: 0.5', 'default: 0.13', 'default: 0.12'):
         assert text in result.output, text
+
+
+def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run):
+    # generate.py's run-directory mode on the run train.py wrote: one folder per snapshot, D from it.
+    run_dir = tiny_run['run_dir']
+    result = subprocess.run([sys.executable, 'generate.py', f'--outdir={run_dir}', '--seeds=0-3', '--batch=2',
+                             '--steps=4', '--device=cpu'], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for kimg in (1, 2):
+        folder = os.path.join(run_dir, f'ckpt_{kimg:06d}')
+        assert sorted(os.listdir(folder)) == [f'{seed:06d}.png' for seed in range(4)]
+    # A flag that contradicts the recorded D=128 is refused.
+    result = subprocess.run([sys.executable, 'generate.py', f'--outdir={run_dir}', '--seeds=4-5', '--pfgmpp=1',
+                             '--aug_dim=2048', '--device=cpu'], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr and '128' in result.stderr
