@@ -11,7 +11,7 @@ endif
 PY := $(ENV_DIR)/bin/python
 STAMP := $(ENV_DIR)/.pfgmpp-requirements
 
-.PHONY: install test quickstart
+.PHONY: install test quickstart docs
 
 install: $(STAMP)
 
@@ -26,3 +26,7 @@ test: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -c "import torch, training.networks, training.loss, training.pfgmpp; print('PFGM++ is installed: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 	@echo "The quick-start demo (train, generate, evaluate on bundled digits) lands with its issue; see README.md."
+
+# Regenerate docs/*-help.txt from every script's --help (tests/test_docs.py checks they are current).
+docs: $(STAMP)
+	$(PY) tools/make_help_docs.py
