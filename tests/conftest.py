@@ -7,6 +7,16 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors: one thread avoids contention between test processes on small machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_dataset_zip(path, images: np.ndarray, labels=None) -> str:

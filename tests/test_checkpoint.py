@@ -42,13 +42,6 @@ def save_state(path, net, kimg):
     checkpoint.save_atomic(data, str(path))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 #----------------------------------------------------------------------------
 # A legacy module in EDM's persistent-pickle format: its classes pickle with the module's source, and
 # loading runs that source. The architecture comes from training.networks (a real EDM file embeds its

@@ -25,14 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--steps=4', '--device=cpu']  # Tiny runs: 4 Heun steps (7 network evaluations).
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def snapshot(tmp_path_factory):
     """A tiny D=2048 network snapshot in our format."""

@@ -43,15 +43,6 @@ def make_data(num_points=4, shape=(2, 4, 4), seed=0):
 WEIGHTS = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread avoids contention on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def nearest_points(x, data):
     """(distance to the nearest data point [B], its index [B])."""
     return torch.cdist(x.reshape(len(x), -1), data.reshape(len(data), -1)).min(1)
