@@ -16,7 +16,7 @@ import json
 import os
 import struct
 import zipfile
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import PIL.Image
