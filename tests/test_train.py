@@ -149,8 +149,14 @@ def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f'continuing from {tmp_path / "pre" / states[0]}' in result.stdout
     assert f'Resuming from {tmp_path / "pre" / states[0]} at {stopped_at / 1000:.3f} kimg' in result.stdout
-    final = torch.load(tmp_path / 'pre' / checkpoint.state_name(1), weights_only=True)
+    final_path = tmp_path / 'pre' / checkpoint.state_name(1)
+    final = torch.load(final_path, weights_only=True)
     assert final['cur_nimg'] == 1008
+    # The same command again: the run is finished, nothing is trained or rewritten.
+    mtime = final_path.stat().st_mtime_ns
+    result = run_train(args + ['--duration=0.001', '--resume=auto', '--dump=1'])
+    assert result.returncode == 0 and 'nothing to do' in result.stdout, result.stdout + result.stderr
+    assert final_path.stat().st_mtime_ns == mtime
 
 
 def test_resume_auto_skips_a_truncated_state(tmp_path, tiny_run):

@@ -241,6 +241,9 @@ def training_loop(
     stats_path = os.path.join(run_dir, 'stats.jsonl')
     log(f'Training for {total_kimg} kimg: batch {batch_size} = {batch_gpu} per rank and round x {num_rounds} rounds x {world_size} ranks, device {device}')
 
+    if cur_nimg >= total_nimg:
+        log(f'Already at {cur_nimg / 1000:.3f} kimg of {total_kimg} kimg: nothing to do.')
+        return dict(status='done', cur_nimg=cur_nimg)
     status = 'done'
     with StopRequest() as stop:
         while True:
