@@ -9,6 +9,7 @@ the preconditioners: it is recorded on the network (a checkpoint knows the D it 
 never enters the computation, because PFGM++ trains the same denoiser D_theta(x, sigma) with
 sigma = r / sqrt(D)."""
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -21,6 +22,11 @@ from torch.nn.functional import silu
 from training.pfgmpp import check_D
 
 SigmaLike = Union[float, torch.Tensor]
+
+def float32_region(device_type: str) -> torch.autocast:
+    """A region that autocast (bf16 / fp16 training and sampling, torch_utils/precision.py) leaves
+    alone: its operations run in the dtype of their inputs."""
+    return torch.autocast(device_type=device_type, enabled=False)
 
 #----------------------------------------------------------------------------
 # Unified routine for initializing weights and biases.
@@ -123,16 +129,39 @@ class GroupNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean_g) / sqrt(var_g + eps) * weight + bias over each group g of [B, C, H, W]."""
-        return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype), bias=self.bias.to(x.dtype), eps=self.eps)
+        """(x - mean_g) / sqrt(var_g + eps) * weight + bias over each group g of [B, C, H, W], in x's
+        dtype. For float16/bfloat16 x, PyTorch's kernels accumulate the group statistics in float32;
+        autocast is left out so that it does not turn the output into float32 (tests/test_precision.py
+        checks the statistics against a float64 computation)."""
+        with float32_region(x.device.type):
+            return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype), bias=self.bias.to(x.dtype), eps=self.eps)
 
 #----------------------------------------------------------------------------
-# Attention weight computation, i.e., softmax(Q^T * K).
+# Self-attention: a[n, :, i] = sum_j softmax_j(q[n, :, i] . k[n, :, j] / sqrt(C)) v[n, :, j].
+
+ATTENTION_BACKENDS = ('sdpa', 'einsum')
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """w[n, i, j] = softmax_j(q[n, :, i] . k[n, :, j] / sqrt(C)) for q, k [N, C, L]; float32 inside
     because float16 logits overflow, returned in q's dtype."""
-    return torch.einsum('ncq,nck->nqk', q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32)).softmax(dim=2).to(q.dtype)
+    with float32_region(q.device.type):
+        return torch.einsum('ncq,nck->nqk', q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32)).softmax(dim=2).to(q.dtype)
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 'sdpa') -> torch.Tensor:
+    """Multi-head attention on [B, heads, C, L] queries, keys and values -> [B, heads, C, L].
+
+    'sdpa': torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient kernels on
+    GPUs, whose softmax accumulates in float32); 'einsum': the explicit formulation of the published
+    EDM and PFGM++ code (attention_weights, then a weighted sum), kept as the reference."""
+    if backend == 'sdpa':
+        # SDPA wants [..., L, C]; its default scale is 1 / sqrt(C), as above.
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)).transpose(-1, -2)
+    if backend == 'einsum':
+        shape = q.shape
+        q, k, v = (t.reshape(-1, *shape[-2:]) for t in (q, k, v))
+        w = attention_weights(q, k)
+        return torch.einsum('nqk,nck->ncq', w, v).reshape(shape)
+    raise ValueError(f'Unknown attention backend {backend!r}; expected one of {", ".join(ATTENTION_BACKENDS)}.')
 
 #----------------------------------------------------------------------------
 # Unified U-Net block with optional up/downsampling and self-attention.
@@ -142,6 +171,8 @@ class UNetBlock(torch.nn.Module):
     """Residual block: x' = (skip(x) + conv1(silu(mod(norm1(conv0(silu(norm0(x))))), emb))) * skip_scale,
     where mod is norm1(.) * (scale + 1) + shift (adaptive_scale) or norm1(. + bias); then optional
     multi-head self-attention x'' = (x' + proj(attn(qkv(norm2(x'))))) * skip_scale."""
+
+    attention_backend = 'sdpa'  # See attention(); set_attention_backend() changes it for a whole network.
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
                  attention: bool = False, num_heads: Optional[int] = None, channels_per_head: int = 64,
@@ -192,9 +223,8 @@ class UNetBlock(torch.nn.Module):
 
         if self.num_heads:
             # The 3C qkv channels are laid out as [heads, C / heads, 3]; checkpoints depend on it.
-            q, k, v = self.qkv(self.norm2(x)).reshape(x.shape[0] * self.num_heads, x.shape[1] // self.num_heads, 3, -1).unbind(2)
-            w = attention_weights(q, k)
-            a = torch.einsum('nqk,nck->ncq', w, v)
+            q, k, v = self.qkv(self.norm2(x)).reshape(x.shape[0], self.num_heads, x.shape[1] // self.num_heads, 3, -1).unbind(3)
+            a = attention(q, k, v, backend=self.attention_backend)
             x = self.proj(a.reshape(*x.shape)).add_(x)
             x = x * self.skip_scale
         return x
@@ -348,7 +378,13 @@ class SongUNet(torch.nn.Module):
                 augment_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [B, in_channels, H, W], noise_labels [B or 1], class_labels [B or 1, label_dim] or None,
         augment_labels [B, augment_dim] or None -> [B, out_channels, H, W]."""
-        # Mapping.
+        with float32_region(x.device.type):
+            emb = self.mapping(x, noise_labels, class_labels, augment_labels)
+        return self.unet(x, emb)
+
+    def mapping(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
+                augment_labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """The embedding [B or 1, emb_channels] of noise level, class and augmentation (in float32)."""
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape) # swap cos/sin to [sin, cos], as score_sde does
         if self.map_label is not None:
@@ -361,8 +397,10 @@ class SongUNet(torch.nn.Module):
             emb = emb + self.map_augment(augment_labels)
         emb = silu(self.map_layer0(emb))
         emb = silu(self.map_layer1(emb))
+        return emb
 
-        # Encoder.
+    def unet(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder: x [B, in_channels, H, W] -> [B, out_channels, H, W]."""
         skips = []
         aux = x
         for name, block in self.enc.items():
@@ -468,7 +506,13 @@ class DhariwalUNet(torch.nn.Module):
                 augment_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [B, in_channels, H, W], noise_labels [B or 1], class_labels [B or 1, label_dim] or None,
         augment_labels [B, augment_dim] or None -> [B, out_channels, H, W]."""
-        # Mapping.
+        with float32_region(x.device.type):
+            emb = self.mapping(x, noise_labels, class_labels, augment_labels)
+        return self.unet(x, emb)
+
+    def mapping(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
+                augment_labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """The embedding [B or 1, emb_channels] of noise level, class and augmentation (in float32)."""
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -480,8 +524,10 @@ class DhariwalUNet(torch.nn.Module):
                 tmp = tmp * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(tmp.dtype)
             emb = emb + self.map_label(tmp)
         emb = silu(emb)
+        return emb
 
-        # Encoder.
+    def unet(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder: x [B, in_channels, H, W] -> [B, out_channels, H, W]."""
         skips = []
         for block in self.enc.values():
             x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
@@ -524,6 +570,38 @@ def model_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch
     """float16 only when use_fp16, not force_fp32, and running on CUDA (as EDM); float32 otherwise."""
     return torch.float16 if (use_fp16 and not force_fp32 and device.type == 'cuda') else torch.float32
 
+def set_attention_backend(net: torch.nn.Module, backend: str) -> torch.nn.Module:
+    """Compute every self-attention of `net` with `backend` ('sdpa' or 'einsum', see attention())."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f'Unknown attention backend {backend!r}; expected one of {", ".join(ATTENTION_BACKENDS)}.')
+    for module in net.modules():
+        if isinstance(module, UNetBlock):
+            module.attention_backend = backend
+    return net
+
+class Preconditioner(torch.nn.Module):
+    """What the four preconditioners share: running the U-Net F in the precision chosen for the run.
+
+    The preconditioning arithmetic around F stays float32. F runs in float16 when EDM's use_fp16 is
+    set (CUDA only, as EDM), and under autocast to amp_dtype when torch_utils.precision has set one;
+    force_fp32 turns both off."""
+
+    amp_dtype: Optional[torch.dtype] = None  # Run-time setting, not part of checkpoints.
+
+    def run_model(self, x_in: torch.Tensor, c_noise: torch.Tensor, class_labels: Optional[torch.Tensor],
+                  force_fp32: bool, **model_kwargs) -> torch.Tensor:
+        """F(x_in, c_noise, class_labels) as float32."""
+        dtype = model_dtype(self.use_fp16, force_fp32, x_in.device)
+        if force_fp32:
+            region = float32_region(x_in.device.type)
+        elif self.amp_dtype is not None:
+            region = torch.autocast(device_type=x_in.device.type, dtype=self.amp_dtype)
+        else:
+            region = contextlib.nullcontext()
+        with region:
+            F_x = self.model(x_in.to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
+        return F_x.to(torch.float32)
+
 #----------------------------------------------------------------------------
 # Constructor arguments kept on the network, so a checkpoint can rebuild it from plain data.
 
@@ -552,7 +630,7 @@ def records_init_kwargs(cls: type) -> type:
 # Differential Equations".
 
 @records_init_kwargs
-class VPPrecond(torch.nn.Module):
+class VPPrecond(Preconditioner):
     """D(x; sigma) = x - sigma F((x / sqrt(sigma^2 + 1)), (M - 1) sigma^-1(sigma)) (EDM Table 1, VP column)."""
 
     def __init__(self,
@@ -587,16 +665,14 @@ class VPPrecond(torch.nn.Module):
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
         """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
         x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-        dtype = model_dtype(self.use_fp16, force_fp32, x.device)
 
         c_skip = 1
         c_out = -sigma
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = (self.M - 1) * self.sigma_inv(sigma)
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
-        D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
+        D_x = c_skip * x + c_out * F_x
         return D_x
 
     def sigma(self, t: SigmaLike) -> torch.Tensor:
@@ -619,7 +695,7 @@ class VPPrecond(torch.nn.Module):
 # Differential Equations".
 
 @records_init_kwargs
-class VEPrecond(torch.nn.Module):
+class VEPrecond(Preconditioner):
     """D(x; sigma) = x + sigma F(x, log(sigma / 2)) (EDM Table 1, VE column)."""
 
     def __init__(self,
@@ -647,16 +723,14 @@ class VEPrecond(torch.nn.Module):
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
         """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
         x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-        dtype = model_dtype(self.use_fp16, force_fp32, x.device)
 
         c_skip = 1
         c_out = sigma
         c_in = 1
         c_noise = (0.5 * sigma).log()
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
-        D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
+        D_x = c_skip * x + c_out * F_x
         return D_x
 
     def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
@@ -668,7 +742,7 @@ class VEPrecond(torch.nn.Module):
 # the paper "Improved Denoising Diffusion Probabilistic Models".
 
 @records_init_kwargs
-class iDDPMPrecond(torch.nn.Module):
+class iDDPMPrecond(Preconditioner):
     """D(x; sigma) = x - sigma F(x / sqrt(sigma^2 + 1), M - 1 - argmin_j |u_j - sigma|)[:, :C]
     (EDM Table 1, iDDPM column); the model predicts 2C channels, the second half being iDDPM's variance."""
 
@@ -709,16 +783,14 @@ class iDDPMPrecond(torch.nn.Module):
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
         """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
         x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-        dtype = model_dtype(self.use_fp16, force_fp32, x.device)
 
         c_skip = 1
         c_out = -sigma
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
-        D_x = c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
+        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
+        D_x = c_skip * x + c_out * F_x[:, :self.img_channels]
         return D_x
 
     def alpha_bar(self, j: Union[int, torch.Tensor]) -> torch.Tensor:
@@ -738,7 +810,7 @@ class iDDPMPrecond(torch.nn.Module):
 # Space of Diffusion-Based Generative Models" (EDM).
 
 @records_init_kwargs
-class EDMPrecond(torch.nn.Module):
+class EDMPrecond(Preconditioner):
     """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) with c_skip = s_d^2 / (sigma^2 + s_d^2),
     c_out = sigma s_d / sqrt(sigma^2 + s_d^2), c_in = 1 / sqrt(sigma^2 + s_d^2), c_noise = ln(sigma) / 4
     (EDM Table 1, "Ours" column; Equation 7)."""
@@ -770,16 +842,14 @@ class EDMPrecond(torch.nn.Module):
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
         """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
         x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-        dtype = model_dtype(self.use_fp16, force_fp32, x.device)
 
         c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
         c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
         c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log() / 4
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
-        D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
+        D_x = c_skip * x + c_out * F_x
         return D_x
 
     def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""Numerical precision of training and sampling: one name per mode, shared by every entry point.
+
+    fp32  float32 throughout; TF32 tensor-core arithmetic is switched off for matmuls and convolutions,
+          so results do not depend on the GPU generation. The reference against which the others are
+          measured.
+    tf32  float32 storage; CUDA matmuls and convolutions may round their inputs to TF32 (10-bit
+          mantissa) on Ampere and later. No effect on the CPU.
+    bf16  autocast to bfloat16 for convolutions, linear layers and attention.
+    fp16  autocast to float16, as bf16; training uses dynamic loss scaling (torch.amp.GradScaler).
+
+Under bf16 and fp16 the parameters, the optimizer and the EMA stay float32, and the networks keep in
+float32 what is sensitive to rounding: the preconditioning arithmetic (c_skip, c_out, c_in, c_noise),
+the noise and class embedding, group-normalisation statistics, the attention softmax (accumulated in
+float32 inside scaled_dot_product_attention's kernels) and the loss (training/networks.py).
+"""
+
+import contextlib
+from typing import Optional
+
+import torch
+
+PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
+AUTOCAST_DTYPES = {'fp32': None, 'tf32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    """precision itself if it is one of PRECISIONS, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'Unknown precision {precision!r}; expected one of {", ".join(PRECISIONS)}.')
+    return precision
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype of a precision, None for fp32 and tf32."""
+    return AUTOCAST_DTYPES[check_precision(precision)]
+
+
+def configure_backends(precision: str, cudnn_benchmark: bool = True) -> None:
+    """Process-wide settings for a precision: TF32 on for tf32 and off for every other mode (in bf16
+    and fp16 it would only touch the few float32 matmuls kept outside autocast), and cuDNN's
+    autotuner (EDM's --bench), which picks the fastest convolution algorithm per input shape."""
+    check_precision(precision)
+    mode = 'tf32' if precision == 'tf32' else 'ieee'
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for bf16 and fp16, a no-op context otherwise."""
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def set_network_precision(net: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """Make a preconditioned network (training.networks.*Precond) run its U-Net under the autocast of
+    `precision` on every call, whoever calls it (loss, sampler, DDP, torch.compile). The setting is a
+    run-time choice: it is not stored in checkpoints. EDM's own mixed-precision switch, use_fp16
+    (a float16 cast of the whole U-Net), is turned off, so the precision alone decides. Returns net."""
+    net.amp_dtype = autocast_dtype(precision)
+    if hasattr(net, 'use_fp16'):
+        net.use_fp16 = False
+    return net
+
+
+def make_grad_scaler(precision: str, device_type: str) -> Optional[torch.amp.GradScaler]:
+    """Dynamic loss scaling for fp16 (gradients of float16 activations underflow without it), None for
+    the other modes."""
+    if check_precision(precision) != 'fp16':
+        return None
+    return torch.amp.GradScaler(device_type)
