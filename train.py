@@ -15,6 +15,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed
+from torch_utils.precision import PRECISIONS
 from training import checkpoint, pfgmpp
 from training.dataset import ImageFolderDataset
 from training.training_loop import check_state_matches, training_loop
@@ -75,7 +76,7 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
         c.network_kwargs['model_channels'] = opts.cbase
     if opts.cres is not None:
         c.network_kwargs['channel_mult'] = opts.cres
-    c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16, D=D)
+    c.network_kwargs.update(dropout=opts.dropout, D=D)
     c.loss_kwargs = dict(class_name=loss_class, D=D)
     if opts.sigma_scale != 1:
         c.loss_kwargs['sigma_scale'] = opts.sigma_scale
@@ -103,8 +104,16 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
              ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=opts.ema_rampup or None, lr_rampup_kimg=opts.lr_rampup,
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,
              state_dump_ticks=opts.dump or None, workers=opts.workers, cudnn_benchmark=opts.bench,
+             precision=resolve_precision(opts), channels_last=opts.channels_last, compile=opts.compile,
              stf_rbatch=(opts.rbatch - batch_gpu) if opts.stf else None)
     return c
+
+
+def resolve_precision(opts) -> str:
+    """--precision, or fp16 for EDM's --fp16=1 (its alias), or fp32; the two may not disagree."""
+    if opts.fp16 and opts.precision not in (None, 'fp16'):
+        raise click.ClickException(f'--fp16=1 means --precision=fp16, but --precision={opts.precision} was given; drop one.')
+    return opts.precision or ('fp16' if opts.fp16 else 'fp32')
 
 
 def run_description(opts, dataset_name: str, world_size: int) -> str:
@@ -177,7 +186,10 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False)
 
 # Performance-related.
-@click.option('--fp16',          help='Enable mixed-precision training', metavar='BOOL', type=bool, default=False)
+@click.option('--precision',     help='Arithmetic: fp32, tf32 (CUDA), bf16 or fp16 autocast  [default: fp32]', type=click.Choice(list(PRECISIONS)))
+@click.option('--fp16',          help='Alias of --precision=fp16 (EDM\'s option)', metavar='BOOL', type=bool, default=False)
+@click.option('--channels-last', 'channels_last', help='Channels-last (NHWC) memory layout', metavar='BOOL', type=bool, default=False)
+@click.option('--compile',       help='torch.compile the network', metavar='BOOL', type=bool, default=False)
 @click.option('--ls',            help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
 @click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
 @click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL', type=bool, default=True)
@@ -290,6 +302,7 @@ def train(opts: dnnlib.EasyDict) -> dict:
         print(f'PFGM++ D:                {opts.aug_dim if opts.pfgmpp else "infinity (diffusion)"}')
         print(f'Number of ranks:         {world_size}')
         print(f'Batch size:              {c.batch_size}')
+        print(f'Precision:               {c.precision}')
         print(f'Device:                  {device}')
         print()
     if opts.dry_run:

@@ -142,10 +142,11 @@ class GroupNorm(torch.nn.Module):
 ATTENTION_BACKENDS = ('sdpa', 'einsum')
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """w[n, i, j] = softmax_j(q[n, :, i] . k[n, :, j] / sqrt(C)) for q, k [N, C, L]; float32 inside
-    because float16 logits overflow, returned in q's dtype."""
+    """w[n, i, j] = softmax_j(q[n, :, i] . k[n, :, j] / sqrt(C)) for q, k [N, C, L]; at least float32
+    inside because float16 logits overflow, returned in q's dtype."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
     with float32_region(q.device.type):
-        return torch.einsum('ncq,nck->nqk', q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32)).softmax(dim=2).to(q.dtype)
+        return torch.einsum('ncq,nck->nqk', q.to(dtype), (k / np.sqrt(k.shape[1])).to(dtype)).softmax(dim=2).to(q.dtype)
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 'sdpa') -> torch.Tensor:
     """Multi-head attention on [B, heads, C, L] queries, keys and values -> [B, heads, C, L].

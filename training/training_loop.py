@@ -21,6 +21,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed, training_stats
+from torch_utils import precision as precision_lib
 from training import checkpoint
 from training.dataset import ImageFolderDataset, make_dataloader
 
@@ -66,19 +67,33 @@ def sanitize_gradients(net: torch.nn.Module) -> torch.Tensor:
 
 
 def accumulate_gradients(ddp: torch.nn.Module, loss_fn, batches, loss_scaling: float, batch_gpu_total: int,
-                         stats: Optional[training_stats.Collector] = None, **loss_kwargs) -> None:
+                         stats: Optional[training_stats.Collector] = None, grad_scaler: Optional[torch.amp.GradScaler] = None,
+                         no_sync_module: Optional[torch.nn.Module] = None, **loss_kwargs) -> None:
     """Backpropagate the loss of every round's batch into .grad, summed and divided by the per-rank
     batch, so that the result equals one pass over the whole per-rank batch. Under DDP only the
-    last round synchronises gradients across ranks (they are then averaged over ranks)."""
+    last round synchronises gradients across ranks (they are then averaged over ranks).
+    grad_scaler (fp16): the loss is multiplied by its current scale before backward.
+    no_sync_module: the DistributedDataParallel module when `ddp` is its torch.compile wrapper."""
     batches = list(batches)
+    no_sync_module = no_sync_module if no_sync_module is not None else ddp
     for round_idx, (images, labels, extra) in enumerate(batches):
         sync = round_idx == len(batches) - 1
-        no_sync = ddp.no_sync() if (not sync and hasattr(ddp, 'no_sync')) else contextlib.nullcontext()
+        no_sync = no_sync_module.no_sync() if (not sync and hasattr(no_sync_module, 'no_sync')) else contextlib.nullcontext()
         with no_sync:
             loss = loss_fn(ddp, images, labels, **extra, **loss_kwargs)
             if stats is not None:
                 stats.report('Loss/loss', loss.detach())
-            loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+            loss = loss.sum().mul(loss_scaling / batch_gpu_total)
+            (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
+
+def optimizer_options(optimizer_kwargs: dict, device: torch.device) -> dict:
+    """optimizer_kwargs with the fused CUDA kernel of torch.optim.Adam / AdamW on CUDA (one kernel for
+    all parameters instead of several per tensor), unless the options choose an implementation."""
+    kwargs = dict(optimizer_kwargs)
+    if device.type == 'cuda' and kwargs.get('class_name') in ('torch.optim.Adam', 'torch.optim.AdamW') \
+            and not any(k in kwargs for k in ('fused', 'foreach')):
+        kwargs['fused'] = True
+    return kwargs
 
 #----------------------------------------------------------------------------
 # Preemption: SIGTERM / SIGINT ask the loop to write a training state and stop at the next step.
@@ -111,12 +126,15 @@ class StopRequest:
 #----------------------------------------------------------------------------
 # Training states.
 
-def training_state(net, ema, optimizer, cur_nimg: int, cur_tick: int, tick_start_nimg: int, options: dict) -> dict:
-    """Everything needed to continue a run exactly, as plain data (torch.load(weights_only=True))."""
+def training_state(net, ema, optimizer, cur_nimg: int, cur_tick: int, tick_start_nimg: int, options: dict,
+                   grad_scaler: Optional[torch.amp.GradScaler] = None) -> dict:
+    """Everything needed to continue a run exactly, as plain data (torch.load(weights_only=True));
+    with fp16, the loss scaler's state (its current scale and growth count) too."""
     return dict(
         format=checkpoint.STATE_FORMAT, version=checkpoint.FORMAT_VERSION,
         net=checkpoint.network_to_dict(net), ema=checkpoint.network_to_dict(ema),
-        optimizer=optimizer.state_dict(), cur_nimg=int(cur_nimg), cur_tick=int(cur_tick),
+        optimizer=optimizer.state_dict(), grad_scaler=(grad_scaler.state_dict() if grad_scaler is not None else None),
+        cur_nimg=int(cur_nimg), cur_tick=int(cur_tick),
         tick_start_nimg=int(tick_start_nimg), kimg=cur_nimg // 1000, D=ema.D,
         img_resolution=ema.img_resolution, img_channels=ema.img_channels, label_dim=ema.label_dim,
         training_options=options,
@@ -158,6 +176,9 @@ def training_loop(
     stf_rbatch: Optional[int] = None,       # Stable target field: extra reference images per rank and round.
     workers: int = 1,                       # DataLoader worker processes per rank.
     cudnn_benchmark: bool = True,           # torch.backends.cudnn.benchmark.
+    precision: str = 'fp32',                # fp32 | tf32 | bf16 | fp16 (torch_utils/precision.py).
+    channels_last: bool = False,            # Channels-last (NHWC) weights and activations.
+    compile: bool = False,                  # torch.compile the network (with DDP, the DDP module).
     device: torch.device = torch.device('cpu'),
     options: Optional[dict] = None,         # training_options.json, stored in checkpoints.
 ) -> dict:
@@ -168,7 +189,7 @@ def training_loop(
     batch_gpu = batch_gpu or batch_gpu_total
     num_rounds = batch_gpu_total // batch_gpu
     assert batch_size == batch_gpu * num_rounds * world_size
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+    precision_lib.configure_backends(precision, cudnn_benchmark)
     log_path = os.path.join(run_dir, 'log.txt')
 
     def log(message: str) -> None:
@@ -186,10 +207,13 @@ def training_loop(
     net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
                                          img_channels=dataset.num_channels, label_dim=dataset.label_dim)
     net.train().requires_grad_(True).to(device)
+    precision_lib.prepare_network(net, precision, channels_last=channels_last)
     num_params = sum(p.numel() for p in net.parameters())
     log(f'Network: {type(net).__name__}/{net.init_kwargs.get("model_type")}, {num_params:,} parameters, D={net.D}')
+    log(f'Precision: {precision}{", channels-last" if channels_last else ""}{", torch.compile" if compile else ""}')
     loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_options(optimizer_kwargs, device))
+    grad_scaler = precision_lib.make_grad_scaler(precision, device.type)
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs else None
     if transfer is not None:
         copied = copy_matching_weights(transfer, net)
@@ -204,6 +228,8 @@ def training_loop(
         net.load_state_dict(state['net']['state_dict'])
         ema.load_state_dict(state['ema']['state_dict'])
         optimizer.load_state_dict(state['optimizer'])
+        if grad_scaler is not None and state.get('grad_scaler'):
+            grad_scaler.load_state_dict(state['grad_scaler'])
         cur_nimg, cur_tick, tick_start_nimg = state['cur_nimg'], state['cur_tick'], state['tick_start_nimg']
         log(f'Resuming from {resume_state} at {cur_nimg / 1000:.3f} kimg, tick {cur_tick}')
         del state
@@ -213,6 +239,9 @@ def training_loop(
         # Our buffers are constants (resampling filters), so they need no syncing at every forward.
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
                                                         forward_sync_buffers=False)
+    ddp_module = ddp
+    if compile:
+        ddp = torch.compile(ddp)
 
     # Data streams: this rank's position is the number of images it consumed.
     steps_done = cur_nimg // batch_size
@@ -255,12 +284,19 @@ def training_loop(
                 loss_generator.manual_seed(step_seed(seed, rank, step, 'loss'))
                 optimizer.zero_grad(set_to_none=True)
                 batches = (next_batch() for _ in range(num_rounds))
-                accumulate_gradients(ddp, loss_fn, batches, loss_scaling, batch_gpu_total, stats,
-                                     augment_pipe=augment_pipe, generator=loss_generator)
+                accumulate_gradients(ddp, loss_fn, batches, loss_scaling, batch_gpu_total, stats, grad_scaler=grad_scaler,
+                                     no_sync_module=ddp_module, augment_pipe=augment_pipe, generator=loss_generator)
                 for group in optimizer.param_groups:
                     group['lr'] = learning_rate(base_lr, cur_nimg, lr_rampup_kimg)
+                if grad_scaler is not None:
+                    # Unscaling records whether fp16 overflowed; the step is then skipped and the scale lowered.
+                    grad_scaler.unscale_(optimizer)
                 stats.report('Loss/nonfinite_grads', sanitize_gradients(net))
-                optimizer.step()
+                if grad_scaler is not None:
+                    grad_scaler.step(optimizer)
+                    grad_scaler.update()
+                else:
+                    optimizer.step()
                 update_ema(ema, net, ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio))
                 cur_nimg += batch_size
                 done = cur_nimg >= total_nimg
@@ -284,6 +320,8 @@ def training_loop(
                 f'loss {collected["Loss/loss"]["mean"]:<8.4f}',
                 f'maintenance {maintenance_time:<6.2f}', f'cpumem {cpu_mem:<6.2f}', f'gpumem {gpu_mem:<6.2f}',
             ]
+            if grad_scaler is not None:
+                fields.append(f'loss_scale {grad_scaler.get_scale():<8g}')
             if collected['Loss/nonfinite_grads']['mean'] > 0:
                 fields.append(f'nonfinite_grads {int(collected["Loss/nonfinite_grads"]["mean"] * collected["Loss/nonfinite_grads"]["num"])}')
             log('  '.join(fields))
@@ -305,7 +343,7 @@ def training_loop(
                     checkpoint.save_network_snapshot(path, ema, kimg=cur_nimg // 1000, cur_nimg=cur_nimg, training_options=options)
                 if (state_dump_ticks is not None and (done or cur_tick % state_dump_ticks == 0)) or stopping:
                     path = os.path.join(run_dir, checkpoint.state_name(cur_nimg // 1000))
-                    checkpoint.save_atomic(training_state(net, ema, optimizer, cur_nimg, cur_tick, tick_start_nimg, options), path)
+                    checkpoint.save_atomic(training_state(net, ema, optimizer, cur_nimg, cur_tick, tick_start_nimg, options, grad_scaler), path)
                     if stopping:
                         log(f'Received {stop.signal_name or "a stop signal on another rank"}: wrote {path}; continue with --resume=auto.')
             distributed.barrier()
