@@ -33,6 +33,7 @@ import dnnlib
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 from torch_utils import misc
+from torch_utils import precision as precision_lib
 from training import checkpoint, pfgmpp, sampling
 
 #----------------------------------------------------------------------------
@@ -174,16 +175,20 @@ def missing_seeds(outdir: str, seeds: Sequence[int], subdirs: bool = False) -> l
 def generate_images(net, seeds: Sequence[int], outdir: str, D: Optional[float] = None, batch_size: int = 64,
                     sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
                     device: torch.device | str = 'cpu', subdirs: bool = False, trajectory: Optional[str] = None,
-                    trajectory_images: int = 8, progress: bool = True, desc: Optional[str] = None) -> list[int]:
+                    trajectory_images: int = 8, progress: bool = True, desc: Optional[str] = None,
+                    precision: str = 'fp32', channels_last: bool = False, compile: bool = False) -> list[int]:
     """Sample one PNG per seed into outdir, split over the torchrun processes as EDM does: the seeds
     form ceil(n / (batch_size * world)) * world batches and rank r takes batches r, r + world, ...
     `trajectory`: a GIF path where rank 0 writes the states x_0..x_N of the first `trajectory_images`
-    samples of its first batch. Returns the seeds this process wrote; all processes return together."""
+    samples of its first batch. precision, channels_last, compile: how the network runs
+    (torch_utils.precision.prepare_network). Returns the seeds this process wrote; all processes
+    return together."""
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise ValueError(f'The batch size must be >= 1, got {batch_size}.')
     check_class_idx(net, class_idx)
     choose_sampler({k: v for k, v in (sampler_kwargs or {}).items() if v is not None})  # Fail before any work.
+    net = precision_lib.prepare_network(net, precision, channels_last=channels_last, compile=compile)
     rank, world = dist.get_rank(), dist.get_world_size()
     written = []
     if seeds:
@@ -396,6 +401,21 @@ def network_options(required: bool = True) -> Callable:
     ])
 
 
+def performance_options(fn: Callable) -> Callable:
+    """--precision --channels-last --compile."""
+    return _apply([
+        click.option('--precision', help='Arithmetic of the network: fp32, tf32 (CUDA), bf16 or fp16 autocast', type=click.Choice(list(precision_lib.PRECISIONS)), default='fp32', show_default=True),
+        click.option('--channels-last', 'channels_last', help='Channels-last (NHWC) memory layout', metavar='BOOL', type=click.BOOL, default=False, show_default=True),
+        click.option('--compile', help='torch.compile the network (pays off for many batches)', metavar='BOOL', type=click.BOOL, default=False, show_default=True),
+    ])(fn)
+
+
+def performance_kwargs(options: dict) -> dict:
+    """The generate_images() arguments among parsed CLI options, after configuring the backends."""
+    precision_lib.configure_backends(options['precision'])
+    return dict(precision=options['precision'], channels_last=options['channels_last'], compile=options['compile'])
+
+
 USER_ERRORS = (ValueError, OSError, dnnlib.DownloadError)  # CheckpointError and the pickle errors are ValueErrors.
 
 
@@ -426,7 +446,7 @@ def run_study_cli(options: dict, settings: Sequence[tuple[str, dict, Optional[Ca
         choose_sampler(sampler_kwargs)
         run_study(options['network'], options['outdir'], settings, options['seeds'], options['allow_pickle'],
                   options['pfgmpp_flag'], options['aug_dim'], sampler_kwargs, device, batch_size=options['max_batch_size'],
-                  class_idx=options['class_idx'], subdirs=options['subdirs'])
+                  class_idx=options['class_idx'], subdirs=options['subdirs'], **performance_kwargs(options))
         dist.print0('Done.')
     dist.shutdown()
 
@@ -447,14 +467,18 @@ def run_study_cli(options: dict, settings: Sequence[tuple[str, dict, Optional[Ca
 # Sampler.
 @sampler_options(with_steps=True)
 
+# Speed.
+@performance_options
+
 def main(network, allow_pickle, pfgmpp_flag, aug_dim, device_name, debug, min_kimg, max_kimg, outdir, seeds,
-         subdirs, class_idx, max_batch_size, grid, trajectory, **sampler_options):
+         subdirs, class_idx, max_batch_size, grid, trajectory, precision, channels_last, compile, **sampler_options):
     # The help text is the module docstring.
     with user_errors(debug):
         device = dist.init(device_name)
         sampler_kwargs = sampler_kwargs_from(sampler_options)
         choose_sampler(sampler_kwargs)
-        common = dict(batch_size=max_batch_size, sampler_kwargs=sampler_kwargs, class_idx=class_idx, subdirs=subdirs)
+        common = dict(batch_size=max_batch_size, sampler_kwargs=sampler_kwargs, class_idx=class_idx, subdirs=subdirs,
+                      **performance_kwargs(dict(precision=precision, channels_last=channels_last, compile=compile)))
 
         if network is None:
             if grid or trajectory:

@@ -34,6 +34,7 @@ def alpha_settings(alphas: list[float]) -> list[tuple[str, dict, None]]:
 @click.option('--alphas', help='Noise injection strengths alpha, one folder each', metavar='LIST', type=str,
               default='0,0.05,0.1,0.2', show_default=True, callback=generate._click_list(parse_alphas))
 @generate.sampler_options(with_steps=True)
+@generate.performance_options
 def main(alphas, **options):
     generate.run_study_cli(options, alpha_settings(alphas))
 

@@ -64,6 +64,7 @@ def quant_settings(bits: list[int]) -> list[tuple[str, dict, object]]:
 @click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,
               default='8,6,4', show_default=True, callback=generate._click_list(parse_bits))
 @generate.sampler_options(with_steps=True)
+@generate.performance_options
 def main(bits, **options):
     generate.run_study_cli(options, quant_settings(bits))
 

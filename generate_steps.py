@@ -33,6 +33,7 @@ def steps_settings(steps: list[int]) -> list[tuple[str, dict, None]]:
 @click.option('--steps-list', '--steps_list', 'steps_list', help='Numbers of sampling steps N, one folder each', metavar='LIST',
               type=str, default='4,6,9,13,18', show_default=True, callback=generate._click_list(parse_steps))
 @generate.sampler_options(with_steps=False)
+@generate.performance_options
 def main(steps_list, **options):
     generate.run_study_cli(options, steps_settings(steps_list))
 
