@@ -82,4 +82,4 @@ def prepare_network(net: torch.nn.Module, precision: str = 'fp32', channels_last
     set_network_precision(net, precision)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    return torch.compile(net) if compile else net
+    return torch.compile(net, dynamic=False) if compile else net

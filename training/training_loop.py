@@ -241,7 +241,7 @@ def training_loop(
                                                         forward_sync_buffers=False)
     ddp_module = ddp
     if compile:
-        ddp = torch.compile(ddp)
+        ddp = torch.compile(ddp, dynamic=False)  # Fixed shapes: one graph per batch shape.
 
     # Data streams: this rank's position is the number of images it consumed.
     steps_done = cur_nimg // batch_size
