@@ -436,16 +436,19 @@ def print_training(train: dict, peak_note: Optional[str], peak_flops: Optional[f
               ', '.join(f'batch {b}: {fmt(r, ".2f")}x' for b, r in train['fp32_over_published'].items()))
 
 
+def print_config_rows(header: str, entries: dict, row: Callable[[dict], str]) -> None:
+    """A table with one line per configuration: its name, then row(entry), or the error it failed with."""
+    print(f'{"config":<16} {header}')
+    for name, e in entries.items():
+        print(f'{name:<16} ' + (f'failed: {e["error"]}' if 'error' in e else row(e)))
+
+
 def print_sampling(sampling: dict) -> None:
     """Part (b)'s table."""
     print(f'\n(b) Sampling: edm_sampler, {sampling["num_steps"]} Heun steps ({sampling["network_evaluations"]} evaluations), '
           f'batch {sampling["batch"]}, eval-mode network')
-    print(f'{"config":<16} {"img/s":>10} {"x fp32":>7} {"s/batch":>9} {"warm-up s":>9}')
-    for name, e in sampling['configs'].items():
-        if 'error' in e:
-            print(f'{name:<16} failed: {e["error"]}')
-            continue
-        print(f'{name:<16} {e["images_per_s"]:>10.2f} {fmt(e["ratio_to_fp32"], ".2f"):>7} {e["seconds_per_batch"]:>9.3f} {e["warmup_s"]:>9.1f}')
+    print_config_rows(f'{"img/s":>10} {"x fp32":>7} {"s/batch":>9} {"warm-up s":>9}', sampling['configs'],
+                      lambda e: f'{e["images_per_s"]:>10.2f} {fmt(e["ratio_to_fp32"], ".2f"):>7} {e["seconds_per_batch"]:>9.3f} {e["warmup_s"]:>9.1f}')
     if sampling['fp32_over_published'] is not None:
         print(f'fp32 / published: {sampling["fp32_over_published"]:.2f}x')
 
@@ -457,12 +460,8 @@ def print_fid(fid_part: dict) -> None:
         return
     print(f'\n(c) FID feature extraction, detector {fid_part["detector"]}, uint8 images {fid_part["image_shape"]}')
     print(FID_NOTE)
-    print(f'{"config":<16} {"precision":>9} {"batch":>6} {"img/s":>10} {"x fp32":>7}')
-    for name, e in fid_part['configs'].items():
-        if 'error' in e:
-            print(f'{name:<16} failed: {e["error"]}')
-            continue
-        print(f'{name:<16} {e["precision"]:>9} {e["batch"]:>6} {e["images_per_s"]:>10.1f} {fmt(e["ratio_to_fp32"], ".2f"):>7}')
+    print_config_rows(f'{"precision":>9} {"batch":>6} {"img/s":>10} {"x fp32":>7}', fid_part['configs'],
+                      lambda e: f'{e["precision"]:>9} {e["batch"]:>6} {e["images_per_s"]:>10.1f} {fmt(e["ratio_to_fp32"], ".2f"):>7}')
     e = fid_part['end_to_end']
     if 'error' in e:
         print(f'end-to-end calculate_inception_stats failed: {e["error"]}')
