@@ -1,6 +1,8 @@
 # Two entry points for a newcomer: `make test` and `make quickstart`. Each sets itself up: it uses the
-# active virtual environment when there is one, else creates .venv, and installs requirements.txt
-# into it once (again only when requirements.txt changes).
+# active virtual environment when there is one, else creates .venv with $(PYTHON), and installs
+# requirements.txt into it once (again only when requirements.txt changes). Supported: CPython 3.10 to
+# 3.13 (`make test-pythons` runs the suite on each one found on the machine); another version is
+# refused with one line before anything is installed.
 
 PYTHON ?= python3
 ifdef VIRTUAL_ENV
@@ -11,17 +13,32 @@ endif
 PY := $(ENV_DIR)/bin/python
 STAMP := $(ENV_DIR)/.pfgmpp-requirements
 
-.PHONY: install test quickstart docs
+SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
+# The interpreter that will run everything: the environment's if it exists, else the one that creates it.
+CHECKED_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+CHECKED_VERSION = $(shell $(CHECKED_PY) -c 'import sys; sys.stdout.write("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+
+.PHONY: install test quickstart docs check-python test-pythons
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+# Expanded only when a target needs it; $(error) stops make with this one line.
+check-python:
+	$(if $(CHECKED_VERSION),,$(error $(CHECKED_PY) does not run; install CPython 3.10 to 3.13, or pass PYTHON=/path/to/python3.X))
+	$(if $(filter $(CHECKED_VERSION),$(SUPPORTED_PYTHONS)),,$(error $(CHECKED_PY) is Python $(CHECKED_VERSION), but this project supports Python 3.10 to 3.13; run make with PYTHON=python3.12 (for example), or activate a virtual environment of a supported version))
+
+$(STAMP): requirements.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(ENV_DIR)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $(STAMP)
 
-test: $(STAMP)
+test: check-python $(STAMP)
 	$(PY) -m pytest -q
+
+# `make test` in a fresh virtual environment for each supported interpreter on this machine, one
+# line per version (tools/test_pythons.sh; pass versions as PYTHONS="3.10 3.13").
+test-pythons:
+	@tools/test_pythons.sh $(PYTHONS)
 
 # The quick-start demo also needs requirements-demo.txt (scikit-learn), installed once into the same
 # environment. Options go through QUICKSTART, e.g. make quickstart QUICKSTART="--device=cuda --fresh".
@@ -31,9 +48,9 @@ $(DEMO_STAMP): requirements-demo.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-demo.txt
 	@touch $(DEMO_STAMP)
 
-quickstart: $(DEMO_STAMP)
+quickstart: check-python $(DEMO_STAMP)
 	$(PY) quickstart.py $(QUICKSTART)
 
 # Regenerate docs/*-help.txt from every script's --help (tests/test_docs.py checks they are current).
-docs: $(STAMP)
+docs: check-python $(STAMP)
 	$(PY) tools/make_help_docs.py
