@@ -301,19 +301,23 @@ def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
 
 
 def test_quantize_weights():
+    # --scope=all, the min-max grid: every float parameter; more in tests/test_generate_quant.py.
     w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    for bits in (1, 4, 8):
-        q = generate_quant.quantize_tensor(w, bits)
+    for bits in (2, 4, 8):
+        q = generate_quant.quantize_tensor_min_max(w, bits)
         step = float(w.max() - w.min()) / (2 ** bits - 1)
         assert len(torch.unique(q)) <= 2 ** bits and float((q - w).abs().max()) <= step / 2 + 1e-6
         assert float(q.min()) == pytest.approx(float(w.min())) and float(q.max()) == pytest.approx(float(w.max()))
-    assert torch.equal(generate_quant.quantize_tensor(torch.full([4], 0.3), 4), torch.full([4], 0.3))
+    assert torch.equal(generate_quant.quantize_tensor_min_max(torch.full([4], 0.3), 4), torch.full([4], 0.3))
 
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    quantized = generate_quant.quantize_weights(net, 4)
+    quantized = generate_quant.quantize_weights(net, 4, scope='all')
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # The original is untouched.
     assert all(len(torch.unique(p)) <= 16 for p in quantized.parameters())
+    # The default, the published rule, leaves biases, GroupNorm and the mapping network exact.
+    published = dict(generate_quant.quantize_weights(net, 4).named_parameters())
+    assert all(torch.equal(published[name], p) for name, p in net.named_parameters() if 'bias' in name or 'norm' in name or 'map' in name)
 
 #----------------------------------------------------------------------------
 
