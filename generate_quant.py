@@ -12,6 +12,7 @@ python generate_quant.py --network=network-snapshot-200000.pt --outdir=quant \\
 """
 
 import copy
+import functools
 
 import click
 import torch
@@ -54,7 +55,7 @@ def parse_bits(s) -> list[int]:
 
 def quant_settings(bits: list[int]) -> list[tuple[str, dict, object]]:
     """(folder, sampler overrides, network transform) for generate.run_study()."""
-    return [(f'bits_{k}', {}, (lambda net, k=k: quantize_weights(net, k))) for k in bits]
+    return [(f'bits_{k}', {}, functools.partial(quantize_weights, bits=k)) for k in bits]
 
 #----------------------------------------------------------------------------
 
