@@ -289,22 +289,30 @@ def center_crop(img: np.ndarray, width: int, height: int) -> np.ndarray:
     img = img[(h - crop) // 2 : (h + crop) // 2, (w - crop) // 2 : (w + crop) // 2]
     return resize_image(img, width, height)
 
-def center_crop_wide(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Crop the largest centred box of aspect width:height, resize it to width x height, and pad
-    it with black above and below to a width x width square (the LSUN wide recipe)."""
+def center_crop_wide(img: np.ndarray, width: int, height: int) -> Optional[np.ndarray]:
+    """EDM's (and StyleGAN2-ADA's) LSUN recipe, geometry kept exactly: for a w x h image, keep all
+    w columns and the centred round(width * h / w) rows, resize that strip to width x height
+    (Lanczos), and paste it centred on a black width x width square. Returns None (the image is
+    skipped) when w < width or the strip would have fewer than height rows, i.e. for images
+    narrower than width or with an aspect ratio wider than width:height.
+
+    The strip has as many source rows as the image would have output rows at width pixels across,
+    so an image wider than width pixels is squeezed horizontally by w / width but not vertically;
+    we keep that so that datasets match the ones the published tool makes.
+    """
     h, w = img.shape[:2]
-    if w * height >= h * width: # Source is wider than the box: keep full height.
-        crop_w, crop_h = min(w, int(round(h * width / height))), h
-    else:
-        crop_w, crop_h = w, min(h, int(round(w * height / width)))
-    img = img[(h - crop_h) // 2 : (h + crop_h) // 2, (w - crop_w) // 2 : (w + crop_w) // 2]
+    crop_h = int(round(width * h / w)) # Half to even, as numpy's round in EDM.
+    if w < width or crop_h < height:
+        return None
+    img = img[(h - crop_h) // 2 : (h + crop_h) // 2]
     img = resize_image(img, width, height)
     canvas = np.zeros([width, width, img.shape[2]], dtype=np.uint8)
     canvas[(width - height) // 2 : (width - height) // 2 + height] = img
     return canvas
 
-def make_transform(transform: Optional[str], resolution: Optional[tuple[int, int]]) -> Callable[[np.ndarray], np.ndarray]:
-    """The per-image transform for --transform and --resolution (width, height)."""
+def make_transform(transform: Optional[str], resolution: Optional[tuple[int, int]]) -> Callable[[np.ndarray], Optional[np.ndarray]]:
+    """The per-image transform for --transform and --resolution (width, height); it returns None
+    for an image the transform skips (only center-crop-wide does)."""
     if transform is None:
         return (lambda img: img) if resolution is None else (lambda img: resize_image(img, *resolution))
     if resolution is None:
@@ -404,6 +412,15 @@ def open_dest(dest: str) -> Iterator[Callable[[str, bytes], None]]:
 
 #----------------------------------------------------------------------------
 
+class ConversionResult(NamedTuple):
+    written: int            # Images in the output.
+    skipped: int            # Images the transform dropped (center-crop-wide only).
+
+def skip_reason(resolution: tuple[int, int]) -> str:
+    """Why center-crop-wide drops an image, for messages."""
+    width, height = resolution
+    return f'center-crop-wide keeps only images at least {width} pixels wide and no wider than {width}:{height}'
+
 def convert_dataset(
     source: str,                                # Folder, ZIP, *_lmdb folder, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz.
     dest: str,                                  # Output ZIP (if it ends in .zip) or folder.
@@ -411,8 +428,11 @@ def convert_dataset(
     transform: Optional[str] = None,            # None, 'center-crop' or 'center-crop-wide'.
     resolution: Optional[tuple[int, int]] = None, # Output (width, height); None keeps the source size.
     progress: bool = True,                      # Show a tqdm progress bar on stderr.
-) -> int:
-    """Convert source into the dataset layout of training/dataset.py; returns the image count.
+) -> 'ConversionResult':
+    """Convert source into the dataset layout of training/dataset.py; returns how many images
+    were written and how many the transform skipped (center-crop-wide skips, as EDM does, images
+    narrower than W or wider than W:H). Written images are numbered consecutively, and each keeps
+    its own label.
 
     Labels are kept only when every image has one. Mistakes a user can make raise
     click.ClickException, and no destination is left behind.
@@ -432,10 +452,14 @@ def convert_dataset(
 
     num_images, entries = open_source(source, max_images)
     labels = []
+    skipped = 0
     shape = None # Output [H, W, C] of the first image; all others must match.
     with open_dest(dest) as save_bytes:
-        for idx, entry in enumerate(tqdm.tqdm(entries, total=num_images, unit='img', disable=not progress)):
+        for entry in tqdm.tqdm(entries, total=num_images, unit='img', disable=not progress):
             img = apply_transform(entry.img)
+            if img is None:
+                skipped += 1
+                continue
             if shape is None:
                 shape = img.shape
                 check_output_size(shape[1], shape[0], f'pass --resolution=NxN to resize{"" if transform else " (with --transform=center-crop to keep the aspect ratio)"}')
@@ -446,15 +470,17 @@ def convert_dataset(
                     raise click.ClickException(f'{entry.name} is in colour but the images before it are grayscale; convert the dataset to one mode first.')
             if img.shape != shape:
                 raise click.ClickException(f'{entry.name} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}; pass --resolution=WxH to resize all images to one size.')
-            idx_str = f'{idx:08d}'
+            idx_str = f'{len(labels):08d}'
             fname = f'{idx_str[:5]}/img{idx_str}.png'
             save_bytes(fname, encode_png(img))
             labels.append([fname, entry.label])
+        if not labels and skipped:
+            raise click.ClickException(f'All {skipped} images were skipped: {skip_reason(resolution)}; choose a smaller --resolution.')
         if not labels:
             raise click.ClickException(f'No images could be read from {source}; check --source.')
         has_labels = all(label is not None for _, label in labels)
         save_bytes('dataset.json', json.dumps({'labels': labels if has_labels else None}).encode())
-    return len(labels)
+    return ConversionResult(len(labels), skipped)
 
 #----------------------------------------------------------------------------
 
@@ -499,15 +525,19 @@ def main(source: str, dest: str, max_images: Optional[int], transform: Optional[
     \b
     Output images must be square with a power-of-two side: use --resolution to resize, with
     --transform=center-crop to crop the largest centred square first. --transform=center-crop-wide
-    crops a centred WxH box (e.g. --resolution=512x256) and pads it to WxW with black bars.
+    (EDM's LSUN recipe, e.g. --resolution=512x384) keeps the full width w and the centred
+    round(W*h/w) rows of a w x h image, resizes them to WxH and pads to WxW with black bars; images
+    narrower than W or wider than W:H are skipped and counted.
     """
     try:
-        count = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
+        result = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
     except click.ClickException:
         if debug:
             traceback.print_exc()
         raise
-    click.echo(f'Wrote {count} images to {dest}')
+    click.echo(f'Wrote {result.written} images to {dest}')
+    if result.skipped:
+        click.echo(f'Skipped {result.skipped} images smaller than {resolution[0]}x{resolution[1]} ({skip_reason(resolution)}).')
 
 #----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import torch
 import tqdm
 
 import dnnlib
+import generate
 from torch_utils import distributed as dist
 from torch_utils import persistence
 
@@ -145,6 +146,7 @@ class Detector:
     source: str
     device: torch.device
     prob_kwargs: dict
+    sha256: Optional[str] = None  # Of the file the detector was loaded from.
 
     def _call(self, images: torch.Tensor, what: str, **kwargs: Any) -> torch.Tensor:
         try:
@@ -208,7 +210,7 @@ def load_detector(url_or_path: Optional[str] = None, allow_pickle: bool = False,
 
     if dist.get_rank() == 0:
         dist.barrier()
-    return Detector(net=net, source=url, device=device, prob_kwargs=prob_kwargs)
+    return Detector(net=net, source=url, device=device, prob_kwargs=prob_kwargs, sha256=dnnlib.util.file_sha256(path))
 
 #----------------------------------------------------------------------------
 # One pass over the images, shared by all metrics and split over the processes.
@@ -364,6 +366,40 @@ def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
     return stats
 
 
+def read_images_manifest(path: str) -> Optional[dict]:
+    """generate.py's manifest (generate.json) of an image folder, or of the root of a .zip of
+    images; None when there is none."""
+    if os.path.isdir(path):
+        return generate.read_manifest(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            if generate.MANIFEST_NAME not in z.namelist():
+                return None
+            manifest = json.loads(z.read(generate.MANIFEST_NAME))
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f'{generate.MANIFEST_NAME} in {path} is not readable ({_first_line(err)}); remove it from the archive.') from None
+    if not isinstance(manifest, dict) or manifest.get('format') != generate.MANIFEST_FORMAT:
+        raise ValueError(f'{generate.MANIFEST_NAME} in {path} is not a generate.py manifest; remove it from the archive.')
+    return manifest
+
+
+def ref_sha256(ref_path: str) -> str:
+    """SHA-256 of the reference statistics file (for a URL, of its cached copy)."""
+    return dnnlib.util.file_sha256(dnnlib.open_url(ref_path, return_filename=True, verbose=False))
+
+
+def provenance(images: str) -> dict:
+    """What a record needs to say which images it measured: how many images the folder (or .zip)
+    holds and generate.py's manifest of them (None when there is none). Notes on stdout (rank 0)
+    when the manifest lists another number of seeds than there are images."""
+    num_images = len(ImageFiles(images))  # First: it says clearly what is wrong with a missing or foreign path.
+    manifest = read_images_manifest(images)
+    if manifest is not None and manifest.get('seeds', {}).get('count') != num_images:
+        dist.print0(f'Note: {images} holds {num_images} images, but its {generate.MANIFEST_NAME} lists '
+                    f'{manifest.get("seeds", {}).get("count")} seeds.')
+    return dict(num_images=num_images, manifest=manifest)
+
+
 def check_writable(path: str, option: str) -> None:
     """Fail before the long computation, not after it, when an output cannot be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -487,13 +523,16 @@ def calc(images: str, ref_path: str, num: int, seed: int, metrics: tuple[str, ..
         check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref_path, need_features=('kid' in metrics))
     net = load_detector(detector, allow_pickle=allow_pickle, device=device)
+    if json_path is not None:  # Before the long computation, so that a bad manifest fails early.
+        origin = dict(ref_sha256=ref_sha256(ref_path), detector_sha256=net.sha256, **provenance(images))
     dist.print0(f'Calculating {", ".join(metrics)} of {images}...')
     results = calculate_metrics(images, ref_stats, net, metrics, num_expected=num, seed=seed,
                                 max_batch_size=batch, num_workers=workers)
     if dist.get_rank() == 0:
         if json_path is not None:
             _write_json(json_path, dict(images=images, ref=ref_path, num=num, seed=seed, detector=net.source,
-                                        metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds')))
+                                        metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'),
+                                        **origin))
         for line in _format_results(results):
             print(line)
     dist.barrier()
@@ -553,7 +592,7 @@ def sweep(run: str, ref_path: str, num: int, seed: int, ranges: int, metrics: tu
     dist.barrier()  # Every process has read the log before rank 0 appends to it.
     source = detector or DETECTOR_URL
     blocks = [None] if ranges == 1 else list(range(ranges))
-    net = None
+    net = ref_hash = None
     for name in folders:
         path = os.path.join(run, name)
         for block in blocks:
@@ -566,11 +605,14 @@ def sweep(run: str, ref_path: str, num: int, seed: int, ranges: int, metrics: tu
                 dist.print0(f'Skipping {name}: {available} images, {needed} needed.')
                 break
             net = net or load_detector(detector, allow_pickle=allow_pickle, device=device)
+            ref_hash = ref_hash or ref_sha256(ref_path)
+            origin = dict(ref_sha256=ref_hash, detector_sha256=net.sha256, **provenance(path))
             results = calculate_metrics(path, ref_stats, net, metrics, num_expected=num, seed=seed, block=block,
                                         max_batch_size=batch, num_workers=workers)
             if dist.get_rank() == 0:
                 images = 'random' if block is None else f'{block * num}-{(block + 1) * num - 1}'
-                record = dict(key, images=images, metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'))
+                record = dict(key, images=images, metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'),
+                              **origin)
                 _append_jsonl(log_path, record)
                 records.append(record)
                 print(f'{name} images {images}: ' + ', '.join(_format_results(results)[:-1] + [f'FID {results["fid"]:g}']))

@@ -20,10 +20,16 @@ generate_alpha.py, generate_steps.py and generate_quant.py share this script's o
 """
 
 import contextlib
+import datetime
+import functools
+import hashlib
+import inspect
+import json
 import math
 import os
 import re
-from typing import Callable, Iterable, Optional, Sequence
+import subprocess
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import click
 import torch
@@ -33,6 +39,7 @@ import dnnlib
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 from torch_utils import misc
+from torch_utils import persistence
 from torch_utils import precision as precision_lib
 from training import checkpoint, pfgmpp, sampling
 
@@ -57,6 +64,21 @@ def parse_int_list(s: str | Sequence[int]) -> list[int]:
     if any(v < 0 for v in values):
         raise ValueError(f'{s!r} holds negative numbers; seeds and counts are >= 0.')
     return list(dict.fromkeys(values))
+
+
+def format_int_list(values: Iterable[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8': sorted, duplicates dropped, consecutive runs as ranges;
+    parse_int_list() reads it back."""
+    parts, values = [], sorted(set(int(v) for v in values))
+    start = prev = None
+    for v in values + [None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f'{start}-{prev}')
+        start = prev = v
+    return ','.join(parts)
 
 
 def parse_float_list(s: str | Sequence[float]) -> list[float]:
@@ -172,23 +194,194 @@ def missing_seeds(outdir: str, seeds: Sequence[int], subdirs: bool = False) -> l
     return [seed for seed in seeds if not os.path.isfile(image_path(outdir, seed, subdirs))]
 
 
+#----------------------------------------------------------------------------
+# Provenance: every output folder holds generate.json, which says what its images were made with.
+# fid.py reads only PNG/JPEG files, so the manifest is never counted as a sample, and it copies the
+# manifest into its records.
+
+MANIFEST_NAME = 'generate.json'
+MANIFEST_FORMAT = 'pfgmpp-generate-manifest'
+MANIFEST_VERSION = 1
+
+# What decides the images of a seed. A folder holds images of one configuration only, since an FID
+# of a mixture measures neither; the memory layout, torch.compile and the batch size change only the
+# rounding of the same computation, so they are recorded per run but may differ between runs.
+CONFIG_KEYS = ('network_sha256', 'D', 'sampler', 'class_idx', 'subdirs', 'precision', 'study')
+_NOT_SAMPLER_SETTINGS = ('net', 'latents', 'class_labels', 'randn_like', 'callback')
+
+
+def sampler_settings(net, sampler_kwargs: Optional[dict] = None) -> dict:
+    """Every setting of the sampler that sample_batch() runs for sampler_kwargs, after defaults:
+    {'sampler': 'edm' or 'ablation', each keyword of that sampler function with its value}, with
+    sigma_min and sigma_max the range actually used (the sampler's default for its discretization,
+    clamped to the network's range). Raises ValueError for settings the sampler would refuse."""
+    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
+    sampler_fn, kind = choose_sampler(sampler_kwargs)
+    settings = {name: param.default for name, param in inspect.signature(sampler_fn).parameters.items()
+                if name not in _NOT_SAMPLER_SETTINGS and param.default is not inspect.Parameter.empty}
+    settings.update(sampler_kwargs)
+    for key, choices in [('solver', sampling.SOLVERS), ('discretization', sampling.DISCRETIZATIONS),
+                         ('schedule', sampling.SCHEDULES), ('scaling', sampling.SCALINGS)]:
+        if key in settings and settings[key] not in choices:
+            raise ValueError(f'Unknown {key} {settings[key]!r}; choose one of {", ".join(choices)}.')
+    sampling.first_sigma(net, kind, **sampler_kwargs)  # Refuses what the sampler would (e.g. too few steps).
+    settings['sigma_min'], settings['sigma_max'] = sampling.sigma_range(
+        net, kind, sampler_kwargs.get('sigma_min'), sampler_kwargs.get('sigma_max'),
+        settings.get('discretization', 'edm'), settings.get('epsilon_s', 1e-3))
+    return dict(sampler=kind, **settings)
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> dict:
+    """The version of this code: {'git_commit', 'git_dirty'} from git when the code sits in a git
+    checkout (both None otherwise, or without git; tracked files only count towards dirty), and
+    'source_sha256', a SHA-256 over the names and bytes of the .py files of the scripts and packages,
+    which identifies the code also in a copy without .git."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    info = dict(git_commit=None, git_dirty=None)
+    try:
+        git = lambda *args: subprocess.run(['git', '-C', root, *args], capture_output=True, text=True, timeout=30)
+        head = git('rev-parse', 'HEAD')
+        if head.returncode == 0:
+            info['git_commit'] = head.stdout.strip()
+            status = git('status', '--porcelain', '--untracked-files=no')
+            info['git_dirty'] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):  # No git, or it hangs: the source hash still says which code ran.
+        pass
+    digest = hashlib.sha256()
+    files = [name for name in os.listdir(root) if name.endswith('.py')]
+    for package in ('dnnlib', 'torch_utils', 'training'):
+        for folder, _dirs, names in os.walk(os.path.join(root, package)):
+            files += [os.path.relpath(os.path.join(folder, name), root) for name in names if name.endswith('.py')]
+    for name in sorted(f.replace(os.sep, '/') for f in files):
+        digest.update(name.encode() + b'\0' + dnnlib.util.file_sha256(os.path.join(root, name)).encode() + b'\n')
+    info['source_sha256'] = digest.hexdigest()
+    return info
+
+
+def _plain(value: Any) -> Any:
+    """value as JSON holds it: tuples become lists, non-finite floats the strings 'inf', '-inf', 'nan'
+    (which strict JSON readers accept), numbers and strings stay."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def make_manifest(net, seeds: Sequence[int], D: Optional[float], sampler_kwargs: Optional[dict] = None,
+                  class_idx: Optional[int] = None, subdirs: bool = False, precision: str = 'fp32',
+                  channels_last: bool = False, compile: bool = False, batch_size: Optional[int] = None,
+                  network: Optional[str] = None, network_sha256: Optional[str] = None,
+                  study: Optional[dict] = None) -> dict:
+    """The manifest of one generate_images() call: the configuration (CONFIG_KEYS), the seeds as
+    {'ranges': '0-49999', 'count': 50000}, and 'runs', a list with this run's network as given, seeds,
+    memory layout, compile flag, batch size, process count, code version, PyTorch version and time."""
+    seeds_entry = dict(ranges=format_int_list(seeds), count=len(set(seeds)))
+    run = dict(network=network, seeds=seeds_entry, channels_last=bool(channels_last), compile=bool(compile),
+               batch_size=batch_size, processes=dist.get_world_size(), code=code_version(), torch=torch.__version__,
+               time=datetime.datetime.now().isoformat(timespec='seconds'))
+    manifest = dict(format=MANIFEST_FORMAT, version=MANIFEST_VERSION, network=network, network_sha256=network_sha256,
+                    D=D, sampler=sampler_settings(net, sampler_kwargs), class_idx=class_idx, subdirs=bool(subdirs),
+                    precision=precision, study=study, seeds=seeds_entry, runs=[run])
+    return _plain(manifest)
+
+
+def read_manifest(folder: str) -> Optional[dict]:
+    """The manifest in folder (None when there is none); ValueError when it is not one."""
+    path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path} is not a readable generate.py manifest ({err}); move it away or use another folder.') from None
+    if not isinstance(manifest, dict) or manifest.get('format') != MANIFEST_FORMAT:
+        raise ValueError(f'{path} is not a generate.py manifest (no format "{MANIFEST_FORMAT}"); move it away or use another folder.')
+    return manifest
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every configuration value (CONFIG_KEYS, sampler settings one by one)
+    that differs between two manifests."""
+    diffs = []
+    for key in CONFIG_KEYS:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f'{key}.{k}: {a.get(k)} -> {b.get(k)}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f'{key}: {a} -> {b}')
+    return diffs
+
+
+def manifest_seeds(manifest: dict) -> list[int]:
+    """The seeds a manifest lists, ascending."""
+    ranges = manifest.get('seeds', {}).get('ranges') or ''
+    return parse_int_list(ranges) if ranges else []
+
+
+def merge_manifest(old: Optional[dict], new: dict) -> dict:
+    """new with the seeds of both and old's runs before new's; old and new must agree on CONFIG_KEYS."""
+    if old is None:
+        return new
+    seeds = manifest_seeds(old) + manifest_seeds(new)
+    return dict(new, seeds=dict(ranges=format_int_list(seeds), count=len(set(seeds))), runs=old.get('runs', []) + new['runs'])
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    """Write folder/generate.json atomically (a crash leaves the old one or the new one)."""
+    data = (json.dumps(manifest, indent=2) + '\n').encode('utf-8')
+    dnnlib.util.write_atomic(os.path.join(folder, MANIFEST_NAME), lambda f: f.write(data))
+
+#----------------------------------------------------------------------------
+
 def generate_images(net, seeds: Sequence[int], outdir: str, D: Optional[float] = None, batch_size: int = 64,
                     sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
                     device: torch.device | str = 'cpu', subdirs: bool = False, trajectory: Optional[str] = None,
                     trajectory_images: int = 8, progress: bool = True, desc: Optional[str] = None,
-                    precision: str = 'fp32', channels_last: bool = False, compile: bool = False) -> list[int]:
+                    precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
+                    network: Optional[str] = None, network_sha256: Optional[str] = None, study: Optional[dict] = None,
+                    skip_existing: bool = False) -> list[int]:
     """Sample one PNG per seed into outdir, split over the torchrun processes as EDM does: the seeds
     form ceil(n / (batch_size * world)) * world batches and rank r takes batches r, r + world, ...
     `trajectory`: a GIF path where rank 0 writes the states x_0..x_N of the first `trajectory_images`
     samples of its first batch. precision, channels_last, compile: how the network runs
-    (torch_utils.precision.prepare_network). Returns the seeds this process wrote; all processes
+    (torch_utils.precision.prepare_network). skip_existing: sample only the seeds whose PNG is missing.
+
+    Before sampling, rank 0 writes outdir/generate.json (make_manifest; network, network_sha256: the
+    file the network came from, as given and its SHA-256; study: the study setting, if any). A
+    folder whose manifest records another configuration is refused with ValueError; one with the same
+    configuration gets the union of the seeds. Returns the seeds this process wrote; all processes
     return together."""
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise ValueError(f'The batch size must be >= 1, got {batch_size}.')
     check_class_idx(net, class_idx)
-    choose_sampler({k: v for k, v in (sampler_kwargs or {}).items() if v is not None})  # Fail before any work.
+    manifest = make_manifest(net, seeds, D, sampler_kwargs, class_idx=class_idx, subdirs=subdirs, precision=precision,
+                             channels_last=channels_last, compile=compile, batch_size=batch_size, network=network,
+                             network_sha256=network_sha256, study=study)  # Also refuses bad sampler settings.
     net = precision_lib.prepare_network(net, precision, channels_last=channels_last, compile=compile)
+    old = read_manifest(outdir)
+    differences = [] if old is None else config_differences(old, manifest)
+    if differences:
+        raise ValueError(f'{os.path.join(outdir, MANIFEST_NAME)} records images of another configuration '
+                         f'({"; ".join(differences[:3])}{"; ..." if len(differences) > 3 else ""}); an FID of mixed images '
+                         f'is wrong, so write to another --outdir or delete that folder.')
+    num_requested = len(seeds)
+    if skip_existing:
+        seeds = missing_seeds(outdir, seeds, subdirs)
+        manifest = dict(manifest, seeds=dict(ranges=format_int_list(seeds), count=len(seeds)))
+        manifest['runs'][0]['seeds'] = manifest['seeds']
+    dist.barrier()  # Every process has read the folder before rank 0 changes it.
+    if skip_existing and not seeds:
+        dist.print0(f'{outdir} already holds all {num_requested} images; skipping (delete it to regenerate).')
+        return []
+    if dist.get_rank() == 0:
+        write_manifest(outdir, merge_manifest(old, manifest))
+
     rank, world = dist.get_rank(), dist.get_world_size()
     written = []
     if seeds:
@@ -256,12 +449,14 @@ def resolve_D(info: dict, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[
 #----------------------------------------------------------------------------
 # Run-directory mode: every checkpoint of a training run, as the PFGM++ code base does.
 
-_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl'), ('training-state-', '.pt'))
+_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl'), ('training-state-', '.pt'),
+               ('training-state-', '.pkl'))
 
 
 def find_checkpoints(run_dir: str, min_kimg: Optional[int] = None, max_kimg: Optional[int] = None) -> list[tuple[int, str]]:
     """[(kimg, path)] sorted by kimg, one per kimg in [min_kimg, max_kimg]: the network snapshot
-    (ours .pt, else EDM's .pkl), else the training state."""
+    (ours .pt, else EDM's .pkl), else the training state (ours or PFGM++'s .pt, else the
+    training-state-*.pkl name that the published PFGM++ checkpoints use)."""
     best = {}
     for name in os.listdir(run_dir):
         kimg = checkpoint.kimg_from_name(name)
@@ -295,29 +490,30 @@ def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = N
                  allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
                  device: torch.device | str = 'cpu', **kwargs) -> list[str]:
     """Sample every checkpoint of run_dir (find_checkpoints) into ckpt_outdir(run_dir, kimg), skipping
-    folders that already hold every seed's PNG and completing those that hold some. kwargs go to
-    generate_images(). Returns the folders written to."""
+    folders that already hold every seed's PNG and completing those that hold some; a folder whose
+    generate.json records another configuration is refused. kwargs go to generate_images(). Returns
+    the checkpoints' folders."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f'{run_dir} is not a folder; pass a training run directory as --outdir, or a checkpoint as --network.')
     found = find_checkpoints(run_dir, min_kimg, max_kimg)
     if not found:
-        raise FileNotFoundError(f'{run_dir} holds no network-snapshot-*.pt/.pkl or training-state-*.pt'
+        raise FileNotFoundError(f'{run_dir} holds no network-snapshot-*.pt/.pkl or training-state-*.pt/.pkl'
                                 f'{" in the --ckpt/--end_ckpt range" if (min_kimg, max_kimg) != (None, None) else ""}; '
                                 f'pass a training run directory, or a checkpoint as --network.')
-    subdirs = kwargs.get('subdirs', False)
-    written = []
+    pickles = [os.path.basename(path) for _kimg, path in found if path.endswith('.pkl')]
+    if pickles and not allow_pickle:
+        raise persistence.UntrustedPickleError(
+            f'{run_dir} holds legacy pickles ({", ".join(pickles[:3])}{", ..." if len(pickles) > 3 else ""}), and loading '
+            f'them executes code from the files; pass --allow-pickle if you trust their source.')
+    folders = []
     for kimg, path in found:
         outdir = ckpt_outdir(run_dir, kimg)
-        todo = missing_seeds(outdir, seeds, subdirs)
-        dist.barrier()  # Every process decides before any writes.
-        if not todo:
-            dist.print0(f'{outdir} already holds all {len(seeds)} images; skipping {os.path.basename(path)}.')
-            continue
-        dist.print0(f'Sampling {os.path.basename(path)} ({kimg} kimg): {len(todo)} images to "{outdir}"...')
-        net, D, _ = load_for_sampling(path, allow_pickle, device, pfgmpp_flag, aug_dim)
-        generate_images(net, todo, outdir, D=D, device=device, desc=f'ckpt_{kimg:06d}', **kwargs)
-        written.append(outdir)
-    return written
+        folders.append(outdir)
+        dist.print0(f'{os.path.basename(path)} ({kimg} kimg) -> "{outdir}"')
+        net, D, info = load_for_sampling(path, allow_pickle, device, pfgmpp_flag, aug_dim)
+        generate_images(net, seeds, outdir, D=D, device=device, desc=f'ckpt_{kimg:06d}', network=path,
+                        network_sha256=dnnlib.util.file_sha256(info['path']), skip_existing=True, **kwargs)
+    return folders
 
 #----------------------------------------------------------------------------
 # The robustness and ablation studies: one folder per setting, ready for fid.py.
@@ -327,24 +523,35 @@ def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Opt
               sampler_kwargs: Optional[dict] = None, device: torch.device | str = 'cpu', **kwargs) -> list[str]:
     """For each (folder, sampler_overrides, net_transform) in settings, sample `seeds` into
     outdir/folder with sampler_kwargs updated by the overrides and the network replaced by
-    net_transform(net) (if given). Complete folders are skipped, partial ones completed."""
+    net_transform(net) (if given). Complete folders are skipped, partial ones completed, and one whose
+    generate.json records another configuration is refused."""
     net, D, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
     dist.print0(f'Loaded {network} ({info["source"]}, {describe_D(D)}).')
-    subdirs = kwargs.get('subdirs', False)
+    network_sha256 = dnnlib.util.file_sha256(info['path'])
     folders = []
     for folder, overrides, transform in settings:
         target = os.path.join(outdir, folder)
-        todo = missing_seeds(target, seeds, subdirs)
-        dist.barrier()
         folders.append(target)
-        if not todo:
-            dist.print0(f'{target} already holds all {len(seeds)} images; skipping (delete it to regenerate).')
-            continue
-        dist.print0(f'Generating {len(todo)} images to "{target}"...')
+        dist.print0(f'Setting {folder} -> "{target}"')
         setting_net = transform(net) if transform is not None else net
-        generate_images(setting_net, todo, target, D=D, sampler_kwargs={**(sampler_kwargs or {}), **overrides},
-                        device=device, desc=folder, **kwargs)
+        study = dict(folder=folder, overrides=overrides, transform=describe_transform(transform))
+        generate_images(setting_net, seeds, target, D=D, sampler_kwargs={**(sampler_kwargs or {}), **overrides},
+                        device=device, desc=folder, network=network, network_sha256=network_sha256, study=study,
+                        skip_existing=True, **kwargs)
     return folders
+
+
+def describe_transform(transform: Optional[Callable]) -> Optional[str]:
+    """A study's network transform for the manifest: its `description` attribute if it has one,
+    'quantize_weights(bits=8)' for a functools.partial, else the function's name."""
+    if transform is None:
+        return None
+    if getattr(transform, 'description', None):
+        return transform.description
+    if isinstance(transform, functools.partial):
+        args = [repr(a) for a in transform.args] + [f'{k}={v!r}' for k, v in transform.keywords.items()]
+        return f'{getattr(transform.func, "__name__", type(transform.func).__name__)}({", ".join(args)})'
+    return getattr(transform, '__name__', type(transform).__name__)
 
 #----------------------------------------------------------------------------
 # Command-line options shared by generate.py and the study scripts, and their error handling.
@@ -492,7 +699,8 @@ def main(network, allow_pickle, pfgmpp_flag, aug_dim, device_name, debug, min_ki
             dist.print0(f'Loading network from "{network}"...')
             net, D, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
             dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {describe_D(D)}...')
-            generate_images(net, seeds, outdir, D=D, device=device, trajectory=trajectory, **common)
+            generate_images(net, seeds, outdir, D=D, device=device, trajectory=trajectory, network=network,
+                            network_sha256=dnnlib.util.file_sha256(info['path']), **common)
             if grid and dist.get_rank() == 0:
                 save_seed_grid(outdir, seeds, grid, subdirs)
         dist.barrier()

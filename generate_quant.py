@@ -31,6 +31,7 @@ python generate_quant.py --network=network-snapshot-200000.pt --outdir=quant \\
 """
 
 import copy
+import functools
 import math
 import numbers
 
@@ -163,17 +164,23 @@ def setting_folder(bits: int, scope: str = 'published') -> str:
     return f'bits_{bits}' if check_scope(scope) == 'published' else f'bits_{bits}_all'
 
 
+def quantize_and_report(net: torch.nn.Module, bits: int, scope: str, folder: str) -> torch.nn.Module:
+    """quantize_weights(), after printing how much of the network it quantises."""
+    dist.print0(describe_counts(folder, quantisation_counts(net, scope)))
+    return quantize_weights(net, bits, scope)
+
+
 def quant_settings(bits: list[int], scope: str = 'published') -> list[tuple[str, dict, object]]:
     """(folder, sampler overrides, network transform) for generate.run_study(); each transform
-    prints how much of the network it quantises."""
+    prints how much of the network it quantises, and its description names it in the manifest as
+    quantize_weights(bits=5, scope='published')."""
     check_scope(scope)
-    def transform(net, k, folder):
-        dist.print0(describe_counts(folder, quantisation_counts(net, scope)))
-        return quantize_weights(net, k, scope)
     settings = []
     for k in bits:
         folder = setting_folder(check_bits(k), scope)
-        settings.append((folder, {}, (lambda net, k=k, folder=folder: transform(net, k, folder))))
+        transform = functools.partial(quantize_and_report, bits=k, scope=scope, folder=folder)
+        transform.description = f'quantize_weights(bits={k}, scope={scope!r})'
+        settings.append((folder, {}, transform))
     return settings
 
 #----------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def run_quickstart(
     start = time.time()
     if os.path.isdir(samples):
         for x in os.listdir(samples):
-            if x.endswith('.png'):
+            if x.endswith('.png') or x == 'generate.json':  # A newer snapshot is another configuration for generate.py.
                 os.remove(os.path.join(samples, x))
     run_command([sys.executable, script('generate.py'), f'--network={network}', f'--outdir={samples}',
                  f'--seeds=0-{NUM_SAMPLES - 1}', f'--batch={NUM_SAMPLES}', f'--grid={grid}', f'--device={device}'], 'generate.py', env=CHILD_ENV)

@@ -89,6 +89,16 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None], fsync: bool = Fal
             os.remove(tmp_path)
         raise
 
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes as 64 hex digits, read in chunks so that large checkpoints are not
+    held in memory."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 #----------------------------------------------------------------------------
 # Cache directory and URL opening.
 

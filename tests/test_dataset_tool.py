@@ -11,6 +11,7 @@ import sys
 import tarfile
 import types
 import zipfile
+from fractions import Fraction
 
 import numpy as np
 import PIL.Image
@@ -138,7 +139,7 @@ def test_cifar10_str_keys_and_max_images(tmp_path):
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
     dest = str(tmp_path / 'out.zip')
-    assert dataset_tool.convert_dataset(source, dest, max_images=3, progress=False) == 3
+    assert dataset_tool.convert_dataset(source, dest, max_images=3, progress=False).written == 3
     out, labels = read_dataset(dest)
     assert len(out) == 3
     np.testing.assert_array_equal(out[png_name(2)][:, :, 1], data[2, 1024:2048].reshape(32, 32)) # Green plane.
@@ -205,7 +206,7 @@ def test_digits_style_grayscale_tree(tmp_path):
             arrays[f'{cls}/{j:04d}.png'] = random_image(rng, 8, 8, c=1)
             save_image(os.path.join(source, f'{cls}/{j:04d}.png'), arrays[f'{cls}/{j:04d}.png'])
     dest = str(tmp_path / 'digits-16x16.zip')
-    assert dataset_tool.convert_dataset(source, dest, resolution=(16, 16), progress=False) == 20
+    assert dataset_tool.convert_dataset(source, dest, resolution=(16, 16), progress=False) == (20, 0)
     out, labels = read_dataset(dest)
     for i, name in enumerate(sorted(arrays)):
         expected = np.asarray(PIL.Image.fromarray(arrays[name]).resize((16, 16), PIL.Image.Resampling.LANCZOS))
@@ -242,7 +243,7 @@ def test_grayscale_folder_stays_one_channel(tmp_path):
         save_image(os.path.join(source, f'{i}.png'), g)
     dest = str(tmp_path / 'gray-out')
     os.makedirs(dest) # An existing empty folder is an acceptable destination.
-    assert dataset_tool.convert_dataset(source, dest, progress=False) == 3
+    assert dataset_tool.convert_dataset(source, dest, progress=False).written == 3
     out, labels = read_dataset(dest)
     assert labels is None
     for i, g in enumerate(grays):
@@ -307,7 +308,7 @@ def test_many_images_use_several_folders(tmp_path):
     source = str(tmp_path / 'mnist')
     write_mnist(source, rng, n=1003)
     dest = str(tmp_path / 'out.zip')
-    assert dataset_tool.convert_dataset(os.path.join(source, 'train-images-idx3-ubyte.gz'), dest, max_images=1001, progress=False) == 1001
+    assert dataset_tool.convert_dataset(os.path.join(source, 'train-images-idx3-ubyte.gz'), dest, max_images=1001, progress=False).written == 1001
     with zipfile.ZipFile(dest) as z:
         names = z.namelist()
     assert '00000/img00000999.png' in names and '00001/img00001000.png' in names and len(names) == 1002
@@ -327,20 +328,93 @@ def test_center_crop(tmp_path):
     expected = PIL.Image.fromarray(arr).crop((8, 0, 32, 24)).resize((16, 16), PIL.Image.Resampling.LANCZOS)
     np.testing.assert_array_equal(out[png_name(0)], np.asarray(expected))
 
-def test_center_crop_wide(tmp_path):
+def expected_center_crop_wide(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """EDM's center-crop-wide computed independently: the row count with exact rational
+    arithmetic (round half to even), the strip cut with PIL's crop box, the result pasted onto a
+    black PIL canvas."""
+    h, w = arr.shape[:2]
+    rows = round(Fraction(width * h, w))
+    top = (h - rows) // 2
+    strip = PIL.Image.fromarray(arr).crop((0, top, w, top + rows)).resize((width, height), PIL.Image.Resampling.LANCZOS)
+    canvas = PIL.Image.new(strip.mode, (width, width))
+    canvas.paste(strip, (0, (width - height) // 2))
+    return np.asarray(canvas)
+
+def striped_image(h: int, w: int) -> np.ndarray:
+    """[h, w, 3] uint8 whose row r is the constant colour (7r + 3, 255 - 7r, r): every row is
+    recognisable, and a horizontal-only Lanczos resize leaves a constant row unchanged."""
+    r = np.arange(h)
+    colours = np.stack([7 * r + 3, 255 - 7 * r, r], axis=1).astype(np.uint8)
+    return np.repeat(colours[:, np.newaxis, :], w, axis=1)
+
+def test_center_crop_wide_keeps_the_middle_rows(tmp_path):
+    # 64x33 at 32x16: round(32 * 33 / 64) = round(16.5) = 16 rows (half to even; half up would
+    # keep 17 and resample them), rows (33 - 16) // 2 = 8 .. 23, only the width is resized.
+    arr = striped_image(33, 64)
+    source = str(tmp_path / 'imgs')
+    save_image(os.path.join(source, 'a.png'), arr)
+    dest = str(tmp_path / 'out.zip')
+    result = run_cli(f'--source={source}', f'--dest={dest}', '--transform=center-crop-wide', '--resolution=32x16')
+    assert result.exit_code == 0, result.output
+    assert 'Skipped' not in result.output
+    out = read_dataset(dest)[0][png_name(0)]
+    assert out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out[:8], 0)                   # Black band above.
+    np.testing.assert_array_equal(out[24:], 0)                  # Black band below.
+    np.testing.assert_array_equal(out[8:24], arr[8:24, :32])    # Source rows 8..23, whole width.
+
+def test_center_crop_wide_against_independent_geometry(tmp_path):
     rng = np.random.default_rng(11)
     source = str(tmp_path / 'imgs')
-    tall = random_image(rng, 48, 64) # Narrower than 2:1: rows are cropped.
-    wide = random_image(rng, 20, 80) # Wider than 2:1: columns are cropped.
-    save_image(os.path.join(source, 'a.png'), tall)
-    save_image(os.path.join(source, 'b.png'), wide)
+    images = [random_image(rng, 64, 48),     # Taller than wide: 43 of 64 rows kept, resized.
+              random_image(rng, 35, 64),     # round(17.5) = 18 rows kept, resized to 16.
+              random_image(rng, 16, 32),     # Exactly W x H: unchanged, padded.
+              random_image(rng, 30, 40, 1)]  # Grayscale stays one channel.
+    for i, arr in enumerate(images[:3]):
+        save_image(os.path.join(source, f'{i}.png'), arr)
     dest = str(tmp_path / 'out.zip')
-    dataset_tool.convert_dataset(source, dest, transform='center-crop-wide', resolution=(32, 16), progress=False)
+    result = dataset_tool.convert_dataset(source, dest, transform='center-crop-wide', resolution=(32, 16), progress=False)
+    assert result == (3, 0)
     out, _ = read_dataset(dest)
-    for i, (arr, box) in enumerate([(tall, (0, 8, 64, 40)), (wide, (20, 0, 60, 20))]):
-        expected = np.zeros((32, 32, 3), np.uint8)
-        expected[8:24] = np.asarray(PIL.Image.fromarray(arr).crop(box).resize((32, 16), PIL.Image.Resampling.LANCZOS))
+    for i, arr in enumerate(images[:3]):
+        np.testing.assert_array_equal(out[png_name(i)], expected_center_crop_wide(arr, 32, 16))
+    gray = dataset_tool.center_crop_wide(images[3][:, :, np.newaxis], 32, 16)
+    np.testing.assert_array_equal(gray[:, :, 0], expected_center_crop_wide(images[3], 32, 16))
+
+def test_center_crop_wide_skips_and_counts(tmp_path):
+    # Class folders give labels; the kept images must keep theirs, in order, numbered 0, 1, ...
+    rng = np.random.default_rng(12)
+    source = tmp_path / 'imgs'
+    cases = [('a', 'keep0.png', (32, 64), True),    # round(32 * 32 / 64) = 16 rows: just enough.
+             ('a', 'narrow.png', (40, 31), False),  # Narrower than 32.
+             ('b', 'keep1.png', (48, 40), True),
+             ('b', 'wide.png', (31, 64), True),     # round(15.5) = 16 rows: kept ...
+             ('b', 'wider.png', (29, 64), False),   # ... round(14.5) = 14 rows: too wide.
+             ('c', 'keep2.png', (40, 40, 1), True)] # Grayscale among RGB.
+    arrays = {}
+    for folder, name, size, _keep in cases:
+        arrays[folder, name] = random_image(rng, *size)
+        save_image(str(source / folder / name), arrays[folder, name])
+    dest = str(tmp_path / 'out.zip')
+    result = run_cli(f'--source={source}', f'--dest={dest}', '--transform=center-crop-wide', '--resolution=32x16')
+    assert result.exit_code == 0, result.output
+    assert 'Wrote 4 images' in result.output and 'Skipped 2 images smaller than 32x16' in result.output
+    out, labels = read_dataset(dest)
+    kept = [(folder, name) for folder, name, _size, keep in sorted(cases) if keep]
+    assert sorted(out) == [png_name(i) for i in range(len(kept))]
+    assert labels == [[png_name(i), 'abc'.index(folder)] for i, (folder, _name) in enumerate(kept)]
+    for i, key in enumerate(kept):
+        expected = expected_center_crop_wide(arrays[key], 32, 16)
+        if expected.ndim == 2: # A grayscale image in a colour dataset is replicated to RGB.
+            expected = np.repeat(expected[:, :, np.newaxis], 3, axis=2)
         np.testing.assert_array_equal(out[png_name(i)], expected)
+
+def test_center_crop_wide_all_skipped(tmp_path):
+    source = tmp_path / 'imgs'
+    save_image(str(source / 'a.png'), random_image(np.random.default_rng(13), 8, 8))
+    dest = str(tmp_path / 'out.zip')
+    result = run_cli(f'--source={source}', f'--dest={dest}', '--transform=center-crop-wide', '--resolution=32x16')
+    assert_failed_cleanly(result, dest, 'All 1 images were skipped', '--resolution')
 
 #----------------------------------------------------------------------------
 # LSUN through a stand-in for the optional lmdb package.
@@ -470,6 +544,7 @@ def test_colour_after_grayscale(tmp_path):
     ((16, 16), ['--resolution=48x24', '--transform=center-crop-wide'], ['48x48', 'power-of-two']),
     ((16, 16), ['--resolution=16x32', '--transform=center-crop-wide'], ['height <= width']),
     ((16, 16), ['--transform=center-crop'], ['--resolution']), # Transform without a size.
+    ((16, 16), ['--transform=center-crop-wide'], ['--resolution']),
 ])
 def test_bad_output_geometry(tmp_path, size, args, fragments):
     source = tmp_path / 'imgs'

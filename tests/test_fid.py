@@ -1,9 +1,11 @@
 """fid.py: statistics against independent numpy computations, the metrics against their formulas,
 one process against two, and every bad input. A stand-in detector replaces Inception-v3."""
 
+import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,6 +20,8 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parents[1]
 
 import fid
+import generate
+from test_checkpoint import tiny_net
 from torch_utils import persistence
 
 NUM_IMAGES = 25  # Odd, so that two processes get unequal shares.
@@ -219,6 +223,7 @@ def test_calc_self_and_other(data, tmp_path):
     assert abs(value) < 1e-6 * trace
     record = json.loads((tmp_path / 'r.json').read_text())
     assert record['metrics']['fid'] == pytest.approx(value, rel=1e-5, abs=1e-12) and record['num'] == NUM_IMAGES
+    assert record['manifest'] is None and record['num_images'] == NUM_IMAGES  # Not written by generate.py.
 
     other = _invoke('calc', '--images', data['other'], '--ref', data['ref'], '--num', NUM_IMAGES, '--metrics', 'fid,is,kid',
                     '--json', tmp_path / 'o.json', detector=data['detector'])
@@ -230,6 +235,63 @@ def test_calc_self_and_other(data, tmp_path):
     assert metrics['is'] == pytest.approx(fid.calculate_is(_expected_features(data['other_arrays'], return_features=False))[0], rel=1e-5)
     assert metrics['kid'] == pytest.approx(fid.calculate_kid(f_other, f_ref, seed=0), rel=1e-4)
     assert float(other.stdout.strip().splitlines()[-1]) == pytest.approx(metrics['fid'], rel=1e-5)
+
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_generated_folder(folder: Path, source: Path, seeds) -> dict:
+    """A copy of the image folder `source` with a generate.py manifest listing `seeds`; returns the
+    manifest as written."""
+    shutil.copytree(source, folder)
+    manifest = generate.make_manifest(tiny_net(D=16.0), seeds, 16.0, dict(num_steps=4), network='net.pt', network_sha256='0' * 64)
+    generate.write_manifest(str(folder), manifest)
+    return json.loads((folder / generate.MANIFEST_NAME).read_text())
+
+
+def test_calc_records_provenance(data, tmp_path, monkeypatch):
+    images = tmp_path / 'generated'
+    manifest = write_generated_folder(images, data['images'], range(NUM_IMAGES))
+    assert len(fid.ImageFiles(str(images))) == NUM_IMAGES  # The manifest is not an image.
+    result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'r.json', detector=data['detector'])
+    assert result.exit_code == 0, result.output
+    assert abs(float(result.stdout.strip().splitlines()[-1])) < 1e-8 and 'Note:' not in result.output  # The same images as the reference.
+    record = json.loads((tmp_path / 'r.json').read_text())
+    assert record['manifest'] == manifest and record['num_images'] == NUM_IMAGES
+    assert record['ref_sha256'] == sha256_of(data['ref']) and record['detector_sha256'] == sha256_of(data['detector'])
+
+    # The same from a .zip, whose manifest lists fewer seeds than it holds images: a note says so.
+    archive = tmp_path / 'generated.zip'
+    short = generate.make_manifest(tiny_net(D=16.0), range(NUM_IMAGES - 1), 16.0, dict(num_steps=4))
+    with zipfile.ZipFile(archive, 'w') as z:
+        for path in sorted(data['images'].rglob('*.png')):
+            z.write(path, path.relative_to(data['images']).as_posix())
+        z.writestr(generate.MANIFEST_NAME, json.dumps(short))
+    result = _invoke('calc', '--images', archive, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'z.json', detector=data['detector'])
+    assert result.exit_code == 0, result.output
+    assert f'Note: {archive} holds {NUM_IMAGES} images, but its generate.json lists {NUM_IMAGES - 1} seeds.' in result.output
+    record = json.loads((tmp_path / 'z.json').read_text())
+    assert record['manifest'] == json.loads(json.dumps(short)) and record['num_images'] == NUM_IMAGES
+
+    # A broken manifest fails before the computation, in one line, and writes no record.
+    (images / generate.MANIFEST_NAME).write_text('{')
+    monkeypatch.setattr(fid, 'calculate_metrics', lambda *args, **kwargs: pytest.fail('computed before checking the manifest'))
+    result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'b.json', detector=data['detector'])
+    assert result.exit_code == 1 and 'not a readable generate.py manifest' in result.output and not (tmp_path / 'b.json').exists()
+
+
+def test_sweep_records_provenance(data, tmp_path):
+    run = tmp_path / 'run'
+    manifest = write_generated_folder(run / 'ckpt_000010', data['other'], range(NUM_IMAGES))
+    (run / 'ckpt_000020').symlink_to(data['images'])  # Images without a manifest.
+    result = _invoke('sweep', '--run', run, '--ref', data['ref'], '--num', 12, detector=data['detector'])
+    assert result.exit_code == 0, result.output
+    records = {r['ckpt']: r for r in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines())}
+    assert records['ckpt_000010']['manifest'] == manifest and records['ckpt_000020']['manifest'] is None
+    for record in records.values():
+        assert record['num_images'] == NUM_IMAGES
+        assert record['ref_sha256'] == sha256_of(data['ref']) and record['detector_sha256'] == sha256_of(data['detector'])
 
 
 def test_pickle_detector_needs_allow_pickle(data):

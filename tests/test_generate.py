@@ -1,7 +1,10 @@
 """generate.py and the study scripts: per-seed streams (EDM's order), determinism across batch sizes
 and processes, run-directory mode, legacy checkpoints through the CLI, D flags, and every user error."""
 
+import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ from training import checkpoint, sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--steps=4', '--device=cpu']  # Tiny runs: 4 Heun steps (7 network evaluations).
+PNGS_0_2 = ['000000.png', '000001.png', '000002.png']
 
 
 @pytest.fixture(scope='module')
@@ -151,7 +155,7 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
     code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "a"}', '--seeds=998-1002', '--batch=5',
                                         '--subdirs', f'--grid={tmp_path / "grid.png"}', f'--trajectory={tmp_path / "traj.gif"}', *FAST])
     assert code == 0, out
-    assert sorted(os.listdir(tmp_path / 'a')) == ['000000', '001000']
+    assert sorted(os.listdir(tmp_path / 'a')) == ['000000', '001000', 'generate.json']
     assert sorted(os.listdir(tmp_path / 'a' / '001000')) == ['001000.png', '001001.png', '001002.png']
     code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "b"}', '--seeds=998-1002', '--batch=2', '--subdirs', *FAST])
     assert code == 0, out
@@ -173,7 +177,7 @@ def test_torchrun_two_processes_match_one(tmp_path, snapshot):
     result = run_script([torchrun, '--standalone', '--nproc_per_node=2', 'generate.py', f'--network={snapshot}',
                          f'--outdir={tmp_path / "two"}', '--seeds=0-5', '--batch=2', *FAST])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(os.listdir(tmp_path / 'two')) == 6
+    assert sorted(os.listdir(tmp_path / 'two')) == [f'{s:06d}.png' for s in seeds] + ['generate.json']
     assert_nearly_equal(read_pngs(tmp_path / 'two', seeds), read_pngs(tmp_path / 'one', seeds))
 
 #----------------------------------------------------------------------------
@@ -225,7 +229,12 @@ def test_run_directory_mode(tmp_path):
     code, out = run_cli(generate.main, args)
     assert code == 0, out
     assert sorted(p for p in os.listdir(run) if p.startswith('ckpt_')) == ['ckpt_000100', 'ckpt_000200', 'ckpt_000300']
-    assert all(len(os.listdir(run / f'ckpt_{k:06d}')) == 3 for k in (100, 200, 300))
+    assert all(sorted(os.listdir(run / f'ckpt_{k:06d}')) == PNGS_0_2 + ['generate.json'] for k in (100, 200, 300))
+
+    for kimg, name in [(100, checkpoint.snapshot_name(100)), (200, checkpoint.snapshot_name(200)), (300, checkpoint.state_name(300))]:
+        manifest = generate.read_manifest(str(run / f'ckpt_{kimg:06d}'))
+        assert manifest['network'] == str(run / name) and manifest['seeds'] == dict(ranges='0-2', count=3)
+        assert manifest['network_sha256'] == hashlib.sha256((run / name).read_bytes()).hexdigest()
 
     # The same seeds through --network give the same images, and the snapshot was preferred.
     code, out = run_cli(generate.main, [f'--network={run / checkpoint.snapshot_name(200)}', f'--outdir={tmp_path / "single"}', '--seeds=0-2', *FAST])
@@ -238,7 +247,7 @@ def test_run_directory_mode(tmp_path):
     code, out = run_cli(generate.main, args + ['--end_ckpt=250'])
     assert code == 0, out
     assert 'ckpt_000200 already holds all 3 images' in out and 'training-state-000300' not in out
-    assert sorted(os.listdir(run / 'ckpt_000100')) == ['000000.png', '000001.png', '000002.png']
+    assert sorted(os.listdir(run / 'ckpt_000100')) == PNGS_0_2 + ['generate.json']
     assert os.stat(run / 'ckpt_000100' / '000000.png').st_mtime_ns == before
 
     code, out = run_cli(generate.main, [f'--outdir={run}', '--seeds=0', '--ckpt=5000', '--device=cpu'])
@@ -271,6 +280,163 @@ def test_legacy_pickles_need_allow_pickle(tmp_path, monkeypatch):
     assert code == 0 and 'D=64' in out, out
 
 #----------------------------------------------------------------------------
+# PFGM++'s published training-state-*.pkl in run-directory mode.
+
+def test_run_directory_with_pfgmpp_training_state_pkl(tmp_path, monkeypatch):
+    module = import_legacy_module(tmp_path / 'mods', monkeypatch)
+    legacy = legacy_net(module, seed=3, pfgmpp=True, D=2048)
+    run = tmp_path / 'run'
+    run.mkdir()
+    write_pfgmpp_state(run / 'training-state-000010.pkl', legacy)
+    assert generate.find_checkpoints(str(run)) == [(10, str(run / 'training-state-000010.pkl'))]
+
+    args = [f'--outdir={run}', '--seeds=0-2', *FAST]
+    code, out = run_cli(generate.main, args)
+    assert code == 1 and '--allow-pickle' in out and 'training-state-000010.pkl' in out and 'Traceback' not in out, out
+    assert len([line for line in out.splitlines() if line.startswith('Error:')]) == 1
+    assert not os.path.exists(run / 'ckpt_000010')
+
+    code, out = run_cli(generate.main, args + ['--allow-pickle'])
+    assert code == 0, out
+    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), D=2048.0, sampler_kwargs=dict(num_steps=4), progress=False)
+    assert_nearly_equal(read_pngs(run / 'ckpt_000010', range(3)), read_pngs(tmp_path / 'original', range(3)))
+    manifest = generate.read_manifest(str(run / 'ckpt_000010'))
+    assert manifest['network'] == str(run / 'training-state-000010.pkl') and manifest['D'] == 2048.0
+    assert manifest['network_sha256'] == hashlib.sha256((run / 'training-state-000010.pkl').read_bytes()).hexdigest()
+
+    # The .pkl is the last choice for its kimg: our .pt training state wins.
+    save_state(run / checkpoint.state_name(10), tiny_net(D=2048.0), 10)
+    assert generate.find_checkpoints(str(run)) == [(10, str(run / checkpoint.state_name(10)))]
+
+#----------------------------------------------------------------------------
+# Provenance: generate.json.
+
+def expected_code_version():
+    """git's view of this checkout, asked independently of generate.code_version()."""
+    try:
+        head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None, None
+    if head.returncode != 0:
+        return None, None
+    status = subprocess.run(['git', '-C', str(ROOT), 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True, timeout=30)
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def test_manifest_fields(tmp_path, snapshot):
+    outdir = tmp_path / 'out'
+    code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={outdir}', '--seeds=5,0-2,9', '--batch=2',
+                                        '--S_churn=2', '--sigma_max=40', '--channels-last=1', *FAST])
+    assert code == 0, out
+    with open(outdir / 'generate.json', encoding='utf-8') as f:
+        manifest = json.load(f)
+    assert manifest['format'] == 'pfgmpp-generate-manifest' and manifest['version'] == 1
+    assert manifest['network'] == snapshot
+    assert manifest['network_sha256'] == hashlib.sha256(Path(snapshot).read_bytes()).hexdigest()
+    assert manifest['D'] == 2048.0 and manifest['class_idx'] is None and manifest['subdirs'] is False
+    # EDM's sampler: the CLI's values, and edm_sampler's own defaults for what the CLI leaves out.
+    assert manifest['sampler'] == dict(sampler='edm', num_steps=4, sigma_min=0.002, sigma_max=40.0, rho=7.0, S_churn=2.0,
+                                       S_min=0.0, S_max='inf', S_noise=1.0, alpha=0)
+    assert manifest['precision'] == 'fp32' and manifest['study'] is None
+    assert manifest['seeds'] == dict(ranges='0-2,5,9', count=5)
+    [run] = manifest['runs']
+    assert run['seeds'] == manifest['seeds'] and run['network'] == snapshot
+    assert run['channels_last'] is True and run['compile'] is False and run['batch_size'] == 2 and run['processes'] == 1
+    assert run['torch'] == torch.__version__
+    assert (run['code']['git_commit'], run['code']['git_dirty']) == expected_code_version()
+    assert re.fullmatch(r'[0-9a-f]{64}', run['code']['source_sha256'])
+    assert sorted(os.listdir(outdir)) == [f'{s:06d}.png' for s in (0, 1, 2, 5, 9)] + ['generate.json']
+
+
+def test_code_version_without_git(monkeypatch):
+    with_git = generate.code_version.__wrapped__()
+    monkeypatch.setenv('PATH', '')  # No git to run.
+    without = generate.code_version.__wrapped__()
+    assert without['git_commit'] is None and without['git_dirty'] is None
+    assert without['source_sha256'] == with_git['source_sha256']
+    # The source hash covers the code's bytes: recompute it over the same files.
+    digest = hashlib.sha256()
+    files = [p for p in ROOT.glob('*.py')] + [p for pkg in ('dnnlib', 'torch_utils', 'training') for p in (ROOT / pkg).rglob('*.py')]
+    for name in sorted(p.relative_to(ROOT).as_posix() for p in files):
+        digest.update(name.encode() + b'\0' + hashlib.sha256((ROOT / name).read_bytes()).hexdigest().encode() + b'\n')
+    assert without['source_sha256'] == digest.hexdigest()
+
+
+def test_sampler_settings_after_defaults():
+    net = tiny_net(sigma_min=0.01, sigma_max=50)
+    settings = generate.sampler_settings(net, dict(num_steps=6, sigma_min=None))
+    assert settings == dict(sampler='edm', num_steps=6, sigma_min=0.01, sigma_max=50.0, rho=7, S_churn=0, S_min=0,
+                            S_max=float('inf'), S_noise=1, alpha=0)  # EDM's 0.002..80 clamped to the network's range.
+    settings = generate.sampler_settings(tiny_net(), dict(num_steps=6, discretization='ve', solver='euler'))
+    assert settings['sampler'] == 'ablation' and (settings['sigma_min'], settings['sigma_max']) == (0.02, 100.0)  # EDM's VE range.
+    assert (settings['solver'], settings['schedule'], settings['scaling']) == ('euler', 'linear', 'none')
+    with pytest.raises(ValueError, match='num_steps'):
+        generate.sampler_settings(tiny_net(), dict(num_steps=1, solver='euler'))
+
+
+def test_format_int_list_round_trip():
+    gen = np.random.default_rng(0)
+    for _ in range(50):
+        values = gen.choice(60, size=gen.integers(1, 30), replace=False).tolist()
+        text = generate.format_int_list(values)
+        assert generate.parse_int_list(text) == sorted(values)
+        assert len(text.split(',')) == 1 + int(np.sum(np.diff(sorted(values)) > 1))  # One part per run.
+    assert generate.format_int_list([3, 0, 1, 2, 2, 7]) == '0-3,7' and generate.format_int_list([]) == ''
+
+
+def test_manifest_merges_seeds_and_refuses_mixing(tmp_path, snapshot):
+    outdir = tmp_path / 'out'
+    common = [f'--network={snapshot}', f'--outdir={outdir}', *FAST]
+    code, out = run_cli(generate.main, [*common, '--seeds=0-1'])
+    assert code == 0, out
+    code, out = run_cli(generate.main, [*common, '--seeds=2-3', '--batch=1'])  # Same configuration, more seeds.
+    assert code == 0, out
+    manifest = generate.read_manifest(str(outdir))
+    assert manifest['seeds'] == dict(ranges='0-3', count=4)
+    assert [r['seeds']['ranges'] for r in manifest['runs']] == ['0-1', '2-3'] and manifest['runs'][1]['batch_size'] == 1
+
+    before = (outdir / 'generate.json').read_bytes()
+    for args, difference in [(['--steps=5'], 'sampler.num_steps: 4 -> 5'), (['--S_churn=1'], 'sampler.S_churn: 0.0 -> 1.0'),
+                             (['--precision=bf16'], 'precision: fp32 -> bf16'), (['--subdirs'], 'subdirs: False -> True')]:
+        code, out = run_cli(generate.main, [*common, '--seeds=8', *args])
+        errors = [line for line in out.splitlines() if line.startswith('Error:')]
+        assert code == 1 and len(errors) == 1 and 'another configuration' in errors[0] and difference in errors[0], out
+        assert 'Traceback' not in out
+    assert (outdir / 'generate.json').read_bytes() == before
+    assert not generate.missing_seeds(str(outdir), range(4)) and generate.missing_seeds(str(outdir), [8], False) == [8]
+    assert not os.path.exists(generate.image_path(str(outdir), 8, True))
+
+    # Another network file is another configuration, even with the same settings.
+    other = tmp_path / checkpoint.snapshot_name(5)
+    checkpoint.save_network_snapshot(str(other), tiny_net(D=2048.0, seed=5), kimg=5)
+    code, out = run_cli(generate.main, [f'--network={other}', f'--outdir={outdir}', '--seeds=8', *FAST])
+    assert code == 1 and 'network_sha256' in out, out
+
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'generate.json').write_text('{"not": "a manifest"}')
+    code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "bad"}', '--seeds=0', *FAST])
+    assert code == 1 and 'is not a generate.py manifest' in out and not os.path.exists(tmp_path / 'bad' / '000000.png'), out
+
+
+def test_complete_folders_are_checked_too(tmp_path, snapshot):
+    # A rerun over complete folders with other settings must not pass as the new setting's images.
+    common = [f'--network={snapshot}', '--seeds=0-1', '--device=cpu', f'--outdir={tmp_path / "alpha"}', '--alphas=0']
+    code, out = run_cli(generate_alpha.main, [*common, '--steps=3'])
+    assert code == 0, out
+    code, out = run_cli(generate_alpha.main, [*common, '--steps=3'])
+    assert code == 0 and 'already holds all 2 images' in out, out
+    code, out = run_cli(generate_alpha.main, [*common, '--steps=4'])
+    assert code == 1 and 'sampler.num_steps: 3 -> 4' in out, out
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    checkpoint.save_network_snapshot(str(run / checkpoint.snapshot_name(0)), tiny_net(D=2048.0), kimg=0)
+    code, out = run_cli(generate.main, [f'--outdir={run}', '--seeds=0', '--steps=3', '--device=cpu'])
+    assert code == 0, out
+    code, out = run_cli(generate.main, [f'--outdir={run}', '--seeds=0', '--steps=4', '--device=cpu'])
+    assert code == 1 and 'sampler.num_steps: 3 -> 4' in out, out
+
+#----------------------------------------------------------------------------
 # The studies.
 
 def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
@@ -282,7 +448,7 @@ def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
     code, out = run_cli(generate_quant.main, [*common, f'--outdir={tmp_path / "quant"}', '--bits=8,4', '--steps=3'])
     assert code == 0, out
     for folder in ['alpha/alpha_0', 'alpha/alpha_0.1', 'steps/steps_2', 'steps/steps_3', 'quant/bits_8', 'quant/bits_4']:
-        assert sorted(os.listdir(tmp_path / folder)) == ['000000.png', '000001.png'], folder
+        assert sorted(os.listdir(tmp_path / folder)) == ['000000.png', '000001.png', 'generate.json'], folder
 
     # alpha = 0 and 3 steps is plain generation with 3 steps; noise injection changes the images.
     code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "plain"}', '--steps=3'])
@@ -291,6 +457,15 @@ def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
     assert np.array_equal(read_pngs(tmp_path / 'alpha/alpha_0', [0, 1]), plain)
     assert np.array_equal(read_pngs(tmp_path / 'steps/steps_3', [0, 1]), plain)
     assert not np.array_equal(read_pngs(tmp_path / 'alpha/alpha_0.1', [0, 1]), plain)
+
+    # Each folder's manifest names its setting; the sampler settings include the override.
+    for folder, study, alpha in [('alpha/alpha_0.1', dict(folder='alpha_0.1', overrides=dict(alpha=0.1), transform=None), 0.1),
+                                 ('steps/steps_2', dict(folder='steps_2', overrides=dict(num_steps=2), transform=None), 0),
+                                 ('quant/bits_4', dict(folder='bits_4', overrides={}, transform="quantize_weights(bits=4, scope='published')"), 0)]:
+        manifest = generate.read_manifest(str(tmp_path / folder))
+        assert manifest['study'] == study and manifest['sampler']['alpha'] == alpha, folder
+        assert manifest['network_sha256'] == hashlib.sha256(Path(snapshot).read_bytes()).hexdigest()
+    assert generate.read_manifest(str(tmp_path / 'steps/steps_2'))['sampler']['num_steps'] == 2
 
     # A rerun skips complete folders; bad lists are usage errors.
     code, out = run_cli(generate_quant.main, [*common, f'--outdir={tmp_path / "quant"}', '--bits=8', '--steps=3'])

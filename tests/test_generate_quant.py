@@ -180,7 +180,7 @@ def test_cli_prints_counts_and_writes_folders(tmp_path, fixture_snapshot):
     assert code == 0, out
     assert COUNT_LINE.findall(out) == [('bits_4_all', str(n_tensors), str(n_tensors), f'{total:,}', f'{total:,}', '100.0')], out
     assert sorted(os.listdir(tmp_path)) == ['bits_4', 'bits_4_all', 'bits_5']
-    assert all(os.listdir(tmp_path / f) == ['000000.png'] for f in ['bits_4', 'bits_4_all', 'bits_5'])
+    assert all(sorted(os.listdir(tmp_path / f)) == ['000000.png', 'generate.json'] for f in ['bits_4', 'bits_4_all', 'bits_5'])
 
 
 def test_cli_defaults():

@@ -262,7 +262,7 @@ def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run):
     assert result.returncode == 0, result.stdout + result.stderr
     for kimg in (1, 2):
         folder = os.path.join(run_dir, f'ckpt_{kimg:06d}')
-        assert sorted(os.listdir(folder)) == [f'{seed:06d}.png' for seed in range(4)]
+        assert sorted(os.listdir(folder)) == [f'{seed:06d}.png' for seed in range(4)] + ['generate.json']
     # A flag that contradicts the recorded D=128 is refused.
     result = subprocess.run([sys.executable, 'generate.py', f'--outdir={run_dir}', '--seeds=4-5', '--pfgmpp=1',
                              '--aug_dim=2048', '--device=cpu'], cwd=REPO, capture_output=True, text=True, timeout=240)

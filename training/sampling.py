@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma']
+__all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -125,14 +125,7 @@ def ablation_sigma_steps(net, num_steps: int = 18, sigma_min: Optional[float] = 
         raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
     if num_steps < 2:
         raise ValueError(f'num_steps must be >= 2, got {num_steps}.')
-    # Default VP range as EDM's generate.py sets it (beta_d = 19.1 there, not the 19.9 of training);
-    # sigma_min/sigma_max given explicitly override it.
-    vp_default = _vp_sigma(19.1, 0.1)
-    if sigma_min is None:
-        sigma_min = {'vp': float(vp_default(epsilon_s)), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
-    if sigma_max is None:
-        sigma_max = {'vp': float(vp_default(1)), 've': 100, 'iddpm': 81, 'edm': 80}[discretization]
-    sigma_min, sigma_max = _clamp_to_net(net, sigma_min, sigma_max)
+    sigma_min, sigma_max = sigma_range(net, 'ablation', sigma_min, sigma_max, discretization, epsilon_s)
 
     # The VP schedule through (epsilon_s, sigma_min) and (1, sigma_max).
     vp_beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - np.log(sigma_max ** 2 + 1)) / (epsilon_s - 1)
@@ -154,14 +147,33 @@ def ablation_sigma_steps(net, num_steps: int = 18, sigma_min: Optional[float] = 
     return torch.as_tensor(net.round_sigma(sigma_steps), dtype=torch.float64), float(vp_beta_d), float(vp_beta_min)
 
 
+def sigma_range(net, sampler: str = 'edm', sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
+                discretization: str = 'edm', epsilon_s: float = 1e-3) -> tuple[float, float]:
+    """The noise range (sigma_min, sigma_max) a sampler actually uses: the one requested, else the
+    sampler's default (edm_sampler: 0.002 to 80; ablation_sampler: the discretization's), clamped
+    to the network's range."""
+    if sampler == 'edm':
+        sigma_min = 0.002 if sigma_min is None else sigma_min
+        sigma_max = 80 if sigma_max is None else sigma_max
+    else:
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
+        # Default VP range as EDM's generate.py sets it (beta_d = 19.1 there, not the 19.9 of training);
+        # sigma_min/sigma_max given explicitly override it.
+        vp_default = _vp_sigma(19.1, 0.1)
+        if sigma_min is None:
+            sigma_min = {'vp': float(vp_default(epsilon_s)), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
+        if sigma_max is None:
+            sigma_max = {'vp': float(vp_default(1)), 've': 100, 'iddpm': 81, 'edm': 80}[discretization]
+    return _clamp_to_net(net, sigma_min, sigma_max)
+
+
 def first_sigma(net, sampler: str = 'edm', num_steps: int = 18, sigma_min: Optional[float] = None,
                 sigma_max: Optional[float] = None, rho: float = 7, discretization: str = 'edm', **kwargs) -> float:
     """The noise level the sampler starts at, where the prior must be drawn (pfgmpp.sample_prior):
     sigma_max clamped to the network's range and rounded, or the first level of the discretization."""
     if sampler == 'edm':
-        sigma_min = 0.002 if sigma_min is None else sigma_min
-        sigma_max = 80 if sigma_max is None else sigma_max
-        _, sigma_max = _clamp_to_net(net, sigma_min, sigma_max)
+        _, sigma_max = sigma_range(net, 'edm', sigma_min, sigma_max)
         return float(net.round_sigma(torch.as_tensor(sigma_max, dtype=torch.float64)))
     steps, _, _ = ablation_sigma_steps(net, num_steps, sigma_min, sigma_max, rho, discretization,
                                        **{k: v for k, v in kwargs.items() if k in ('epsilon_s', 'C_1', 'C_2', 'M')})
