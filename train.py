@@ -4,6 +4,7 @@
         --data=datasets/cifar10-32x32.zip --cond=0 --arch=ddpmpp --pfgmpp=1 --batch 512 --aug_dim 2048
 """
 
+import inspect
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import torch
 import dnnlib
 from torch_utils import distributed
 from torch_utils.precision import PRECISIONS
-from training import checkpoint, pfgmpp
+from training import checkpoint, networks, pfgmpp
 from training.dataset import ImageFolderDataset
 from training.training_loop import check_state_matches, training_loop
 
@@ -76,6 +77,8 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
         c.network_kwargs['model_channels'] = opts.cbase
     if opts.cres is not None:
         c.network_kwargs['channel_mult'] = opts.cres
+    if opts.nblock is not None:
+        c.network_kwargs['num_blocks'] = opts.nblock
     c.network_kwargs.update(dropout=opts.dropout, D=D)
     c.loss_kwargs = dict(class_name=loss_class, D=D)
     if opts.sigma_scale != 1:
@@ -93,20 +96,36 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
     if opts.batch % (batch_gpu * world_size) != 0:
         raise click.ClickException(f'--batch={opts.batch} must be a multiple of --batch-gpu x ranks = {batch_gpu} x {world_size}.')
     if opts.stf:
+        # The reference set carries no labels, so its posterior mean is the unconditional one.
         if opts.cond:
             raise click.ClickException('--stf is for unconditional training; use --cond=0.')
-        if opts.augment:
-            raise click.ClickException('--stf targets the un-augmented data; use --augment=0 with it.')
         if opts.rbatch <= batch_gpu:
             raise click.ClickException(f'--rbatch={opts.rbatch} must exceed the per-rank batch {batch_gpu}; it counts the batch itself.')
 
     c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(opts.duration * 1000), 1),
-             ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=opts.ema_rampup or None, lr_rampup_kimg=opts.lr_rampup,
+             ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=ema_rampup_ratio(opts), lr_rampup_kimg=opts.lr_rampup,
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,
              state_dump_ticks=opts.dump or None, workers=opts.workers, cudnn_benchmark=opts.bench,
              precision=resolve_precision(opts), channels_last=opts.channels_last, compile=opts.compile,
              stf_rbatch=(opts.rbatch - batch_gpu) if opts.stf else None)
     return c
+
+
+def ema_rampup_ratio(opts) -> Optional[float]:
+    """--ema-rampup, or None (no ramp-up) for 0 and for --transfer: fine-tuning starts from trained
+    weights, so the EMA keeps the plain half-life from the first step (as EDM's train.py does). A run
+    resumed with the same --transfer keeps it off too, so the resume stays exact."""
+    if opts.transfer:
+        return None
+    return opts.ema_rampup or None
+
+
+def num_blocks(opts) -> int:
+    """Residual blocks per resolution: --nblock, or the architecture's default (SongUNet 4, DhariwalUNet 3)."""
+    if opts.nblock is not None:
+        return opts.nblock
+    model_class = networks.MODEL_TYPES[ARCHITECTURES[opts.arch]['model_type']]
+    return inspect.signature(model_class).parameters['num_blocks'].default
 
 
 def resolve_precision(opts) -> str:
@@ -168,7 +187,7 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--aug_dim', 'aug_dim', help='PFGM++ augmented dimension D (a positive real)', metavar='FLOAT', type=float, default=128)
 @click.option('--name',          help='Run directory name under --outdir (fixed, so --resume=auto finds it)', metavar='STR', type=str)
 @click.option('--stf',           help='Stable target field: regress the exact posterior mean over a reference batch', metavar='BOOL', type=bool, default=False)
-@click.option('--rbatch',        help='STF reference batch per rank, including the batch itself', metavar='INT', type=click.IntRange(min=2), default=1024)
+@click.option('--rbatch',        help='STF reference batch per rank, including the batch itself', metavar='INT', type=click.IntRange(min=2), default=4096)
 @click.option('--sigma-scale', 'sigma_scale', help='Multiply the training sigmas (e.g. 380/80=4.75 for 256x256 data)', metavar='FLOAT', type=float, default=1.0)
 
 # Hyperparameters.
@@ -177,6 +196,7 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT', type=int)
 @click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=parse_int_list)
+@click.option('--nblock',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--lr',            help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
 @click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
 @click.option('--ema',           help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
@@ -203,7 +223,7 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--snap',          help='How often to save snapshots (0 = never)', metavar='TICKS', type=click.IntRange(min=0), default=50)
 @click.option('--dump',          help='How often to dump state (0 = never)', metavar='TICKS', type=click.IntRange(min=0), default=500)
 @click.option('--seed',          help='Random seed', metavar='INT', type=int, default=0)
-@click.option('--transfer',      help='Transfer learning from network snapshot', metavar='PKL|PT|URL', type=str)
+@click.option('--transfer',      help='Transfer learning from network snapshot (EMA ramp-up off)', metavar='PKL|PT|URL', type=str)
 @click.option('--resume',        help='Resume from training state, or "auto" for the newest in the run directory', metavar='PT|auto', type=str)
 @click.option('--allow-pickle',  help='Allow loading legacy pickles for --transfer (they run code)', is_flag=True)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
@@ -298,10 +318,14 @@ def train(opts: dnnlib.EasyDict) -> dict:
         print(f'Dataset path:            {opts.data}')
         print(f'Class-conditional:       {opts.cond}')
         print(f'Network architecture:    {opts.arch}')
+        print(f'Blocks per resolution:   {num_blocks(opts)}')
         print(f'Preconditioning & loss:  {opts.precond}')
         print(f'PFGM++ D:                {opts.aug_dim if opts.pfgmpp else "infinity (diffusion)"}')
         print(f'Number of ranks:         {world_size}')
         print(f'Batch size:              {c.batch_size}')
+        print(f'EMA ramp-up:             {c.ema_rampup_ratio if c.ema_rampup_ratio is not None else "off" + (" (--transfer)" if opts.transfer else "")}')
+        if opts.stf:
+            print(f'STF reference batch:     {opts.rbatch} per rank and round{" (augmented)" if opts.augment else ""}')
         print(f'Precision:               {c.precision}')
         print(f'Device:                  {device}')
         print()

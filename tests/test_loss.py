@@ -155,20 +155,75 @@ def test_tiny_network_learns_toy_set(D):
     assert after < 0.5 * before, (before, after)
 
 
+def posterior_mean(x, sigma, points, D):
+    """E[y | x] over the equally likely `points` [K, ...] under the PFGM++ kernel, written out
+    directly: the log kernel of every (x, y_k) pair from explicit differences, then a softmax."""
+    xf = x.double().reshape(len(x), 1, -1)
+    yf = points.double().reshape(1, len(points), -1)
+    N = xf.shape[-1]
+    dist2 = ((xf - yf) ** 2).sum(-1)                                     # [B, K]
+    sigma = sigma.double().reshape(-1, 1)
+    if D is None:
+        log_kernel = -dist2 / (2 * sigma ** 2)                           # Gaussian, D -> infinity.
+    else:
+        log_kernel = -(N + D) / 2 * torch.log(dist2 + sigma ** 2 * D)    # Equation 4 with r = sigma sqrt(D).
+    w = torch.exp(log_kernel - log_kernel.max(dim=1, keepdim=True).values)
+    w = w / w.sum(dim=1, keepdim=True)
+    return (w[:, :, None] * yf).sum(1).reshape(x.shape)
+
+
+class FlipPipe:
+    """An augmentation with one random bit per image from the generator (flip left-right if 1);
+    records every call: (input, generator, output)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, generator=None):
+        bits = torch.randint(2, [len(x)], generator=generator)
+        out = torch.where(bits.bool()[:, None, None, None], x.flip(3), x)
+        self.calls.append((x.clone(), generator, out))
+        return out, bits.float()[:, None]
+
+
 @pytest.mark.parametrize('D', [None, 32.0])
 def test_stable_target_field(D):
     # The target is the exact posterior mean over {batch} + reference, evaluated at the noisy input.
-    from training import pfgmpp
     images = torch.randn([3, 1, 4, 4], generator=gen(20))
     reference = torch.randn([5, 1, 4, 4], generator=gen(21))
     net = RecordingNet(0.0)
     out = losses.VELoss(D=D)(net, images, generator=gen(22), reference_images=reference)
-    sigma = net.sigma.reshape(-1)
-    target = pfgmpp.ideal_denoiser(net.x, sigma, torch.cat([images, reference]), D=D)
-    torch.testing.assert_close(out, (1 / net.sigma ** 2) * target ** 2)
+    target = posterior_mean(net.x, net.sigma, torch.cat([images, reference]), D)
+    torch.testing.assert_close(out, (1 / net.sigma ** 2) * target.float() ** 2, rtol=1e-5, atol=0)
+    # The seeds give a target that is no single image: the law is really exercised.
+    assert float((target.float() - images).abs().amax()) > 0.1
     # At a tiny sigma the posterior sits on the sample itself: STF reduces to plain denoising.
     out = losses.VELoss(sigma_min=1e-3, sigma_max=1.0001e-3, D=D)(net, images, generator=gen(23), reference_images=reference)
     torch.testing.assert_close(out, (1 / net.sigma ** 2) * images ** 2)
+
+
+@pytest.mark.parametrize('D', [None, 32.0])
+def test_stable_target_field_with_augmentation(D):
+    # Reference set = the batch's augmented images + every other reference augmented with its own
+    # draw from the loss's generator; the target is the posterior mean over that set.
+    images = torch.randn([3, 1, 4, 4], generator=gen(24))
+    reference = torch.randn([8, 1, 4, 4], generator=gen(25))
+    net, pipe, g = RecordingNet(0.0), FlipPipe(), gen(26)
+    out = losses.VELoss(D=D)(net, images, generator=g, augment_pipe=pipe, reference_images=reference)
+    assert len(pipe.calls) == 2
+    (batch_in, batch_gen, y), (ref_in, ref_gen, ref_aug) = pipe.calls
+    assert torch.equal(batch_in, images) and torch.equal(ref_in, reference) and batch_gen is g and ref_gen is g
+    assert not torch.equal(ref_aug, reference) and not torch.equal(ref_aug, reference.flip(3))  # Per-image draws.
+    target = posterior_mean(net.x, net.sigma, torch.cat([y, ref_aug]), D)
+    torch.testing.assert_close(out, (1 / net.sigma ** 2) * target.float() ** 2, rtol=1e-5, atol=0)
+    # The references are augmented after the noise is drawn, so the batch's draws (sigma,
+    # augmentation, noise) are those of the same step without STF.
+    plain_net = RecordingNet(0.0)
+    losses.VELoss(D=D)(plain_net, images, generator=gen(26), augment_pipe=FlipPipe())
+    assert torch.equal(plain_net.x, net.x) and torch.equal(plain_net.sigma, net.sigma)
+    # Reproducible from the generator's seed.
+    again = losses.VELoss(D=D)(RecordingNet(0.0), images, generator=gen(26), augment_pipe=FlipPipe(), reference_images=reference)
+    assert torch.equal(again, out)
 
 
 def test_sigma_scale_multiplies_the_training_sigmas():

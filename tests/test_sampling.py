@@ -1,6 +1,7 @@
 """training/sampling.py: the samplers, checked against the exact denoiser of a finite data set (prior,
 schedule and solver together, no training) and against EDM's Algorithm 2 written out independently."""
 
+import inspect
 import math
 
 import pytest
@@ -196,7 +197,16 @@ def test_first_sigma_clamps_to_the_network():
     assert sampling.first_sigma(OracleNet(data), sigma_max=30) == 30
     assert sampling.first_sigma(OracleNet(data), 'ablation', discretization='ve') == 100
     vp = sampling.first_sigma(OracleNet(data), 'ablation', discretization='vp')
-    assert vp == pytest.approx(math.sqrt(math.exp(0.5 * 19.1 + 0.1) - 1))
+    # The VP discretization's default range is the VP training schedule's: sigma(1) at the top and
+    # sigma(epsilon_s) at the bottom, with VPLoss's and VPPrecond's beta_d and beta_min.
+    from training.loss import VPLoss
+    from training.networks import VPPrecond
+    precond_defaults = inspect.signature(VPPrecond.__init__).parameters
+    schedule = VPLoss()
+    assert (schedule.beta_d, schedule.beta_min) == (precond_defaults['beta_d'].default, precond_defaults['beta_min'].default)
+    assert vp == pytest.approx(float(schedule.sigma(torch.tensor(1.0, dtype=torch.float64))), rel=1e-12)
+    steps, _, _ = sampling.ablation_sigma_steps(OracleNet(data), 5, discretization='vp', epsilon_s=1e-3)
+    assert float(steps[-1]) == pytest.approx(float(schedule.sigma(torch.tensor(1e-3, dtype=torch.float64))), rel=1e-9)
 
 
 def test_alpha_injects_noise_scaled_by_sigma():

@@ -249,7 +249,7 @@ def test_dry_run_writes_nothing(bars_zip, tmp_path):
 def test_help_lists_every_default():
     result = invoke(['--help'])
     assert result.exit_code == 0
-    for text in ('--pfgmpp', '--aug_dim', '--stf', '--rbatch', '--sigma-scale', '--device', '--lr-rampup', '--ema-rampup',
+    for text in ('--pfgmpp', '--aug_dim', '--stf', '--rbatch', '--nblock', '--sigma-scale', '--device', '--lr-rampup', '--ema-rampup',
                  'default: 512', 'default: 200', 'default: 0.001', 'default: 0.5', 'default: 0.13', 'default: 0.12'):
         assert text in result.output, text
 
@@ -338,3 +338,147 @@ def test_fp16_alias_and_precision_must_agree(bars_zip, tmp_path):
     assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--fp16=1', '--precision=bf16']), '--fp16', out)
     result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--fp16=1', '--dry-run'])
     assert result.exit_code == 0 and 'Precision:               fp16' in result.output
+
+#----------------------------------------------------------------------------
+# Stable target field with augmentation, --transfer's EMA, --nblock, non-finite losses.
+
+def assert_same_states(path_a, path_b):
+    a, b = (torch.load(p, weights_only=True) for p in (path_a, path_b))
+    assert a['cur_nimg'] == b['cur_nimg'] and a['cur_tick'] == b['cur_tick']
+    for key in ('net', 'ema'):
+        for name, tensor in a[key]['state_dict'].items():
+            assert torch.equal(tensor, b[key]['state_dict'][name]), (key, name)
+    assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
+    for pa, pb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_path):
+    # --stf=1 --augment=0.12, 4 steps of 16 images with 24 references per round (8 beyond the batch):
+    # uninterrupted against 2 steps, a dumped state, and a resume for the other 2. Then
+    # generate.py samples the snapshot. In-process, because train.py counts whole kimg.
+    config = loop_config(tmp_path, bars_zip, '--cond=0', '--stf=1', '--rbatch=24', '--augment=0.12')
+    assert config.stf_rbatch == 8 and config.augment_kwargs is not None
+    states = {}
+    for name, nimg, resume in [('full', 64, None), ('half', 32, None), ('resumed', 64, 'half')]:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        result = training_loop.training_loop(**dict(config, run_dir=str(run_dir), total_kimg=nimg / 1000, snapshot_ticks=4,
+                                                    resume_state=states.get(resume)))
+        assert result == dict(status='done', cur_nimg=nimg)
+        states[name] = str(run_dir / checkpoint.state_name(0))
+    assert_same_states(states['full'], states['resumed'])
+    losses = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / 'full'))]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    # STF changes only the target (the references are drawn after the batch's noise): the same
+    # steps without it see other losses.
+    plain = loop_config(tmp_path, bars_zip, '--cond=0', '--augment=0.12')
+    (tmp_path / 'plain').mkdir()
+    training_loop.training_loop(**dict(plain, run_dir=str(tmp_path / 'plain'), total_kimg=0.064, state_dump_ticks=None))
+    plain_losses = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / 'plain'))]
+    assert plain_losses[0] != losses[0]
+
+    import generate
+    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0)
+    result = CliRunner().invoke(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "samples"}', '--seeds=0-1',
+                                                '--steps=4', '--device=cpu'])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / 'samples')) == ['000000.png', '000001.png']
+
+
+def test_stf_options(bars_zip, tmp_path):
+    out = tmp_path / 'out'
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--stf=1', '--augment=0.12', '--dry-run'])
+    assert result.exit_code == 0, result.output
+    assert 'STF reference batch:     4096 per rank and round (augmented)' in result.output  # The published default.
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--stf=1']), '--cond=0', out)
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--stf=1', '--rbatch=16']),
+                         '--rbatch=16 must exceed', out)
+
+
+def test_transfer_turns_the_ema_rampup_off(bars_zip, tmp_path):
+    config = loop_config(tmp_path, bars_zip, '--augment=0')
+    assert config.ema_rampup_ratio == 0.05
+    data_shape = dict(img_resolution=16, img_channels=3, label_dim=2)
+    torch.manual_seed(123)
+    source = dnnlib.construct_class_by_name(**config.network_kwargs, **data_shape)
+    source_path = str(tmp_path / 'source.pt')
+    checkpoint.save_network_snapshot(source_path, source, kimg=0, cur_nimg=0, training_options={})
+    config = loop_config(tmp_path, bars_zip, '--augment=0', f'--transfer={source_path}')
+    assert config.ema_rampup_ratio is None
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY, f'--transfer={source_path}', '--dry-run'])
+    assert 'EMA ramp-up:             off (--transfer)' in result.output, result.output
+
+    # Two steps from transferred weights w0 (the first at learning rate 0 leaves them, and the EMA, at
+    # w0): the EMA after the second is w2 + beta (w0 - w2) with the plain half-life's
+    # beta = 0.5^(16 / 500), not the ramp-up's 0.5^(16 / (32 * 0.05)).
+    (tmp_path / 'ft').mkdir()
+    training_loop.training_loop(**dict(config, run_dir=str(tmp_path / 'ft'), total_kimg=0.032, state_dump_ticks=2,
+                                       transfer=dict(net=source, source='test')))
+    state = torch.load(tmp_path / 'ft' / checkpoint.state_name(0), weights_only=True)
+    beta = 0.5 ** (16 / 500)
+    w0 = source.state_dict()
+    changed = 0
+    for name, w2 in state['net']['state_dict'].items():
+        if not w2.is_floating_point():
+            continue
+        torch.testing.assert_close(state['ema']['state_dict'][name], w2 + beta * (w0[name] - w2), rtol=1e-5, atol=1e-7)
+        changed += int(not torch.equal(w2, w0[name]))
+    assert changed > 0
+
+
+def count_blocks(net, part):
+    return sum(1 for name in getattr(net.model, part) if '_block' in name)
+
+
+@pytest.mark.parametrize('arch,default', [('ddpmpp', 4), ('adm', 3)])
+def test_nblock_sets_the_residual_blocks_per_resolution(bars_zip, tmp_path, arch, default):
+    data_shape = dict(img_resolution=16, img_channels=3, label_dim=2)
+    params = {}
+    for nblock in (None, 1, 2, 3, 4):
+        config = loop_config(tmp_path, bars_zip, f'--arch={arch}', '--augment=0', *([f'--nblock={nblock}'] if nblock else []))
+        assert config.network_kwargs.get('num_blocks') == nblock
+        net = dnnlib.construct_class_by_name(**config.network_kwargs, **data_shape)
+        # One resolution level (--cres=1): nblock encoder blocks, nblock + 1 decoder blocks.
+        expected = nblock or default
+        assert (count_blocks(net, 'enc'), count_blocks(net, 'dec')) == (expected, expected + 1)
+        params[nblock] = sum(p.numel() for p in net.parameters())
+        result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY, f'--arch={arch}', '--dry-run',
+                         *([f'--nblock={nblock}'] if nblock else [])])
+        assert f'Blocks per resolution:   {expected}' in result.output
+    # With one level every block has the same shape, so each extra block adds the same parameters.
+    assert params[None] == params[default] and 0 < params[2] - params[1] == params[3] - params[2]
+
+
+def test_nonfinite_losses_show_in_log_and_stats(bars_zip, tmp_path, monkeypatch):
+    # A loss with one NaN element at the second step and one +inf at the third (their gradients stay
+    # finite): those ticks' loss is nan / inf in log.txt and null in stats.jsonl, with the count.
+    from training import loss as losses
+    original = losses.EDMLoss.__call__
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        calls.append(None)
+        bad = torch.zeros_like(loss)
+        bad.view(-1)[0] = {2: float('nan'), 3: float('inf')}.get(len(calls), 0.0)
+        return loss + bad
+    monkeypatch.setattr(losses.EDMLoss, '__call__', poisoned)
+    config = loop_config(tmp_path, bars_zip, '--augment=0')
+    (tmp_path / 'run').mkdir()
+    training_loop.training_loop(**dict(config, run_dir=str(tmp_path / 'run'), total_kimg=0.064, state_dump_ticks=None))
+    lines = [line for line in (tmp_path / 'run' / 'log.txt').read_text().splitlines() if line.startswith('tick')]
+    assert len(lines) == 4
+    shown = [line.split('loss ')[1].split()[0] for line in lines]
+    assert shown[1] == 'nan' and shown[2] == 'inf' and all(math.isfinite(float(x)) for x in (shown[0], shown[3])), shown
+    assert ['nonfinite_loss 1' in line for line in lines] == [False, True, True, False]
+
+    def refuse(name):
+        raise AssertionError(f'{name} in stats.jsonl')
+    with open(tmp_path / 'run' / 'stats.jsonl') as f:
+        stats = [json.loads(line, parse_constant=refuse) for line in f]
+    loss = [s['Loss/loss'] for s in stats]
+    assert [x['nonfinite'] for x in loss] == [0, 1, 1, 0]
+    assert loss[1]['mean'] is None and loss[2]['mean'] is None and loss[1]['std'] is None
+    assert all(x['num'] == 16 * 3 * 16 * 16 for x in loss)
+    assert math.isfinite(loss[0]['mean']) and math.isfinite(loss[3]['mean'])

@@ -2,6 +2,7 @@
 sanitisation, seeds, and the resume architecture check."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -80,13 +81,33 @@ def test_step_seeds_are_distinct_per_rank_step_and_stream():
 def test_training_stats_collector():
     stats = training_stats.Collector()
     stats.report('a', torch.tensor([1.0, 2.0, 3.0]))
-    stats.report('a', torch.tensor([4.0, float('nan')]))
+    stats.report('a', torch.tensor([4.0]))
     stats.report('b', 7)
     out = stats.collect(['a', 'b', 'c'])
-    assert out['a']['num'] == 4 and math.isclose(out['a']['mean'], 2.5) and math.isclose(out['a']['std'], math.sqrt(1.25))
-    assert out['b'] == dict(num=1, mean=7.0, std=0.0)
-    assert out['c']['num'] == 0 and math.isnan(out['c']['mean'])
+    assert out['a'] == dict(num=4, mean=2.5, std=math.sqrt(1.25), nonfinite=0)
+    assert out['b'] == dict(num=1, mean=7.0, std=0.0, nonfinite=0)
+    assert out['c']['num'] == 0 and math.isnan(out['c']['mean']) and out['c']['nonfinite'] == 0
     assert stats.collect() == {}
+
+
+def test_training_stats_keep_nonfinite_values():
+    # As in EDM, a NaN or inf is not dropped: it makes the mean NaN or inf, and it is counted.
+    stats = training_stats.Collector()
+    stats.report('nan', torch.tensor([1.0, float('nan'), 3.0]))
+    stats.report('inf', torch.tensor([1.0, float('inf')]))
+    stats.report('inf', torch.tensor([2.0]))
+    out = stats.collect()
+    assert out['nan']['num'] == 3 and math.isnan(out['nan']['mean']) and math.isnan(out['nan']['std']) and out['nan']['nonfinite'] == 1
+    assert out['inf']['num'] == 3 and out['inf']['mean'] == float('inf') and math.isnan(out['inf']['std']) and out['inf']['nonfinite'] == 1
+
+
+def test_json_safe_writes_strict_json():
+    record = dict(loss=dict(num=3, mean=float('nan'), std=float('-inf'), nonfinite=1), kimg=1.5, seq=[float('inf'), 2])
+    text = json.dumps(training_stats.json_safe(record), allow_nan=False)
+
+    def refuse(name):
+        raise AssertionError(f'{name} in strict JSON')
+    assert json.loads(text, parse_constant=refuse) == dict(loss=dict(num=3, mean=None, std=None, nonfinite=1), kimg=1.5, seq=[None, 2])
 
 
 def test_state_architecture_check():

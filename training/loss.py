@@ -36,8 +36,11 @@ class _DenoisingLoss:
         returns (augmented images, augment labels), as training.augment.AugmentPipe does.
 
         reference_images [K, C, H, W] switches on the stable target field (Xu et al., 2023): the
-        target is then not y but E[y | y + n] over the reference batch {y} + reference_images,
-        computed exactly by pfgmpp.ideal_denoiser, which lowers the variance of the target."""
+        target is then not y but the exact posterior mean E[y | y + n] (pfgmpp.ideal_denoiser) over
+        the reference set {y} + A(reference_images), which lowers the variance of the target. As in
+        the published PFGM++ code, the set holds the batch's own augmented images y, and the other
+        references are augmented too, each with its own draw (one more augment_pipe call, drawn from
+        `generator` after the noise), so the references follow the same law as the batch."""
         if images.ndim != 4:
             raise ValueError(f'images must be [B, C, H, W], got shape {list(images.shape)}.')
         sigma = self.sample_sigma(images.shape[0], images.device, generator).reshape(-1, 1, 1, 1) * self.sigma_scale
@@ -47,7 +50,10 @@ class _DenoisingLoss:
         D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
         target = y
         if reference_images is not None:
-            reference = torch.cat([y, reference_images.to(y.dtype)])
+            others = reference_images.to(y.dtype)
+            if augment_pipe is not None:
+                others, _ = augment_pipe(others, generator=generator)
+            reference = torch.cat([y, others.to(y.dtype)]).detach()
             target = pfgmpp.ideal_denoiser((y + n).detach(), sigma, reference, D=self.D)
         return weight * ((D_yn - target) ** 2)
 

@@ -22,6 +22,8 @@ SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
 SCHEDULES = ('vp', 've', 'linear')
 SCALINGS = ('vp', 'none')
+VP_BETA_D = 19.9    # The VP training schedule (EDM, Table 1): the default range of the VP discretization.
+VP_BETA_MIN = 0.1
 
 #----------------------------------------------------------------------------
 # Noise levels.
@@ -158,9 +160,10 @@ def sigma_range(net, sampler: str = 'edm', sigma_min: Optional[float] = None, si
     else:
         if discretization not in DISCRETIZATIONS:
             raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
-        # Default VP range as EDM's generate.py sets it (beta_d = 19.1 there, not the 19.9 of training);
-        # sigma_min/sigma_max given explicitly override it.
-        vp_default = _vp_sigma(19.1, 0.1)
+        # Default VP range: the training schedule's (VPLoss / VPPrecond, beta_d = 19.9, beta_min = 0.1), as
+        # EDM's current generate.py has it (its first release had 19.1, a typo). Explicit sigma_min /
+        # sigma_max override it.
+        vp_default = _vp_sigma(VP_BETA_D, VP_BETA_MIN)
         if sigma_min is None:
             sigma_min = {'vp': float(vp_default(epsilon_s)), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
         if sigma_max is None:

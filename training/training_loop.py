@@ -173,7 +173,7 @@ def training_loop(
     state_dump_ticks: Optional[int] = 500,  # Training state every this many ticks, None = never.
     resume_state: Optional[str] = None,     # Training state to continue from.
     transfer: Optional[dict] = None,        # Network (from checkpoint.load_network) whose weights start the run.
-    stf_rbatch: Optional[int] = None,       # Stable target field: extra reference images per rank and round.
+    stf_rbatch: Optional[int] = None,       # Stable target field: reference images per rank and round beyond the batch.
     workers: int = 1,                       # DataLoader worker processes per rank.
     cudnn_benchmark: bool = True,           # torch.backends.cudnn.benchmark.
     precision: str = 'fp32',                # fp32 | tf32 | bf16 | fp16 (torch_utils/precision.py).
@@ -322,6 +322,8 @@ def training_loop(
             ]
             if grad_scaler is not None:
                 fields.append(f'loss_scale {grad_scaler.get_scale():<8g}')
+            if collected['Loss/loss']['nonfinite'] > 0:
+                fields.append(f'nonfinite_loss {collected["Loss/loss"]["nonfinite"]}')
             if collected['Loss/nonfinite_grads']['mean'] > 0:
                 fields.append(f'nonfinite_grads {int(collected["Loss/nonfinite_grads"]["mean"] * collected["Loss/nonfinite_grads"]["num"])}')
             log('  '.join(fields))
@@ -329,7 +331,7 @@ def training_loop(
                 record = dict(collected, timestamp=tick_end_time, tick=cur_tick, kimg=kimg,
                               sec_per_kimg=(tick_end_time - tick_start_time) / tick_kimg, cpumem_gb=cpu_mem, gpumem_gb=gpu_mem)
                 with open(stats_path, 'a') as f:
-                    f.write(json.dumps(record) + '\n')
+                    f.write(json.dumps(training_stats.json_safe(record), allow_nan=False) + '\n')
             if device.type == 'cuda':
                 torch.cuda.reset_peak_memory_stats(device)
 
