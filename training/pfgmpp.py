@@ -15,19 +15,22 @@ independent Gamma(N/2) and Gamma(D/2) draws, i.e. BetaPrime(N/2, D/2). The law i
 and D (no clipping of a Beta draw), costs one Gaussian per element plus one Gamma draw per sample, and
 tends to sigma * g, the diffusion kernel, as D -> infinity (D=None), using the same g.
 
-Training draws its noise from sample_noise() and sampling draws its starting point from
-sample_prior(); nothing else in the code base depends on D.
+Training draws its noise from sample_noise(), sampling draws its starting point from sample_prior()
+and the Restart sampler its forward jumps from restart_jump(); nothing else in the code base depends
+on D.
 """
 
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-__all__ = ['check_D', 'sample_noise', 'sample_prior', 'ideal_denoiser', 'sample_gamma_log']
+__all__ = ['check_D', 'sample_noise', 'sample_prior', 'ideal_denoiser', 'sample_gamma_log', 'restart_jump']
 
 SigmaLike = Union[float, int, torch.Tensor]
+RandnLike = Callable[[torch.Tensor], torch.Tensor]
+GammaLogLike = Callable[[torch.Tensor, float], torch.Tensor]
 
 #----------------------------------------------------------------------------
 # Argument checks shared by everything that takes D or sigma.
@@ -196,3 +199,69 @@ def ideal_denoiser(x: torch.Tensor, sigma: SigmaLike, data: torch.Tensor, D: Opt
         logits = -(N + D) / 2 * torch.log(dist2 + sigma[:, None] ** 2 * D)
     w = torch.softmax(logits + log_p[None, :], dim=1)
     return (w @ yf).reshape(x.shape).to(x.dtype)
+
+#----------------------------------------------------------------------------
+# The forward jump of the Restart sampler (Xu et al., 2023), from noise level t_min up to t_max.
+
+def restart_jump(x: torch.Tensor, t_min: SigmaLike, t_max: SigmaLike, D: Optional[float] = None,
+                 randn_like: RandnLike = torch.randn_like, gamma_log_like: Optional[GammaLogLike] = None) -> torch.Tensor:
+    """Move each sample x [B, ...] from noise level t_min to t_max > t_min, as the published Restart
+    code does; returns x's dtype and shape.
+
+    D=None (diffusion):  x + sqrt(t_max^2 - t_min^2) * g,  g ~ N(0, I_N); the exact transition of the
+        forward process, so a state with the marginal at t_min gets the marginal at t_max.
+    D finite (PFGM++):   in the N+D-dimensional picture the sample sits at augmented radius
+        r0 = t_min sqrt(D) (augmented part z, |z| = r0, uniformly random direction); it moves along a
+        uniformly random direction of R^(N+D) until the augmented radius is r1 = t_max sqrt(D). With
+        that direction written as (g, h) / |h|, g ~ N(0, I_N), h ~ N(0, I_D), and h decomposed along z,
+        only three things matter per sample: g, h1 = <h, z/|z|> ~ N(0, 1) and q = |h|^2 - h1^2 ~
+        chi^2(D - 1) = 2 Gamma((D - 1)/2), independent. With G = |h|^2 = h1^2 + q the move is x + s g,
+        where s > 0 solves |z + s h|^2 = r1^2, i.e. G s^2 + 2 r0 h1 s - (r1^2 - r0^2) = 0:
+            s = (sqrt(r0^2 h1^2 + G (r1^2 - r0^2)) - r0 h1) / G.
+        This is the published construction in law for every D >= 1, without drawing D-dimensional
+        vectors, and it is defined for non-integer D too. (The published code takes the other root,
+        always, since its torch.randint(1) is always 0; flipping the sign of (g, h) maps one root's move
+        onto the other's, so the law is the same.) The result is close to, but not exactly, the kernel
+        at t_max: for one data point the KS distance of |x - y| from the exact law is measured in
+        tests/test_restart.py. As D -> infinity, G / D -> 1 and s -> sqrt(t_max^2 - t_min^2): the
+        diffusion jump.
+
+    Randomness is per sample, so a sample depends only on its own stream: randn_like(t) draws standard
+    normals shaped like t, row i from sample i's generator (generate.StackedRandomGenerator.randn_like);
+    gamma_log_like(t, alpha) returns float64 [B], row i the log of a Gamma(alpha, 1) draw from sample
+    i's generator (None: sample_gamma_log from the global generator). Per sample the draws come in this
+    order: g (randn_like(x)), then for finite D: h1 (randn_like of a [B, 1] tensor) and log(q/2)
+    (gamma_log_like, only when D > 1).
+    """
+    D = check_D(D)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        raise ValueError('x must be a tensor [B, ...] with at least one data dimension.')
+    batch = x.shape[0]
+    t_min = _sigma_per_sample(t_min, batch, x.device)
+    t_max = _sigma_per_sample(t_max, batch, x.device)
+    if bool((t_max <= t_min).any()):
+        raise ValueError('restart_jump needs t_max > t_min; a jump goes up in noise level.')
+    if D is not None and D < 1:
+        raise ValueError(f'The Restart jump of PFGM++ needs D >= 1 (a direction in D dimensions), got D={D:g}.')
+    view = [batch] + [1] * (x.ndim - 1)
+
+    g = randn_like(x).to(torch.float64)
+    if D is None:
+        scale = (t_max ** 2 - t_min ** 2).sqrt()
+    else:
+        h1 = randn_like(x.new_empty([batch, 1])).to(torch.float64).reshape(batch)
+        if D > 1:
+            if gamma_log_like is None:
+                log_gamma = sample_gamma_log((D - 1) / 2, batch, device=x.device)
+            else:
+                log_gamma = torch.as_tensor(gamma_log_like(x, (D - 1) / 2), dtype=torch.float64, device=x.device).reshape(batch)
+            q = 2 * log_gamma.exp()
+        else:
+            q = torch.zeros_like(h1)
+        G = h1 ** 2 + q
+        r0, dr2 = t_min * math.sqrt(D), (t_max ** 2 - t_min ** 2) * D
+        root = (r0 ** 2 * h1 ** 2 + G * dr2).sqrt()
+        # The same root in two forms, each a sum of non-negative terms for its sign of h1, so that
+        # neither loses digits to cancellation.
+        scale = torch.where(h1 > 0, dr2 / (root + r0 * h1), (root - r0 * h1) / G)
+    return (x.to(torch.float64) + scale.reshape(view) * g).to(x.dtype)

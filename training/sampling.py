@@ -10,13 +10,18 @@ the noise level the prior must be drawn at for given sampler settings.
 sigma_min and sigma_max (EDM's preconditioners, or an exact denoiser in tests).
 """
 
+import json
 import math
-from typing import Callable, Optional
+import re
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range']
+from training import pfgmpp
+
+__all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range',
+           'RestartInterval', 'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -258,6 +263,213 @@ def ablation_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Te
         else:
             d_prime = ode_derivative(x_prime, t_prime)
             x_next = x_hat + h * ((1 - 1 / (2 * alpha_heun)) * d_cur + 1 / (2 * alpha_heun) * d_prime)
+    if callback is not None:
+        callback(num_steps, t_steps[-1], x_next)
+    return x_next
+
+#----------------------------------------------------------------------------
+# Restart sampling (Xu et al., "Restart Sampling for Improving Generative Processes", NeurIPS 2023):
+# the configuration, its cost, and the sampler.
+
+class RestartInterval(NamedTuple):
+    """One restart interval in the published format [N_Restart, K, t_min, t_max]: after the main ODE
+    reaches (the main noise level nearest to) t_min, K times: jump forward to t_max, then solve back
+    to t_min with Heun on EDM's rho-schedule of `steps` noise levels from t_max to t_min (steps - 1
+    Heun steps, 2 (steps - 1) network evaluations)."""
+    steps: int
+    K: int
+    t_min: float
+    t_max: float
+
+
+# The published configurations (github.com/Newbeeer/diffusion_restart_sampling): restart is the
+# --restart_info string, num_steps the main --steps; the published runs also set S_min=0.01, S_max=1
+# and S_noise (1 for CIFAR-10, 1.003 for ImageNet) and kept generate_restart.py's default
+# --restart_gamma=0.05, a small EDM churn inside the restart intervals for t in [S_min, S_max].
+RESTART_PRESETS = {
+    # benchmarks/params_cifar10_pfgmpp.txt: PFGM++ D=2048, unconditional CIFAR-10; 43 NFE.
+    'cifar10-pfgmpp-d2048': dict(num_steps=18, restart='{"0": [3, 2, 0.14, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    # benchmarks/params_cifar10_vp.txt: VP, unconditional CIFAR-10 (Table 3); 43, 55, 75, 115, 519 NFE.
+    'cifar10-vp-k2': dict(num_steps=18, restart='{"0": [3, 2, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    'cifar10-vp-k5': dict(num_steps=18, restart='{"0": [3, 5, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    'cifar10-vp-k10': dict(num_steps=18, restart='{"0": [3, 10, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    'cifar10-vp-k20': dict(num_steps=18, restart='{"0": [3, 20, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    'cifar10-vp-k30': dict(num_steps=20, restart='{"0": [9, 30, 0.06, 0.20]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
+    # README: EDM, class-conditional ImageNet-64, NFE 203, FID 1.41.
+    'imagenet64-edm-nfe203': dict(num_steps=36, restart='{"0": [4, 1, 19.35, 40.79], "1": [4, 1, 1.09, 1.92], '
+                                  '"2": [4, 5, 0.59, 1.09], "3": [4, 5, 0.30, 0.59], "4": [6, 6, 0.06, 0.30]}',
+                                  S_min=0.01, S_max=1, S_noise=1.003, restart_gamma=0.05),
+}
+
+RestartLike = Union[str, Sequence[Sequence[float]], dict, None]
+_NUMBER = r'[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?'
+
+
+def _count(value, at_least: int) -> Optional[int]:
+    """value as an int if it is a whole number >= at_least (3 or 3.0), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if value == int(value) and value >= at_least else None
+
+
+def _check_interval(values, where: str) -> RestartInterval:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 4:
+        raise ValueError(f'{where} must be four numbers [N_Restart, K, t_min, t_max], got {values!r}.')
+    steps, K, t_min, t_max = values
+    if _count(steps, 2) is None:
+        raise ValueError(f'{where}: N_Restart (noise levels of a restart pass, ends included) must be an integer >= 2, got {steps!r}.')
+    if _count(K, 1) is None:
+        raise ValueError(f'{where}: K (restarts) must be an integer >= 1, got {K!r}.')
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in (t_min, t_max)) or not 0 < t_min < t_max:
+        raise ValueError(f'{where}: need 0 < t_min < t_max (finite noise levels), got t_min={t_min!r} and t_max={t_max!r}.')
+    return RestartInterval(_count(steps, 2), _count(K, 1), float(t_min), float(t_max))
+
+
+def parse_restart(restart: RestartLike) -> tuple[RestartInterval, ...]:
+    """Restart intervals from any of these forms (None or '' = none):
+
+        a preset name              'cifar10-pfgmpp-d2048' (RESTART_PRESETS; its intervals only)
+        the published JSON         '{"0": [3, 2, 0.14, 0.30], "1": [4, 1, 1.09, 1.92]}'  (keys are labels)
+        a JSON list                '[[3, 2, 0.14, 0.30], [4, 1, 1.09, 1.92]]'
+        the compact form           '3:2:0.14:0.30;4:1:1.09:1.92'  (N_Restart:K:t_min:t_max per interval)
+        Python objects             a dict as JSON gives it, or a sequence of 4-sequences/RestartInterval
+
+    Returns the intervals sorted by t_max, highest first. Format errors are ValueErrors; whether the
+    intervals fit a sampler's noise range is checked by restart_plan()."""
+    if restart is None:
+        return ()
+    if isinstance(restart, str):
+        text = restart.strip()
+        if text in RESTART_PRESETS:
+            return parse_restart(RESTART_PRESETS[text]['restart'])
+        if text == '':
+            return ()
+        if text[0] in '{[':
+            try:
+                restart = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f'{restart!r} is not valid JSON; write it like \'{{"0": [3, 2, 0.14, 0.30]}}\'.') from None
+        else:
+            parts = [part for part in text.replace(' ', '').split(';') if part]
+            if not parts or not all(re.fullmatch(':'.join([_NUMBER] * 4), part) for part in parts):
+                raise ValueError(f'{restart!r} is neither a preset ({", ".join(RESTART_PRESETS)}), JSON, '
+                                 f'nor the compact form N_Restart:K:t_min:t_max[;...] like 3:2:0.14:0.30.')
+            restart = [[float(v) for v in part.split(':')] for part in parts]
+    if isinstance(restart, dict):
+        items = [(f'Restart interval {key!r}', value) for key, value in restart.items()]
+    elif isinstance(restart, Sequence) and not isinstance(restart, (str, bytes)):
+        items = [(f'Restart interval {i}', value) for i, value in enumerate(restart)]
+    else:
+        raise ValueError(f'Restart intervals must be a string, a dict or a list, got {type(restart).__name__}.')
+    intervals = [_check_interval(value, where) for where, value in items]
+    return tuple(sorted(intervals, key=lambda interval: -interval.t_max))
+
+
+def restart_nfe(num_steps: int, restart: RestartLike) -> int:
+    """Network evaluations per sample: 2 num_steps - 1 for the main Heun ODE (no correction on the last
+    step to t = 0) plus 2 K (N_Restart - 1) for each interval (Heun throughout: a restart pass ends at
+    t_min > 0), as the published hyperparam.py counts them."""
+    if num_steps < 1:
+        raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+    return 2 * num_steps - 1 + sum(2 * interval.K * (interval.steps - 1) for interval in parse_restart(restart))
+
+
+def restart_plan(net, num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+                 restart: RestartLike = None, device: Optional[torch.device] = None) -> tuple[torch.Tensor, dict]:
+    """The main noise levels t_0 > ... > t_{N-1} > t_N = 0 (float64 [N + 1], as edm_sampler) and
+    {i: (interval, levels)}: after main step i - 1 has reached t_i, `interval.K` restarts on `levels`
+    (float64 [N_Restart], t_max down to t_i). As the published code does, t_min is replaced by the
+    nearest main noise level t_i. ValueError if an interval leaves the sampler's (sigma_min,
+    sigma_max] (after clamping to the network's range), if t_min is nearest to t_0 (no main step
+    ends there) or if two intervals share a t_i."""
+    sigma_min, sigma_max = _clamp_to_net(net, sigma_min, sigma_max)
+    t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, device=device)
+    t_steps = torch.cat([net.round_sigma(t_steps).to(torch.float64), torch.zeros_like(t_steps[:1])])  # t_N = 0
+    plan = {}
+    for interval in parse_restart(restart):
+        if not sigma_min < interval.t_min or interval.t_max > sigma_max:
+            raise ValueError(f'The restart interval [t_min, t_max] = [{interval.t_min:g}, {interval.t_max:g}] must lie in the '
+                             f'sampler\'s noise range ({sigma_min:g}, {sigma_max:g}]; narrow it or widen --sigma_min/--sigma_max.')
+        i = int(torch.argmin((t_steps - interval.t_min).abs()))
+        if i == 0 or not t_steps[i] < interval.t_max:
+            raise ValueError(f'The restart interval\'s t_min={interval.t_min:g} is nearest to the main noise level '
+                             f'{float(t_steps[i]):g}, which is not below its t_max={interval.t_max:g}; lower t_min or use more --steps.')
+        if i in plan:
+            raise ValueError(f'Two restart intervals (t_min={plan[i][0].t_min:g} and {interval.t_min:g}) start at the same main '
+                             f'noise level {float(t_steps[i]):g}; merge them or use more --steps.')
+        levels = net.round_sigma(edm_sigma_steps(interval.steps, float(t_steps[i]), interval.t_max, rho, device=device)).to(torch.float64)
+        levels[-1] = t_steps[i]  # Exactly the main level, which the rho-power round trip may miss by an ulp.
+        plan[i] = (interval, levels)
+    return t_steps, plan
+
+
+def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+                    randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+                    sigma_max: float = 80, rho: float = 7, restart: RestartLike = None, D: Optional[float] = None,
+                    gamma_log_like: Optional[Callable] = None, S_churn: float = 0, S_min: float = 0,
+                    S_max: float = float('inf'), S_noise: float = 1, restart_gamma: float = 0,
+                    callback: Optional[Callable] = None) -> torch.Tensor:
+    """Restart sampling (Xu et al., 2023, Algorithm 1): EDM's Heun sampler (Algorithm 2, edm_sampler,
+    with the same settings it is edm_sampler to the bit) on the main schedule, and at each restart
+    interval's t_min (snapped to the nearest main level, restart_plan), K times: jump forward to t_max
+    with pfgmpp.restart_jump (the D-dependent part) and solve the ODE back to t_min with Heun on the
+    interval's own rho-schedule.
+
+    latents: [B, C, H, W] at t_0 = first_sigma(net, 'edm', ...), from the prior for D. D: the PFGM++
+    augmentation dimension the prior was drawn for (None: diffusion); it must agree with net.D where
+    the network records one. Randomness per sample: randn_like(x) as in edm_sampler, and for finite
+    D > 1 gamma_log_like(x, alpha) -> float64 [B], log Gamma(alpha, 1) from each sample's own generator
+    (see pfgmpp.restart_jump; None: the global generator). S_noise scales the jump (as published) and
+    the churn noise; restart_gamma > 0 adds EDM's churn t_hat = (1 + restart_gamma) t inside restart
+    passes where S_min <= t <= S_max (the published code's --restart_gamma, 0.05 in its runs; 0 is
+    the paper's pure ODE, and draws no noise). callback(i, t_cur, x_cur) sees the main states only.
+    Network evaluations: restart_nfe(num_steps, restart). Returns float64 x_N.
+    """
+    net_D = getattr(net, 'D', None)
+    D = pfgmpp.check_D(D)
+    if net_D is not None and (D is None or not math.isclose(D, net_D, rel_tol=1e-9)):
+        raise ValueError(f'The network was trained for D={net_D:g}, but the Restart jumps were asked for '
+                         f'{"diffusion (D=None)" if D is None else f"D={D:g}"}; pass D={net_D:g}.')
+    if not (math.isfinite(restart_gamma) and restart_gamma >= 0):
+        raise ValueError(f'restart_gamma must be a finite number >= 0, got {restart_gamma}.')
+    t_steps, plan = restart_plan(net, num_steps, sigma_min, sigma_max, rho, restart, device=latents.device)
+
+    x_next = latents.to(torch.float64)
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):  # 0, ..., N-1
+        x_cur = x_next
+        if callback is not None:
+            callback(i, t_cur, x_cur)
+
+        # Main ODE: EDM's Algorithm 2, step for step as edm_sampler.
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
+        t_hat = net.round_sigma(t_cur + gamma * t_cur)
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
+        d_cur = (x_hat - denoised) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:
+            denoised = net(x_next, t_next, class_labels).to(torch.float64)
+            d_prime = (x_next - denoised) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+
+        # Restart: K times forward to t_max, back to t_min = t_{i+1} (Xu et al., Algorithm 1).
+        if i + 1 in plan:
+            interval, levels = plan[i + 1]
+            for _ in range(interval.K):
+                x_jump = pfgmpp.restart_jump(x_next, levels[-1], levels[0], D, randn_like, gamma_log_like)
+                x_next = x_jump if S_noise == 1 else x_next + S_noise * (x_jump - x_next)
+                for s_cur, s_next in zip(levels[:-1], levels[1:]):
+                    x_cur = x_next
+                    x_hat, s_hat = x_cur, s_cur
+                    if restart_gamma > 0 and S_min <= s_cur <= S_max:
+                        s_hat = net.round_sigma(s_cur + restart_gamma * s_cur)
+                        x_hat = x_cur + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+                    denoised = net(x_hat, s_hat, class_labels).to(torch.float64)
+                    d_cur = (x_hat - denoised) / s_hat
+                    x_next = x_hat + (s_next - s_hat) * d_cur
+                    denoised = net(x_next, s_next, class_labels).to(torch.float64)
+                    d_prime = (x_next - denoised) / s_next
+                    x_next = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
     if callback is not None:
         callback(num_steps, t_steps[-1], x_next)
     return x_next
