@@ -1,0 +1,110 @@
+"""Command-line helpers shared by every script: list options, the device option, and the rule that an
+error a user can cause ends the command with one line (exit status 1) instead of a traceback.
+
+Each script is a plain function with named parameters that raises ordinary exceptions (ValueError,
+OSError, ...) and a click `cmdline()` that only parses the options and calls it inside
+`one_line_errors()`, as EDM2's scripts are built.
+"""
+
+import contextlib
+import math
+import re
+from typing import Callable, Iterator, Optional, Sequence
+
+import click
+
+import dnnlib
+from torch_utils import misc
+
+__all__ = ['parse_int_list', 'parse_float_list', 'click_list', 'first_line', 'USER_ERRORS', 'one_line_errors',
+           'device_option', 'debug_option']
+
+#----------------------------------------------------------------------------
+# Lists on the command line.
+
+def parse_int_list(s: str | Sequence[int], unique: bool = False) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]: comma-separated non-negative integers and inclusive ranges a-b, in
+    the order given. unique=True drops repeats, keeping the first (seeds: each image once)."""
+    if isinstance(s, (list, tuple)):
+        values = [int(v) for v in s]
+    else:
+        values = []
+        for part in str(s).replace(' ', '').split(','):
+            match = re.fullmatch(r'(\d+)(?:-(\d+))?', part)
+            if match is None:
+                raise ValueError(f'{s!r} is not a list like 0-49999 or 1,5,10-19 (non-negative integers).')
+            lo, hi = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
+            if hi < lo:
+                raise ValueError(f'The range {part} in {s!r} is empty; write it as low-high.')
+            values.extend(range(lo, hi + 1))
+    if any(v < 0 for v in values):
+        raise ValueError(f'{s!r} holds negative numbers; expected integers >= 0.')
+    return list(dict.fromkeys(values)) if unique else values
+
+
+def parse_float_list(s: str | Sequence[float], unique: bool = True) -> list[float]:
+    """'0,0.05,0.1' -> [0.0, 0.05, 0.1]: at least one finite number; unique=True drops repeats."""
+    if isinstance(s, (list, tuple)):
+        values = [float(v) for v in s]
+    else:
+        try:
+            values = [float(part) for part in str(s).replace(' ', '').split(',')]
+        except ValueError:
+            raise ValueError(f'{s!r} is not a comma-separated list of numbers like 0,0.05,0.1.') from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f'{s!r} must hold at least one finite number.')
+    return list(dict.fromkeys(values)) if unique else values
+
+
+def click_list(parse: Callable, **kwargs) -> Callable:
+    """A click callback that parses a list option with `parse(value, **kwargs)` and reports a bad value
+    as a usage error naming the option."""
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None:
+            return None
+        try:
+            return parse(value, **kwargs)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return callback
+
+#----------------------------------------------------------------------------
+# Errors: one line for what the user got wrong.
+
+# CheckpointError, the pickle errors and DownloadError are ValueErrors or OSErrors.
+USER_ERRORS = (ValueError, OSError, dnnlib.DownloadError)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (its class name if there is none)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool = False) -> Iterator[None]:
+    """Turn USER_ERRORS raised inside into click.ClickException (one line on stderr, exit status 1);
+    with debug=True let them through with their traceback. click's own errors pass unchanged."""
+    try:
+        yield
+    except (click.ClickException, click.Abort):
+        raise
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        raise click.ClickException(first_line(err)) from None
+
+#----------------------------------------------------------------------------
+# Options every script has.
+
+def device_option(help: str = 'Where to run', name: str = 'device') -> Callable:
+    """--device auto|cuda|cpu (default auto: CUDA when present)."""
+    return click.option('--device', name, help=help, type=click.Choice(list(misc.DEVICE_CHOICES)), default='auto', show_default=True)
+
+
+def debug_option(fn: Optional[Callable] = None):
+    """--debug: show the full traceback of errors."""
+    option = click.option('--debug', help='Show the full traceback of errors', is_flag=True)
+    return option(fn) if fn is not None else option
+
+#----------------------------------------------------------------------------
