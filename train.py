@@ -2,43 +2,34 @@
 
     torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs --name exp_name \\
         --data=datasets/cifar10-32x32.zip --cond=0 --arch=ddpmpp --pfgmpp=1 --batch 512 --aug_dim 2048
+
+From Python, train(**options) takes the same options by name (outdir=..., data=..., pfgmpp=True,
+aug_dim=2048, ...) and returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}.
+
+Exit status: 0 when the run reached --duration (or a dry run), EXIT_STOPPED (75) when SIGTERM or
+SIGINT stopped it after writing a training state (run the same command with --resume=auto to
+continue: a job script can requeue on 75), 1 for an error.
 """
 
+import dataclasses
 import inspect
 import json
 import os
 import re
-import traceback
+import sys
 from typing import Optional
 
 import click
 import torch
 
 import dnnlib
-from torch_utils import distributed
+from torch_utils import cli, distributed
 from torch_utils.precision import PRECISIONS
 from training import checkpoint, networks, pfgmpp
 from training.dataset import ImageFolderDataset
-from training.training_loop import check_state_matches, training_loop
+from training.training_loop import training_loop
 
-#----------------------------------------------------------------------------
-# Option parsing helpers.
-
-def parse_int_list(s: str) -> list[int]:
-    """'1,2,2' or '1-3' -> a list of ints."""
-    if isinstance(s, list):
-        return s
-    result = []
-    for part in s.split(','):
-        match = re.fullmatch(r'\s*(\d+)\s*-\s*(\d+)\s*', part)
-        if match:
-            result.extend(range(int(match.group(1)), int(match.group(2)) + 1))
-        else:
-            try:
-                result.append(int(part))
-            except ValueError:
-                raise click.BadParameter(f'{s!r} is not a comma-separated list of integers.') from None
-    return result
+EXIT_STOPPED = 75  # EX_TEMPFAIL of sysexits.h: stopped early, try again (--resume=auto).
 
 #----------------------------------------------------------------------------
 # Configuration: EDM's train.py recipes as plain dicts.
@@ -57,19 +48,76 @@ PRECONDITIONERS = {
 }
 
 
-def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
-    """The training_loop() arguments for the command-line options; raises click.ClickException for
-    inconsistent options."""
-    c = dnnlib.EasyDict()
-    D = None
-    if opts.pfgmpp:
-        try:
-            D = pfgmpp.check_D(opts.aug_dim)
-        except ValueError:
-            raise click.ClickException(f'--aug_dim must be a positive number (the PFGM++ D), got {opts.aug_dim}.') from None
-    if opts.sigma_scale <= 0:
-        raise click.ClickException(f'--sigma-scale must be > 0, got {opts.sigma_scale}.')
 
+@dataclasses.dataclass
+class TrainOptions:
+    """train.py's options by their Python names, with the command line's defaults."""
+    outdir: str
+    data: str
+    cond: bool = False
+    arch: str = 'ddpmpp'
+    precond: str = 'edm'
+    pfgmpp: bool = False
+    aug_dim: float = 128
+    name: Optional[str] = None
+    stf: bool = False
+    rbatch: int = 4096
+    sigma_scale: float = 1.0
+    duration: float = 200
+    batch: int = 512
+    batch_gpu: Optional[int] = None
+    cbase: Optional[int] = None
+    cres: Optional[list] = None
+    nblock: Optional[int] = None
+    lr: float = 10e-4
+    lr_rampup: float = 10000
+    ema: float = 0.5
+    ema_rampup: float = 0.05
+    dropout: float = 0.13
+    augment: float = 0.12
+    xflip: bool = False
+    precision: Optional[str] = None
+    fp16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    ls: float = 1
+    bench: bool = True
+    cache: bool = True
+    workers: int = 1
+    device: str = 'auto'
+    desc: Optional[str] = None
+    nosubdir: bool = False
+    tick: float = 50
+    snap: int = 50
+    dump: int = 500
+    seed: int = 0
+    transfer: Optional[str] = None
+    resume: Optional[str] = None
+    allow_pickle: bool = False
+    dry_run: bool = False
+
+    @property
+    def D(self) -> Optional[float]:
+        """The PFGM++ D of --pfgmpp/--aug_dim (None: diffusion), validated; the one place they merge."""
+        if not self.pfgmpp:
+            return None
+        try:
+            return pfgmpp.check_D(self.aug_dim)
+        except ValueError:
+            raise ValueError(f'--aug_dim must be a positive number (the PFGM++ D), got {self.aug_dim}.') from None
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
+
+#----------------------------------------------------------------------------
+# Configuration: the training_loop() arguments.
+
+def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDict:
+    """The training_loop() arguments for the options (D only in network_kwargs: the loss takes it from
+    the network); ValueError for inconsistent options."""
+    c = dnnlib.EasyDict()
+    if opts.sigma_scale <= 0:
+        raise ValueError(f'--sigma-scale must be > 0, got {opts.sigma_scale}.')
     c.dataset_kwargs = dict(path=opts.data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
     network_class, loss_class = PRECONDITIONERS[opts.precond]
     c.network_kwargs = dict(class_name=network_class, **ARCHITECTURES[opts.arch])
@@ -79,8 +127,8 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
         c.network_kwargs['channel_mult'] = opts.cres
     if opts.nblock is not None:
         c.network_kwargs['num_blocks'] = opts.nblock
-    c.network_kwargs.update(dropout=opts.dropout, D=D)
-    c.loss_kwargs = dict(class_name=loss_class, D=D)
+    c.network_kwargs.update(dropout=opts.dropout, D=opts.D)
+    c.loss_kwargs = dict(class_name=loss_class)
     if opts.sigma_scale != 1:
         c.loss_kwargs['sigma_scale'] = opts.sigma_scale
     c.optimizer_kwargs = dict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
@@ -89,19 +137,7 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
         c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', p=opts.augment, xflip=1e8, yflip=1,
                                 scale=1, rotate_frac=1, aniso=1, translate_frac=1)
         c.network_kwargs['augment_dim'] = 9
-
-    if opts.batch % world_size != 0:
-        raise click.ClickException(f'--batch={opts.batch} is not divisible by the {world_size} ranks.')
-    batch_gpu = opts.batch_gpu or opts.batch // world_size
-    if opts.batch % (batch_gpu * world_size) != 0:
-        raise click.ClickException(f'--batch={opts.batch} must be a multiple of --batch-gpu x ranks = {batch_gpu} x {world_size}.')
-    if opts.stf:
-        # The reference set carries no labels, so its posterior mean is the unconditional one.
-        if opts.cond:
-            raise click.ClickException('--stf is for unconditional training; use --cond=0.')
-        if opts.rbatch <= batch_gpu:
-            raise click.ClickException(f'--rbatch={opts.rbatch} must exceed the per-rank batch {batch_gpu}; it counts the batch itself.')
-
+    batch_gpu = check_batch(opts, world_size)
     c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(opts.duration * 1000), 1),
              ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=ema_rampup_ratio(opts), lr_rampup_kimg=opts.lr_rampup,
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,
@@ -111,7 +147,23 @@ def make_config(opts: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
     return c
 
 
-def ema_rampup_ratio(opts) -> Optional[float]:
+def check_batch(opts: TrainOptions, world_size: int) -> int:
+    """The batch per rank and round, after checking --batch, --batch-gpu and --rbatch agree with the ranks."""
+    if opts.batch % world_size != 0:
+        raise ValueError(f'--batch={opts.batch} is not divisible by the {world_size} ranks.')
+    batch_gpu = opts.batch_gpu or opts.batch // world_size
+    if opts.batch % (batch_gpu * world_size) != 0:
+        raise ValueError(f'--batch={opts.batch} must be a multiple of --batch-gpu x ranks = {batch_gpu} x {world_size}.')
+    if opts.stf:
+        # The reference set carries no labels, so its posterior mean is the unconditional one.
+        if opts.cond:
+            raise ValueError('--stf is for unconditional training; use --cond=0.')
+        if opts.rbatch <= batch_gpu:
+            raise ValueError(f'--rbatch={opts.rbatch} must exceed the per-rank batch {batch_gpu}; it counts the batch itself.')
+    return batch_gpu
+
+
+def ema_rampup_ratio(opts: TrainOptions) -> Optional[float]:
     """--ema-rampup, or None (no ramp-up) for 0 and for --transfer: fine-tuning starts from trained
     weights, so the EMA keeps the plain half-life from the first step (as EDM's train.py does). A run
     resumed with the same --transfer keeps it off too, so the resume stays exact."""
@@ -120,7 +172,7 @@ def ema_rampup_ratio(opts) -> Optional[float]:
     return opts.ema_rampup or None
 
 
-def num_blocks(opts) -> int:
+def num_blocks(opts: TrainOptions) -> int:
     """Residual blocks per resolution: --nblock, or the architecture's default (SongUNet 4, DhariwalUNet 3)."""
     if opts.nblock is not None:
         return opts.nblock
@@ -128,25 +180,27 @@ def num_blocks(opts) -> int:
     return inspect.signature(model_class).parameters['num_blocks'].default
 
 
-def resolve_precision(opts) -> str:
+def resolve_precision(opts: TrainOptions) -> str:
     """--precision, or fp16 for EDM's --fp16=1 (its alias), or fp32; the two may not disagree."""
     if opts.fp16 and opts.precision not in (None, 'fp16'):
-        raise click.ClickException(f'--fp16=1 means --precision=fp16, but --precision={opts.precision} was given; drop one.')
+        raise ValueError(f'--fp16=1 means --precision=fp16, but --precision={opts.precision} was given; drop one.')
     return opts.precision or ('fp16' if opts.fp16 else 'fp32')
 
+#----------------------------------------------------------------------------
+# The run directory: where it is, what to resume, what to transfer.
 
-def run_description(opts, dataset_name: str, world_size: int) -> str:
+def run_description(opts: TrainOptions, dataset_name: str, world_size: int) -> str:
     cond = 'cond' if opts.cond else 'uncond'
-    kind = f'pfgmpp{opts.aug_dim:g}' if opts.pfgmpp else opts.precond
+    kind = f'pfgmpp{opts.D:g}' if opts.D is not None else opts.precond
     desc = f'{dataset_name:s}-{cond:s}-{opts.arch:s}-{kind}-gpus{world_size:d}-batch{opts.batch:d}'
     return desc + (f'-{opts.desc}' if opts.desc else '')
 
 
-def choose_run_dir(opts, desc: str) -> str:
+def choose_run_dir(opts: TrainOptions, desc: str) -> str:
     """--nosubdir: --outdir itself; --name: OUTDIR/NAME (fixed, so --resume=auto can find it again);
     otherwise EDM's OUTDIR/<next id>-<description>."""
     if os.path.exists(opts.outdir) and not os.path.isdir(opts.outdir):
-        raise click.ClickException(f'--outdir={opts.outdir} is a file; choose a directory.')
+        raise ValueError(f'--outdir={opts.outdir} is a file; choose a directory.')
     if opts.nosubdir:
         return opts.outdir
     if opts.name:
@@ -156,20 +210,103 @@ def choose_run_dir(opts, desc: str) -> str:
     return os.path.join(opts.outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 
-def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
-    """The training state with the largest kimg in run_dir that loads; unreadable ones are reported
-    and skipped."""
-    if not os.path.isdir(run_dir):
-        return None
-    names = [x for x in os.listdir(run_dir) if x.startswith('training-state-') and checkpoint.kimg_from_name(x) is not None]
-    for name in sorted(names, key=checkpoint.kimg_from_name, reverse=True):
-        path = os.path.join(run_dir, name)
+def resolve_resume(opts: TrainOptions, run_dir: str, meta_net: torch.nn.Module) -> Optional[str]:
+    """The training state to continue from (--resume=auto: the newest valid one in run_dir, if any),
+    checked to hold this architecture; refuses to start a new run over an existing named one."""
+    resume = opts.resume
+    if resume == 'auto':
+        if not (opts.name or opts.nosubdir):
+            raise ValueError('--resume=auto needs a fixed run directory: pass --name (or --nosubdir).')
+        resume = checkpoint.newest_valid_state(run_dir, log=distributed.print0)
+        distributed.print0(f'--resume=auto: {"continuing from " + resume if resume else "no training state found, starting a new run"}')
+    if resume is not None:
         try:
-            checkpoint.load_plain(path, expected_format=checkpoint.STATE_FORMAT)
-            return path
+            checkpoint.load_training_state(resume, meta_net)
         except checkpoint.CheckpointError as err:
-            log(f'Skipping {path}: {err}')
-    return None
+            raise checkpoint.CheckpointError(f'--resume: {err}') from None
+    elif opts.name and checkpoint.find_checkpoints(run_dir, 'network'):
+        raise ValueError(f'{run_dir} already holds a run; pass --resume=auto to continue it, or choose another --name.')
+    return resume
+
+
+def load_transfer(opts: TrainOptions, meta_net: torch.nn.Module) -> dict:
+    """--transfer: the network whose weights start the run, checked to fit this architecture."""
+    try:
+        net, _info = checkpoint.load_network(opts.transfer, allow_pickle=opts.allow_pickle)
+        checkpoint.check_transfer_fits(net, meta_net, opts.transfer)
+    except (ValueError, OSError) as err:
+        raise ValueError(f'--transfer: {cli.first_line(err)}') from None
+    return dict(net=net, source=opts.transfer)
+
+#----------------------------------------------------------------------------
+
+def print_summary(opts: TrainOptions, c: dnnlib.EasyDict, options: dict, run_dir: str, world_size: int, device: torch.device) -> None:
+    """The options and the choices made from them, as EDM's train.py prints them."""
+    print()
+    print('Training options:')
+    print(json.dumps(options, indent=2))
+    print()
+    print(f'Output directory:        {run_dir}')
+    print(f'Dataset path:            {opts.data}')
+    print(f'Class-conditional:       {opts.cond}')
+    print(f'Network architecture:    {opts.arch}')
+    print(f'Blocks per resolution:   {num_blocks(opts)}')
+    print(f'Preconditioning & loss:  {opts.precond}')
+    print(f'PFGM++ D:                {opts.D if opts.D is not None else "infinity (diffusion)"}')
+    print(f'Number of ranks:         {world_size}')
+    print(f'Batch size:              {c.batch_size}')
+    print(f'EMA ramp-up:             {c.ema_rampup_ratio if c.ema_rampup_ratio is not None else "off" + (" (--transfer)" if opts.transfer else "")}')
+    if opts.stf:
+        print(f'STF reference batch:     {opts.rbatch} per rank and round{" (augmented)" if opts.augment else ""}')
+    print(f'Precision:               {c.precision}')
+    print(f'Device:                  {device}')
+    print()
+
+
+def train(**kwargs) -> dict:
+    """Train with train.py's options given by name (TrainOptions); the body of the command, callable
+    from Python. Returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}; raises
+    ValueError / OSError for bad options and files, with one sentence."""
+    try:
+        opts = TrainOptions(**kwargs)
+    except TypeError as err:
+        raise ValueError(f'train(): {err}') from None
+    device = distributed.init(opts.device)
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    D = opts.D  # Validated once, here.
+    c = setup_training_config(opts, world_size)
+
+    # Validate the dataset now, with a clear message, before anything is written.
+    try:
+        dataset = ImageFolderDataset(**c.dataset_kwargs)
+    except ValueError as err:
+        raise ValueError(f'--data: {err}') from None
+    with torch.device('meta'):  # Shapes and arguments only, no memory.
+        meta_net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=dataset.resolution,
+                                                  img_channels=dataset.num_channels, label_dim=dataset.label_dim)
+    assert meta_net.D == D
+    run_dir = choose_run_dir(opts, run_description(opts, dataset.name, world_size))
+    resume = resolve_resume(opts, run_dir, meta_net)
+    transfer = load_transfer(opts, meta_net) if (opts.transfer and not resume) else None
+    c.update(run_dir=run_dir, resume_state=resume, transfer=transfer, device=device)
+    options = json.loads(json.dumps(dict(dataclasses.asdict(opts), run_dir=run_dir, resume_state=resume, world_size=world_size), default=str))
+    if rank == 0:
+        print_summary(opts, c, options, run_dir, world_size, device)
+    if opts.dry_run:
+        distributed.print0('Dry run; exiting.')
+        return dict(status='dry-run', run_dir=run_dir, cur_nimg=0)
+    return launch_training(c, options)
+
+
+def launch_training(c: dnnlib.EasyDict, options: dict) -> dict:
+    """Create the run directory with training_options.json (rank 0) and run the training loop."""
+    if distributed.get_rank() == 0:
+        os.makedirs(c.run_dir, exist_ok=True)
+        dnnlib.util.write_atomic(os.path.join(c.run_dir, 'training_options.json'),
+                                 lambda f: f.write(json.dumps(options, indent=2).encode()))
+    distributed.barrier()
+    result = training_loop(**c, options=options)
+    return dict(result, run_dir=c.run_dir)
 
 #----------------------------------------------------------------------------
 
@@ -195,7 +332,7 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--batch',         help='Total batch size', metavar='INT', type=click.IntRange(min=1), default=512)
 @click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT', type=int)
-@click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=parse_int_list)
+@click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=str, callback=cli.click_list(cli.parse_int_list))
 @click.option('--nblock',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--lr',            help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
 @click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
@@ -228,7 +365,7 @@ def newest_valid_state(run_dir: str, log=print) -> Optional[str]:
 @click.option('--allow-pickle',  help='Allow loading legacy pickles for --transfer (they run code)', is_flag=True)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 @click.option('--debug',         help='Show tracebacks of errors', is_flag=True)
-def main(**kwargs):
+def cmdline(debug: bool, **kwargs) -> None:
     """Train PFGM++ or diffusion models with EDM's networks and recipes.
 
     \b
@@ -239,111 +376,24 @@ def main(**kwargs):
     # EDM (diffusion) on CIFAR-10:
     torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\
         --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
+
+    Exit status 75 means that SIGTERM/SIGINT stopped the run after it wrote a training state: run the
+    same command with --resume=auto to continue.
     """
-    opts = dnnlib.EasyDict(kwargs)
     try:
-        train(opts)
-    except (click.ClickException, click.Abort):
-        raise
-    except (ValueError, OSError, checkpoint.CheckpointError) as err:
-        if opts.debug:
-            traceback.print_exc()
-        raise click.ClickException(str(err)) from None
+        with cli.one_line_errors(debug):
+            result = train(**kwargs)
     finally:
         distributed.shutdown()
+    if result['status'] == 'stopped':
+        sys.exit(EXIT_STOPPED)
 
 
-def train(opts: dnnlib.EasyDict) -> dict:
-    """The body of train.py, callable from Python with the command-line options as a dict."""
-    try:
-        device = distributed.init(opts.device)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    c = make_config(opts, world_size)
-
-    # Validate the dataset now, with a clear message, before anything is written.
-    try:
-        dataset = ImageFolderDataset(**c.dataset_kwargs)
-    except ValueError as err:
-        raise click.ClickException(f'--data: {err}') from None
-    dataset_name = dataset.name
-    data_shape = dict(img_resolution=dataset.resolution, img_channels=dataset.num_channels, label_dim=dataset.label_dim)
-    del dataset
-
-    run_dir = choose_run_dir(opts, run_description(opts, dataset_name, world_size))
-    resume = opts.resume
-    if resume == 'auto':
-        if not (opts.name or opts.nosubdir):
-            raise click.ClickException('--resume=auto needs a fixed run directory: pass --name (or --nosubdir).')
-        resume = newest_valid_state(run_dir, log=distributed.print0)
-        distributed.print0(f'--resume=auto: {"continuing from " + resume if resume else "no training state found, starting a new run"}')
-    if resume is not None:
-        try:
-            state = checkpoint.load_plain(resume, expected_format=checkpoint.STATE_FORMAT)
-            with torch.device('meta'):  # Shapes and arguments only, no memory.
-                net = dnnlib.construct_class_by_name(**c.network_kwargs, **data_shape)
-            check_state_matches(state, net, resume)
-        except checkpoint.CheckpointError as err:
-            raise click.ClickException(f'--resume: {err}') from None
-        del state, net
-    if resume is None and opts.name and os.path.isdir(run_dir) and any(x.startswith(('training-state-', 'network-snapshot-')) for x in os.listdir(run_dir)):
-        raise click.ClickException(f'{run_dir} already holds a run; pass --resume=auto to continue it, or choose another --name.')
-
-    transfer = None
-    if opts.transfer and not resume:
-        try:
-            net, info = checkpoint.load_network(opts.transfer, allow_pickle=opts.allow_pickle)
-        except (ValueError, OSError) as err:
-            raise click.ClickException(f'--transfer: {err}') from None
-        with torch.device('meta'):
-            target = dnnlib.construct_class_by_name(**c.network_kwargs, **data_shape).state_dict()
-        source = net.state_dict()
-        mismatched = [k for k, v in source.items() if k in target and target[k].shape != v.shape]
-        if mismatched or not any(k in target for k in source):
-            raise click.ClickException(f'--transfer: {opts.transfer} does not fit this network ({len(mismatched)} tensors differ in shape, '
-                                       f'e.g. {mismatched[0] if mismatched else "no names in common"}); check --arch, --cbase, --cres and the resolution.')
-        transfer = dict(net=net, source=opts.transfer)
-
-    c.update(run_dir=run_dir, resume_state=resume, transfer=transfer, device=device)
-    options = dict(opts, run_dir=run_dir, resume_state=resume, world_size=world_size)
-    options = json.loads(json.dumps(options, default=str))
-
-    if rank == 0:
-        print()
-        print('Training options:')
-        print(json.dumps(options, indent=2))
-        print()
-        print(f'Output directory:        {run_dir}')
-        print(f'Dataset path:            {opts.data}')
-        print(f'Class-conditional:       {opts.cond}')
-        print(f'Network architecture:    {opts.arch}')
-        print(f'Blocks per resolution:   {num_blocks(opts)}')
-        print(f'Preconditioning & loss:  {opts.precond}')
-        print(f'PFGM++ D:                {opts.aug_dim if opts.pfgmpp else "infinity (diffusion)"}')
-        print(f'Number of ranks:         {world_size}')
-        print(f'Batch size:              {c.batch_size}')
-        print(f'EMA ramp-up:             {c.ema_rampup_ratio if c.ema_rampup_ratio is not None else "off" + (" (--transfer)" if opts.transfer else "")}')
-        if opts.stf:
-            print(f'STF reference batch:     {opts.rbatch} per rank and round{" (augmented)" if opts.augment else ""}')
-        print(f'Precision:               {c.precision}')
-        print(f'Device:                  {device}')
-        print()
-    if opts.dry_run:
-        distributed.print0('Dry run; exiting.')
-        return dict(status='dry-run', run_dir=run_dir)
-
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, 'training_options.json'), 'w') as f:
-            json.dump(options, f, indent=2)
-    distributed.barrier()
-
-    result = training_loop(**c, options=options)
-    result['run_dir'] = run_dir
-    return result
+main = cmdline  # EDM's name.
 
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()
+
+#----------------------------------------------------------------------------

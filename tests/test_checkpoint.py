@@ -233,3 +233,57 @@ def test_legacy_file_without_a_network(tmp_path, monkeypatch):
         checkpoint.network_from_legacy(torch.nn.Linear(2, 2))
 
 #----------------------------------------------------------------------------
+
+def test_state_architecture_check():
+    kwargs = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
+                  num_blocks=1, attn_resolutions=[], dropout=0.0)
+    net = networks.EDMPrecond(**kwargs)
+    state = dict(net=checkpoint.network_to_dict(net))
+    checkpoint.check_same_architecture(state, networks.EDMPrecond(**kwargs), 'x.pt')
+    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*model_channels'):
+        checkpoint.check_same_architecture(state, networks.EDMPrecond(**dict(kwargs, model_channels=16)), 'x.pt')
+    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*VEPrecond'):
+        checkpoint.check_same_architecture(state, networks.VEPrecond(**kwargs), 'x.pt')
+
+
+def small_net(**overrides):
+    kwargs = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
+                  num_blocks=1, attn_resolutions=[], dropout=0.0)
+    return networks.EDMPrecond(**dict(kwargs, **overrides))
+
+
+def test_transfer_copies_shared_weights_and_refuses_what_does_not_fit():
+    torch.manual_seed(0)
+    source, target = small_net(), small_net(label_dim=3)  # The target has a class embedding the source lacks.
+    kept = {k: v.clone() for k, v in target.state_dict().items() if k not in source.state_dict()}
+    copied = checkpoint.copy_matching_weights(source, target)
+    assert copied == len(source.state_dict()) and kept
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v)
+    for k, v in kept.items():
+        assert torch.equal(target.state_dict()[k], v)
+    with torch.device('meta'):
+        wider = small_net(model_channels=16)
+    with pytest.raises(checkpoint.CheckpointError, match='does not fit.*differ in shape'):
+        checkpoint.check_transfer_fits(source, wider, 'src.pt')
+    with pytest.raises(checkpoint.CheckpointError, match='no names in common'):
+        checkpoint.check_transfer_fits(torch.nn.Linear(2, 2), target, 'src.pt')
+
+
+def test_find_checkpoints_by_kind(tmp_path):
+    for name in ['network-snapshot-000010.pt', 'network-snapshot-000010.pkl', 'training-state-000010.pt',
+                 'network-snapshot-000020.pkl', 'training-state-000030.pkl', 'training-state-000040.pt',
+                 'training-state-000040.pt.tmp', 'notes.txt']:
+        (tmp_path / name).write_bytes(b'')
+    for name in ['ckpt_000010', 'ckpt_000020']:
+        (tmp_path / name).mkdir()
+    (tmp_path / 'ckpt_000030').write_bytes(b'')  # A file, not an image folder.
+    found = lambda kind, **kw: [(k, os.path.basename(p)) for k, p in checkpoint.find_checkpoints(str(tmp_path), kind, **kw)]
+    assert found('network') == [(10, 'network-snapshot-000010.pt'), (20, 'network-snapshot-000020.pkl'),
+                                (30, 'training-state-000030.pkl'), (40, 'training-state-000040.pt')]
+    assert found('network', min_kimg=15, max_kimg=30) == [(20, 'network-snapshot-000020.pkl'), (30, 'training-state-000030.pkl')]
+    assert found('state') == [(10, 'training-state-000010.pt'), (40, 'training-state-000040.pt')]
+    assert found('samples') == [(10, 'ckpt_000010'), (20, 'ckpt_000020')]
+    assert checkpoint.find_checkpoints(str(tmp_path / 'missing'), 'network') == []
+    with pytest.raises(ValueError, match='kind'):
+        checkpoint.find_checkpoints(str(tmp_path), 'snapshots')

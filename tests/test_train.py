@@ -1,6 +1,7 @@
 """train.py end to end on CPU: a tiny run, torchrun with two ranks (gloo), exact resume, preemption
 by SIGTERM, and every bad input."""
 
+import dataclasses
 import json
 import math
 import os
@@ -139,7 +140,7 @@ def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == train.EXIT_STOPPED == 75, out  # Stopped early: not 0, so a job script can requeue.
     assert 'Received SIGTERM' in out and '--resume=auto' in out
     states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
     assert len(states) == 1
@@ -168,7 +169,7 @@ def test_resume_auto_skips_a_truncated_state(tmp_path, tiny_run):
     newest = run_dir / checkpoint.state_name(2)
     newest.write_bytes(newest.read_bytes()[:1000])
     messages = []
-    found = train.newest_valid_state(str(run_dir), log=messages.append)
+    found = checkpoint.newest_valid_state(str(run_dir), log=messages.append)
     assert found == str(run_dir / checkpoint.state_name(1))
     assert any(str(newest) in m for m in messages)
 
@@ -288,7 +289,8 @@ def loop_config(tmp_path, bars_zip, *args) -> dnnlib.EasyDict:
     """training_loop() arguments for TINY plus args, one tick per 16-image step, states every tick;
     for runs shorter than train.py's 1-kimg unit, called in-process."""
     ctx = train.main.make_context('train.py', [f'--outdir={tmp_path}', f'--data={bars_zip}', *TINY, *args])
-    config = train.make_config(dnnlib.EasyDict(ctx.params), world_size=1)
+    params = {k: v for k, v in ctx.params.items() if k != 'debug'}
+    config = train.setup_training_config(train.TrainOptions(**params), world_size=1)
     config.update(kimg_per_tick=0.016, snapshot_ticks=None, state_dump_ticks=1, device=torch.device('cpu'))
     return config
 
@@ -383,7 +385,7 @@ def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_
     result = CliRunner().invoke(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "samples"}', '--seeds=0-1',
                                                 '--steps=4', '--device=cpu'])
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(tmp_path / 'samples')) == ['000000.png', '000001.png']
+    assert sorted(os.listdir(tmp_path / 'samples')) == ['000000.png', '000001.png', 'generate.json']
 
 
 def test_stf_options(bars_zip, tmp_path):
@@ -482,3 +484,26 @@ def test_nonfinite_losses_show_in_log_and_stats(bars_zip, tmp_path, monkeypatch)
     assert loss[1]['mean'] is None and loss[2]['mean'] is None and loss[1]['std'] is None
     assert all(x['num'] == 16 * 3 * 16 * 16 for x in loss)
     assert math.isfinite(loss[0]['mean']) and math.isfinite(loss[3]['mean'])
+
+#----------------------------------------------------------------------------
+# train() from Python.
+
+def test_train_is_callable_with_keyword_arguments(bars_zip, tmp_path):
+    result = train.train(outdir=str(tmp_path), name='py', data=bars_zip, cond=True, arch='ddpmpp', cbase=8, cres=[1],
+                         batch=16, tick=1, lr=2e-3, lr_rampup=0, ema=0.0005, dropout=0, workers=0, device='cpu', seed=3,
+                         duration=0.001, pfgmpp=True, aug_dim=64, augment=0)
+    assert result['status'] == 'done' and result['cur_nimg'] == 1008 and result['run_dir'] == str(tmp_path / 'py')
+    net, info = checkpoint.load_network(str(tmp_path / 'py' / checkpoint.snapshot_name(1)))
+    assert info['D'] == 64.0 and net.label_dim == 2
+    with pytest.raises(ValueError, match='unexpected keyword'):
+        train.train(outdir=str(tmp_path), data=bars_zip, learning_rate=1)
+    with pytest.raises(ValueError, match='--aug_dim'):
+        train.train(outdir=str(tmp_path / 'bad'), data=bars_zip, pfgmpp=True, aug_dim=-1, device='cpu')
+    assert not (tmp_path / 'bad').exists()
+
+
+def test_command_line_defaults_are_the_functions_defaults():
+    parsed = train.cmdline.make_context('train.py', ['--outdir=x', '--data=y']).params
+    assert set(parsed) - {'debug'} == {f.name for f in dataclasses.fields(train.TrainOptions)}
+    for name, default in train.DEFAULTS.items():
+        assert parsed[name] == default, name

@@ -72,12 +72,6 @@ def test_sanitize_gradients_counts_and_replaces():
     assert torch.equal(net.bias.grad, torch.tensor([0.5, 2.0]))
 
 
-def test_step_seeds_are_distinct_per_rank_step_and_stream():
-    seeds = {tl.step_seed(s, r, t, k) for s in (0, 1) for r in (0, 1) for t in (0, 1, 2) for k in ('loss', 'global')}
-    assert len(seeds) == 24 and all(0 <= x < 2 ** 63 for x in seeds)
-    assert tl.step_seed(3, 1, 7, 'loss') == tl.step_seed(3, 1, 7, 'loss')
-
-
 def test_training_stats_collector():
     stats = training_stats.Collector()
     stats.report('a', torch.tensor([1.0, 2.0, 3.0]))
@@ -110,13 +104,12 @@ def test_json_safe_writes_strict_json():
     assert json.loads(text, parse_constant=refuse) == dict(loss=dict(num=3, mean=None, std=None, nonfinite=1), kimg=1.5, seq=[None, 2])
 
 
-def test_state_architecture_check():
-    kwargs = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
-                  num_blocks=1, attn_resolutions=[], dropout=0.0)
-    net = networks.EDMPrecond(**kwargs)
-    state = dict(net=checkpoint.network_to_dict(net))
-    tl.check_state_matches(state, networks.EDMPrecond(**kwargs), 'x.pt')
-    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*model_channels'):
-        tl.check_state_matches(state, networks.EDMPrecond(**dict(kwargs, model_channels=16)), 'x.pt')
-    with pytest.raises(checkpoint.CheckpointError, match='another architecture.*VEPrecond'):
-        tl.check_state_matches(state, networks.VEPrecond(**kwargs), 'x.pt')
+def test_the_loss_takes_D_from_the_network():
+    net = networks.EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
+                              num_blocks=1, attn_resolutions=[], D=2048)
+    assert tl.make_loss(dict(class_name='training.loss.EDMLoss'), net).D == 2048.0
+    assert tl.make_loss(dict(class_name='training.loss.VPLoss', D=2048), net).D == 2048.0
+    with pytest.raises(ValueError, match='D=128.*D=2048'):
+        tl.make_loss(dict(class_name='training.loss.EDMLoss', D=128), net)
+    with pytest.raises(ValueError, match='D=None.*D=2048'):
+        tl.make_loss(dict(class_name='training.loss.EDMLoss', D=None), net)

@@ -36,6 +36,8 @@ from typing import Optional, Union
 
 import torch
 
+from torch_utils import rng
+
 __all__ = ['AugmentPipe', 'SYM6', 'translate2d', 'scale2d', 'rotate2d', 'translate3d', 'scale3d', 'rotate3d']
 
 #----------------------------------------------------------------------------
@@ -108,26 +110,6 @@ def rotate3d(v: torch.Tensor, theta: torch.Tensor, **kwargs) -> torch.Tensor:
         [vz * vx * cc - vy * s, vz * vy * cc + vx * s, vz * vz * cc + c,      0],
         [0,                     0,                     0,                     1],
         **kwargs)
-
-#----------------------------------------------------------------------------
-# Random draws. With an explicit generator they are made on the generator's device and then moved,
-# so that a CPU generator gives the same augmentations whatever device the images are on; with
-# generator=None they come from torch's global RNG of the images' device, as in EDM.
-
-class _Draws:
-    def __init__(self, generator: Optional[torch.Generator], device: torch.device):
-        self.generator = generator
-        self.device = device
-        self.draw_device = generator.device if generator is not None else device
-
-    def rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator, device=self.draw_device).to(self.device)
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.draw_device).to(self.device)
-
-    def randint(self, high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(high, shape, generator=self.generator, device=self.draw_device).to(self.device)
 
 #----------------------------------------------------------------------------
 # The augmentation pipeline.
@@ -263,7 +245,7 @@ class AugmentPipe:
         (w_x, w_y, [2, N]). Image operations draw nothing, so drawing everything first and then
         applying it uses the generator exactly as EDM's interleaved code does."""
         N = int(batch_size)
-        draw = _Draws(generator, torch.device(device))
+        draw = rng.Draws(generator, device)  # On the generator's device, then moved (EDM: the global RNG).
         params = {}
 
         def applied(strength: float, *shape: int) -> torch.Tensor:

@@ -17,6 +17,10 @@ execute code from the file (only with allow_pickle, i.e. --allow-pickle):
 The legacy network is rebuilt as our class of the same name from its recorded constructor arguments and
 its state dict, so from then on it runs as ours.
 
+A training run's folder holds these files and, once generate.py has sampled them, one image folder
+per checkpoint (ckpt_<kimg>/); find_checkpoints() lists either kind, for train.py (resume), generate.py
+and fid.py (run-directory mode) and the quick start.
+
 Files are written atomically (temporary file in the same folder, fsync, rename), so a crash never
 leaves a truncated newest checkpoint.
 """
@@ -27,18 +31,21 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 import dnnlib
 from torch_utils import persistence
+from torch_utils.cli import first_line
 from training import networks
 from training.pfgmpp import check_D
 
 __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
-           'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name',
-           'save_network_snapshot', 'load_network', 'network_from_legacy', 'SOURCE_KINDS']
+           'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
+           'save_network_snapshot', 'load_network', 'network_from_legacy', 'SOURCE_KINDS', 'training_state',
+           'load_training_state', 'check_same_architecture', 'check_transfer_fits', 'copy_matching_weights',
+           'find_checkpoints', 'newest_valid_state']
 
 SNAPSHOT_FORMAT = 'pfgmpp-network-snapshot'
 STATE_FORMAT = 'pfgmpp-training-state'
@@ -177,7 +184,7 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
         except pickle.UnpicklingError:  # Holds pickled classes: a PFGM++ training state.
             data = None
         except Exception as err:
-            raise CheckpointError(f'{name} is not a readable checkpoint ({_first_line(err)}); is the file complete?') from None
+            raise CheckpointError(f'{name} is not a readable checkpoint ({first_line(err)}); is the file complete?') from None
         if data is not None:
             return _network_from_ours(data, name, path, kimg, device)
         if not allow_pickle:
@@ -187,7 +194,7 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
         try:
             data = torch.load(path, map_location='cpu', weights_only=False)
         except Exception as err:
-            raise CheckpointError(f'{name} could not be loaded as a PFGM++ training state ({_first_line(err)}).') from err
+            raise CheckpointError(f'{name} could not be loaded as a PFGM++ training state ({first_line(err)}).') from err
         source = 'pfgmpp-training-state'
     elif head[:1] == b'\x80':  # A pickle (protocol >= 2): EDM's network snapshots.
         data = persistence.load_pickle(path, allow_pickle=allow_pickle, name=name)
@@ -212,11 +219,6 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
     return net, dict(D=D, D_recorded=D_recorded, kimg=kimg, source=source, path=path)
 
 
-def _first_line(err: BaseException) -> str:
-    text = (str(err).strip().splitlines() or [''])[0]
-    return f'{type(err).__name__}: {text}' if text else type(err).__name__
-
-
 def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], device) -> tuple[torch.nn.Module, dict]:
     if not isinstance(data, dict) or data.get('format') not in (SNAPSHOT_FORMAT, STATE_FORMAT):
         raise CheckpointError(f'{name} is not a checkpoint of this project (no network-snapshot or training-state format field).')
@@ -233,9 +235,6 @@ def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], dev
 
 #----------------------------------------------------------------------------
 # Legacy networks (EDM, PFGM++) into our classes.
-
-PFGMPP_ONLY_KWARGS = ('pfgmpp', 'D', 'aug_dim')
-
 
 def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device: torch.device | str = 'cpu'
                         ) -> tuple[torch.nn.Module, Optional[float], bool]:
@@ -273,5 +272,128 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
     state_dict = {k: v.detach().to('cpu') for k, v in legacy.state_dict().items()}
     net = network_from_dict(dict(class_name=class_name, init_kwargs=dict(init_kwargs, D=D), state_dict=state_dict), device=device)
     return net, D, D_recorded
+
+#----------------------------------------------------------------------------
+# Training states: everything the training loop needs to continue bit for bit.
+
+def training_state(net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, cur_nimg: int,
+                   cur_tick: int, tick_start_nimg: int, options: dict, grad_scaler: Optional[torch.amp.GradScaler] = None,
+                   **extra: Any) -> dict:
+    """A training state as plain data (torch.load(weights_only=True)): the network, its EMA, the
+    optimizer, the image count (cur_nimg, in images), the tick counters, the options, and with fp16 the
+    loss scaler's state (current scale and growth count). `extra` adds further plain-data fields."""
+    state = dict(
+        format=STATE_FORMAT, version=FORMAT_VERSION,
+        net=network_to_dict(net), ema=network_to_dict(ema),
+        optimizer=optimizer.state_dict(), grad_scaler=(grad_scaler.state_dict() if grad_scaler is not None else None),
+        cur_nimg=int(cur_nimg), cur_tick=int(cur_tick),
+        tick_start_nimg=int(tick_start_nimg), kimg=cur_nimg // 1000, D=ema.D,
+        img_resolution=ema.img_resolution, img_channels=ema.img_channels, label_dim=ema.label_dim,
+        training_options=options,
+    )
+    state.update(extra)
+    return state
+
+
+def check_same_architecture(state: dict, net: torch.nn.Module, path: str) -> None:
+    """A training state must hold the architecture (class and constructor arguments, D included) of the
+    run that continues it; CheckpointError naming the arguments that differ otherwise."""
+    ours = dict(class_name=type(net).__name__, init_kwargs=net.init_kwargs)
+    theirs = state['net']
+    if theirs['class_name'] != ours['class_name'] or theirs['init_kwargs'] != ours['init_kwargs']:
+        diff = sorted(k for k in set(ours['init_kwargs']) | set(theirs['init_kwargs'])
+                      if ours['init_kwargs'].get(k) != theirs['init_kwargs'].get(k))
+        detail = f'{theirs["class_name"]} vs {ours["class_name"]}' if theirs['class_name'] != ours['class_name'] else 'differing ' + ', '.join(diff)
+        raise CheckpointError(f'{path} belongs to another architecture ({detail}); resume with the options it was trained with.')
+
+
+def load_training_state(path: str, net: Optional[torch.nn.Module] = None) -> dict:
+    """Read a training-state-*.pt of ours; with `net`, also check that it holds net's architecture."""
+    state = load_plain(path, expected_format=STATE_FORMAT)
+    if net is not None:
+        check_same_architecture(state, net, path)
+    return state
+
+#----------------------------------------------------------------------------
+# --transfer: a new run that starts from another checkpoint's weights.
+
+def check_transfer_fits(source: torch.nn.Module, target: torch.nn.Module, name: str = 'the checkpoint') -> list[str]:
+    """The state-dict names that `source` and `target` share, which must have equal shapes (as EDM's
+    --transfer copies them); CheckpointError if any shape differs or no name is shared. `target` may
+    live on the meta device (shapes only)."""
+    source_dict, target_dict = source.state_dict(), target.state_dict()
+    shared = [k for k in source_dict if k in target_dict]
+    mismatched = [k for k in shared if target_dict[k].shape != source_dict[k].shape]
+    if mismatched or not shared:
+        raise CheckpointError(f'{name} does not fit this network ({len(mismatched)} tensors differ in shape, '
+                              f'e.g. {mismatched[0] if mismatched else "no names in common"}); check --arch, --cbase, --cres and the resolution.')
+    return shared
+
+
+@torch.no_grad()
+def copy_matching_weights(source: torch.nn.Module, target: torch.nn.Module, name: str = 'the checkpoint') -> int:
+    """Copy every tensor of `source` into the tensor of `target` with the same name (tensors only
+    `target` has keep their initialisation), after check_transfer_fits(); returns the number copied."""
+    shared = check_transfer_fits(source, target, name)
+    source_dict, target_dict = source.state_dict(), target.state_dict()
+    for k in shared:
+        target_dict[k].copy_(source_dict[k])
+    return len(shared)
+
+#----------------------------------------------------------------------------
+# Run directories.
+
+# Which file to sample for a kimg, best first: our snapshot, EDM's, our or PFGM++'s training state, and the
+# training-state-*.pkl name of the published PFGM++ checkpoints.
+_NETWORK_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl'), ('training-state-', '.pt'),
+                       ('training-state-', '.pkl'))
+CHECKPOINT_KINDS = ('network', 'state', 'samples')
+
+
+def samples_dir_name(kimg: int) -> str:
+    """ckpt_<kimg:06d>: the folder of a run where generate.py's run-directory mode writes a checkpoint's images."""
+    return f'ckpt_{int(kimg):06d}'
+
+
+def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[int] = None,
+                     max_kimg: Optional[int] = None) -> list[tuple[int, str]]:
+    """[(kimg, path)] in run_dir sorted by kimg, limited to [min_kimg, max_kimg]:
+
+    kind='network': one file per kimg to sample from, by _NETWORK_PREFERENCE (generate.py, the quick start);
+    kind='state':   our training-state-<kimg>.pt files, to resume from (train.py);
+    kind='samples': the ckpt_<kimg>/ image folders generate.py wrote (fid.py sweep).
+    A missing run_dir holds nothing."""
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f'Unknown checkpoint kind {kind!r}; expected one of {", ".join(CHECKPOINT_KINDS)}.')
+    if not os.path.isdir(run_dir):
+        return []
+    preference = {'network': _NETWORK_PREFERENCE, 'state': _NETWORK_PREFERENCE[2:3]}.get(kind)
+    best = {}
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if kind == 'samples':
+            match = re.fullmatch(r'ckpt_(\d+)', name)
+            kimg, rank = (int(match.group(1)), 0) if match and os.path.isdir(path) else (None, None)
+        else:
+            kimg = kimg_from_name(name)
+            rank = next((i for i, (prefix, ext) in enumerate(preference) if name.startswith(prefix) and name.endswith(ext)), None)
+        if kimg is None or rank is None or (min_kimg is not None and kimg < min_kimg) or (max_kimg is not None and kimg > max_kimg):
+            continue
+        if kimg not in best or rank < best[kimg][0]:
+            best[kimg] = (rank, path)
+    return [(kimg, best[kimg][1]) for kimg in sorted(best)]
+
+
+def newest_valid_state(run_dir: str, log: Callable[[str], None] = print) -> Optional[str]:
+    """The training state with the largest kimg in run_dir that loads; unreadable ones are reported
+    through `log` and skipped (a run killed while writing leaves at most a temporary file, but a
+    damaged disk can leave worse)."""
+    for _kimg, path in reversed(find_checkpoints(run_dir, 'state')):
+        try:
+            load_plain(path, expected_format=STATE_FORMAT)
+            return path
+        except CheckpointError as err:
+            log(f'Skipping {path}: {err}')
+    return None
 
 #----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Layout (a folder or an uncompressed ZIP; both read the same way):
 Every image of a dataset has the same shape [C, H, W] with H = W and C = 1 (grayscale) or 3 (RGB).
 """
 
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,8 @@ from typing import Iterator, Optional
 import numpy as np
 import PIL.Image
 import torch
+
+from torch_utils.rng import epoch_seed
 
 __all__ = ['IMAGE_EXTENSIONS', 'decode_image', 'ImageFolderDataset', 'InfiniteSampler', 'epoch_seed', 'make_dataloader']
 
@@ -353,15 +354,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 #----------------------------------------------------------------------------
 # Deterministic, resumable index stream.
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch `epoch`'s permutation: the first 63 bits of SHA-256 of 'seed:epoch'.
-
-    A cryptographic hash, unlike seed * K + epoch, gives unrelated seeds for nearby (seed, epoch)
-    pairs and never maps two pairs to the same stream by arithmetic coincidence."""
-    digest = hashlib.sha256(f'{int(seed)}:{int(epoch)}'.encode()).digest()
-    return int.from_bytes(digest[:8], 'little') & ((1 << 63) - 1)
-
 
 class InfiniteSampler(torch.utils.data.Sampler):
     """Dataset indices forever, in an order that depends only on (seed, dataset_size).

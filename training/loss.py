@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from torch_utils import rng
 from training import pfgmpp
 
 #----------------------------------------------------------------------------
@@ -58,15 +59,6 @@ class _DenoisingLoss:
         return weight * ((D_yn - target) ** 2)
 
 
-def _uniform(batch, device, generator):
-    draw_device = generator.device if generator is not None else device
-    return torch.rand([batch], device=draw_device, generator=generator).to(device)
-
-
-def _normal(batch, device, generator):
-    draw_device = generator.device if generator is not None else device
-    return torch.randn([batch], device=draw_device, generator=generator).to(device)
-
 #----------------------------------------------------------------------------
 # VP (Song et al., 2021): t ~ U(epsilon_t, 1), sigma = sigma_vp(t), lambda = 1 / sigma^2.
 
@@ -84,7 +76,7 @@ class VPLoss(_DenoisingLoss):
         return (0.5 * self.beta_d * (t ** 2) + self.beta_min * t).exp().sub(1).sqrt()
 
     def sample_sigma(self, batch, device, generator=None):
-        rnd_uniform = _uniform(batch, device, generator)
+        rnd_uniform = rng.Draws(generator, device).rand(batch)
         return self.sigma(1 + rnd_uniform * (self.epsilon_t - 1))
 
     def weight(self, sigma):
@@ -100,7 +92,7 @@ class VELoss(_DenoisingLoss):
         self.sigma_max = sigma_max
 
     def sample_sigma(self, batch, device, generator=None):
-        rnd_uniform = _uniform(batch, device, generator)
+        rnd_uniform = rng.Draws(generator, device).rand(batch)
         return self.sigma_min * ((self.sigma_max / self.sigma_min) ** rnd_uniform)
 
     def weight(self, sigma):
@@ -119,7 +111,7 @@ class EDMLoss(_DenoisingLoss):
         self.sigma_data = sigma_data
 
     def sample_sigma(self, batch, device, generator=None):
-        rnd_normal = _normal(batch, device, generator)
+        rnd_normal = rng.Draws(generator, device).randn(batch)
         return (rnd_normal * self.P_std + self.P_mean).exp()
 
     def weight(self, sigma):

@@ -26,6 +26,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from torch_utils import rng
+
 __all__ = ['check_D', 'sample_noise', 'sample_prior', 'ideal_denoiser', 'sample_gamma_log', 'restart_jump']
 
 SigmaLike = Union[float, int, torch.Tensor]
@@ -124,17 +126,17 @@ def sample_noise(shape: Sequence[int], sigma: SigmaLike, D: Optional[float] = No
     device = torch.device(device)
     batch = shape[0]
     sigma = _sigma_per_sample(sigma, batch, device)
-    draw_device = generator.device if generator is not None else device
+    draws = rng.Draws(generator, device)
 
-    g = torch.randn(shape, dtype=torch.float32, device=draw_device, generator=generator)
+    g = draws.randn(*shape)
     if D is None:
         scale = sigma
     else:
         # sqrt(D / c) with c = 2 * Gamma(D/2), in float64 and log space.
-        log_gamma = sample_gamma_log(D / 2, batch, generator=generator, device=draw_device).to(device)
+        log_gamma = sample_gamma_log(D / 2, batch, generator=generator, device=draws.draw_device).to(device)
         scale = sigma * torch.exp(0.5 * (math.log(D / 2) - log_gamma))
     scale = scale.to(dtype).reshape([batch] + [1] * (len(shape) - 1))
-    return g.to(device=device, dtype=dtype) * scale
+    return g.to(dtype) * scale
 
 
 def sample_prior(shape: Sequence[int], sigma_max: float, D: Optional[float] = None,

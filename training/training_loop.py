@@ -2,14 +2,16 @@
 Section 5 and Appendix F), one process or many under torchrun.
 
 Reproducibility and exact resume. Every random draw of a training step (sigma, noise, augmentation,
-dropout) comes from generators seeded with (seed, rank, step); the data order is a function of
-(seed, dataset size) and the number of images consumed. A training state therefore needs only the
-weights, the EMA, the optimizer and the image count to continue bit for bit.
+dropout) comes from generators seeded with (seed, rank, step) (torch_utils/rng.py); the data order is
+a function of (seed, dataset size) and the number of images consumed. A training state therefore
+needs only the weights, the EMA, the optimizer and the image count to continue bit for bit.
+
+training_loop() runs the named steps of a Training: setup (data, networks, resume, data streams), one
+optimisation step, the EMA update, the tick report, and checkpointing.
 """
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import signal
@@ -20,19 +22,13 @@ import psutil
 import torch
 
 import dnnlib
-from torch_utils import distributed, training_stats
+from torch_utils import distributed, rng, training_stats
 from torch_utils import precision as precision_lib
 from training import checkpoint
 from training.dataset import ImageFolderDataset, make_dataloader
 
 #----------------------------------------------------------------------------
 # Small pure helpers (tested directly).
-
-def step_seed(seed: int, rank: int, step: int, stream: str) -> int:
-    """A 63-bit seed for one random stream ('loss', 'dropout', ...) of one rank at one step."""
-    digest = hashlib.sha256(f'{seed}:{rank}:{step}:{stream}'.encode()).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
-
 
 def ema_beta(cur_nimg: int, batch_size: int, ema_halflife_kimg: float, ema_rampup_ratio: Optional[float]) -> float:
     """EMA decay per step for a half-life of ema_halflife_kimg thousand images, shortened to
@@ -86,6 +82,7 @@ def accumulate_gradients(ddp: torch.nn.Module, loss_fn, batches, loss_scaling: f
             loss = loss.sum().mul(loss_scaling / batch_gpu_total)
             (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
 
+
 def optimizer_options(optimizer_kwargs: dict, device: torch.device) -> dict:
     """optimizer_kwargs with the fused CUDA kernel of torch.optim.Adam / AdamW on CUDA (one kernel for
     all parameters instead of several per tensor), unless the options choose an implementation."""
@@ -124,40 +121,233 @@ class StopRequest:
         return bool(distributed.all_reduce_sum(flag).item() > 0)
 
 #----------------------------------------------------------------------------
-# Training states.
+# The training loop, in named steps.
 
-def training_state(net, ema, optimizer, cur_nimg: int, cur_tick: int, tick_start_nimg: int, options: dict,
-                   grad_scaler: Optional[torch.amp.GradScaler] = None) -> dict:
-    """Everything needed to continue a run exactly, as plain data (torch.load(weights_only=True));
-    with fp16, the loss scaler's state (its current scale and growth count) too."""
-    return dict(
-        format=checkpoint.STATE_FORMAT, version=checkpoint.FORMAT_VERSION,
-        net=checkpoint.network_to_dict(net), ema=checkpoint.network_to_dict(ema),
-        optimizer=optimizer.state_dict(), grad_scaler=(grad_scaler.state_dict() if grad_scaler is not None else None),
-        cur_nimg=int(cur_nimg), cur_tick=int(cur_tick),
-        tick_start_nimg=int(tick_start_nimg), kimg=cur_nimg // 1000, D=ema.D,
-        img_resolution=ema.img_resolution, img_channels=ema.img_channels, label_dim=ema.label_dim,
-        training_options=options,
-    )
+class Training:
+    """One training run: its configuration (training_loop()'s arguments) and state (networks, optimizer,
+    data streams, the number of images seen cur_nimg and the tick counters)."""
+
+    def __init__(self, c: dnnlib.EasyDict):
+        self.c = c
+        self.device = c.device
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.batch_gpu_total = c.batch_size // self.world_size
+        self.batch_gpu = c.batch_gpu or self.batch_gpu_total
+        self.num_rounds = self.batch_gpu_total // self.batch_gpu
+        assert c.batch_size == self.batch_gpu * self.num_rounds * self.world_size
+        self.log_path = os.path.join(c.run_dir, 'log.txt')
+        self.stats_path = os.path.join(c.run_dir, 'stats.jsonl')
+        self.stats = training_stats.Collector()
+        self.loss_generator = torch.Generator(device=self.device)
+        self.cur_nimg = self.cur_tick = self.tick_start_nimg = 0
+        self.maintenance_time = 0.0
+
+    def log(self, message: str) -> None:
+        """A line on stdout and in log.txt (rank 0)."""
+        if self.rank == 0:
+            print(message, flush=True)
+            with open(self.log_path, 'a') as f:
+                f.write(message + '\n')
+
+    #------------------------------------------------------------------------
+    # Setup.
+
+    def setup_networks(self) -> None:
+        """Dataset, network (seeded with --seed), loss, optimizer, loss scaler, augmentation, EMA."""
+        c = self.c
+        self.dataset = ImageFolderDataset(**c.dataset_kwargs)
+        self.log(f'Dataset: {self.dataset.name}, {len(self.dataset)} images of shape {list(self.dataset.image_shape)}, label_dim {self.dataset.label_dim}')
+        with rng.seeded_global_rng(c.seed):  # The networks' initialisation draws from the global generator.
+            net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=self.dataset.resolution,
+                                                 img_channels=self.dataset.num_channels, label_dim=self.dataset.label_dim)
+        net.train().requires_grad_(True).to(self.device)
+        precision_lib.prepare_network(net, c.precision, channels_last=c.channels_last)
+        self.log(f'Network: {type(net).__name__}/{net.init_kwargs.get("model_type")}, {sum(p.numel() for p in net.parameters()):,} parameters, D={net.D}')
+        self.log(f'Precision: {c.precision}{", channels-last" if c.channels_last else ""}{", torch.compile" if c.compile else ""}')
+        self.loss_fn = make_loss(c.loss_kwargs, net)
+        self.optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_options(c.optimizer_kwargs, self.device))
+        self.grad_scaler = precision_lib.make_grad_scaler(c.precision, self.device.type)
+        self.augment_pipe = dnnlib.construct_class_by_name(**c.augment_kwargs) if c.augment_kwargs else None
+        if c.transfer is not None:
+            copied = checkpoint.copy_matching_weights(c.transfer['net'], net, c.transfer.get('source', 'the checkpoint'))
+            self.log(f'Transfer: copied {copied} tensors from {c.transfer.get("source", "the checkpoint")}')
+        self.net = net
+        self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+
+    def resume(self, path: str) -> None:
+        """Continue from a training state of the same architecture."""
+        state = checkpoint.load_training_state(path, self.net)
+        self.net.load_state_dict(state['net']['state_dict'])
+        self.ema.load_state_dict(state['ema']['state_dict'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        if self.grad_scaler is not None and state.get('grad_scaler'):
+            self.grad_scaler.load_state_dict(state['grad_scaler'])
+        self.cur_nimg, self.cur_tick, self.tick_start_nimg = state['cur_nimg'], state['cur_tick'], state['tick_start_nimg']
+        self.log(f'Resuming from {path} at {self.cur_nimg / 1000:.3f} kimg, tick {self.cur_tick}')
+
+    def setup_streams(self) -> None:
+        """DDP and torch.compile around the network, and the data streams at this run's position: this
+        rank's position is the number of images it consumed."""
+        c, device = self.c, self.device
+        self.ddp = self.net
+        if self.world_size > 1:
+            # Our buffers are constants (resampling filters), so they need no syncing at every forward.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[device] if device.type == 'cuda' else None,
+                                                                 forward_sync_buffers=False)
+        self.ddp_module = self.ddp
+        if c.compile:
+            self.ddp = torch.compile(self.ddp, dynamic=False)  # Fixed shapes: one graph per batch shape.
+        steps_done = self.cur_nimg // c.batch_size
+        self.loader = make_dataloader(self.dataset, self.batch_gpu, rank=self.rank, num_replicas=self.world_size, seed=c.seed,
+                                      start_index=steps_done * self.batch_gpu_total, workers=c.workers, device_type=device.type)
+        self.ref_loader = None
+        if c.stf_rbatch:
+            self.ref_loader = make_dataloader(self.dataset, c.stf_rbatch, rank=self.rank, num_replicas=self.world_size, seed=c.seed + 1,
+                                              start_index=steps_done * self.num_rounds * c.stf_rbatch, workers=0, device_type=device.type)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(images in [-1, 1], labels, extra loss arguments) of this rank's next round."""
+        images, labels = next(self.loader)
+        images = images.to(self.device, non_blocking=True).to(torch.float32) / 127.5 - 1
+        extra = {}
+        if self.ref_loader is not None:
+            extra['reference_images'] = next(self.ref_loader)[0].to(self.device).to(torch.float32) / 127.5 - 1
+        return images, labels.to(self.device, non_blocking=True), extra
+
+    #------------------------------------------------------------------------
+    # One step.
+
+    def optimization_step(self) -> None:
+        """Accumulate the gradients of one batch and take one optimizer step; every random stream of the
+        step (sigma, noise, augmentation: 'loss'; dropout: 'global') is seeded by (seed, rank, step)."""
+        c = self.c
+        step = self.cur_nimg // c.batch_size
+        self.loss_generator.manual_seed(rng.derive_seed(c.seed, self.rank, step, 'loss'))
+        with rng.seeded_global_rng(rng.derive_seed(c.seed, self.rank, step, 'global'), self.device):  # Dropout.
+            self.optimizer.zero_grad(set_to_none=True)
+            batches = (self.next_batch() for _ in range(self.num_rounds))
+            accumulate_gradients(self.ddp, self.loss_fn, batches, c.loss_scaling, self.batch_gpu_total, self.stats,
+                                 grad_scaler=self.grad_scaler, no_sync_module=self.ddp_module,
+                                 augment_pipe=self.augment_pipe, generator=self.loss_generator)
+        for group in self.optimizer.param_groups:
+            group['lr'] = learning_rate(c.optimizer_kwargs['lr'], self.cur_nimg, c.lr_rampup_kimg)
+        if self.grad_scaler is not None:
+            # Unscaling records whether fp16 overflowed; the step is then skipped and the scale lowered.
+            self.grad_scaler.unscale_(self.optimizer)
+        self.stats.report('Loss/nonfinite_grads', sanitize_gradients(self.net))
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def update_averages(self) -> None:
+        """The EMA of the weights after a step (EDM's half-life with ramp-up)."""
+        c = self.c
+        update_ema(self.ema, self.net, ema_beta(self.cur_nimg, c.batch_size, c.ema_halflife_kimg, c.ema_rampup_ratio))
+
+    #------------------------------------------------------------------------
+    # Ticks.
+
+    def report_tick(self, tick_start_time: float, start_time: float) -> None:
+        """The tick's progress line in log.txt and its record in stats.jsonl."""
+        tick_end_time = time.time()
+        collected = self.stats.collect(['Loss/loss', 'Loss/nonfinite_grads'])
+        kimg = self.cur_nimg / 1000
+        tick_kimg = max((self.cur_nimg - self.tick_start_nimg) / 1000, 1e-8)
+        sec_per_kimg = (tick_end_time - tick_start_time) / tick_kimg
+        cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2 ** 30
+        gpu_mem = torch.cuda.max_memory_allocated(self.device) / 2 ** 30 if self.device.type == 'cuda' else 0.0
+        fields = [
+            f'tick {self.cur_tick:<5d}', f'kimg {kimg:<9.3f}', f'time {tick_end_time - start_time:<8.1f}',
+            f'sec/tick {tick_end_time - tick_start_time:<7.2f}', f'sec/kimg {sec_per_kimg:<7.3f}',
+            f'loss {collected["Loss/loss"]["mean"]:<8.4f}',
+            f'maintenance {self.maintenance_time:<6.2f}', f'cpumem {cpu_mem:<6.2f}', f'gpumem {gpu_mem:<6.2f}',
+        ]
+        if self.grad_scaler is not None:
+            fields.append(f'loss_scale {self.grad_scaler.get_scale():<8g}')
+        if collected['Loss/loss']['nonfinite'] > 0:
+            fields.append(f'nonfinite_loss {collected["Loss/loss"]["nonfinite"]}')
+        grads = collected['Loss/nonfinite_grads']
+        if grads['mean'] > 0:
+            fields.append(f'nonfinite_grads {int(grads["mean"] * grads["num"])}')
+        self.log('  '.join(fields))
+        if self.rank == 0:
+            record = dict(collected, timestamp=tick_end_time, tick=self.cur_tick, kimg=kimg,
+                          sec_per_kimg=sec_per_kimg, cpumem_gb=cpu_mem, gpumem_gb=gpu_mem)
+            with open(self.stats_path, 'a') as f:
+                f.write(json.dumps(training_stats.json_safe(record), allow_nan=False) + '\n')
+        if self.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def save_checkpoints(self, done: bool, stopping: Optional[str]) -> None:
+        """Rank 0 writes the network snapshot every snapshot_ticks and the training state every
+        state_dump_ticks, both at the end, and the state when stopping (the signal's name)."""
+        c, kimg = self.c, self.cur_nimg // 1000
+        if self.rank != 0:
+            return
+        if c.snapshot_ticks is not None and (done or self.cur_tick % c.snapshot_ticks == 0):
+            checkpoint.save_network_snapshot(os.path.join(c.run_dir, checkpoint.snapshot_name(kimg)), self.ema, kimg=kimg,
+                                             cur_nimg=self.cur_nimg, training_options=c.options)
+        if (c.state_dump_ticks is not None and (done or self.cur_tick % c.state_dump_ticks == 0)) or stopping:
+            path = os.path.join(c.run_dir, checkpoint.state_name(kimg))
+            checkpoint.save_atomic(checkpoint.training_state(self.net, self.ema, self.optimizer, self.cur_nimg, self.cur_tick,
+                                                             self.tick_start_nimg, c.options, self.grad_scaler), path)
+            if stopping:
+                self.log(f'Received {stopping}: wrote {path}; continue with --resume=auto.')
+
+    #------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Optimisation steps until total_kimg or a stop signal, with a tick every kimg_per_tick."""
+        c = self.c
+        total_nimg = int(c.total_kimg * 1000)
+        self.log(f'Training for {c.total_kimg} kimg: batch {c.batch_size} = {self.batch_gpu} per rank and round x '
+                 f'{self.num_rounds} rounds x {self.world_size} ranks, device {self.device}')
+        if self.cur_nimg >= total_nimg:
+            self.log(f'Already at {self.cur_nimg / 1000:.3f} kimg of {c.total_kimg} kimg: nothing to do.')
+            return dict(status='done', cur_nimg=self.cur_nimg)
+        start_time = tick_start_time = time.time()
+        with StopRequest() as stop:
+            while True:
+                self.optimization_step()
+                self.update_averages()
+                self.cur_nimg += c.batch_size
+                done = self.cur_nimg >= total_nimg
+                stopping = stop.requested(self.device) if self.world_size > 1 or stop.signal_name else False
+                if not (done or stopping or self.cur_nimg >= self.tick_start_nimg + c.kimg_per_tick * 1000):
+                    continue
+                self.report_tick(tick_start_time, start_time)
+                self.cur_tick += 1
+                self.tick_start_nimg = self.cur_nimg
+                tick_start_time = time.time()
+                self.save_checkpoints(done, (stop.signal_name or 'a stop signal on another rank') if stopping else None)
+                distributed.barrier()
+                self.maintenance_time = time.time() - tick_start_time
+                if stopping or done:
+                    break
+        status = 'stopped' if stopping else 'done'
+        self.log('Exiting...' if status == 'done' else 'Stopped.')
+        return dict(status=status, cur_nimg=self.cur_nimg)
 
 
-def check_state_matches(state: dict, net: torch.nn.Module, path: str) -> None:
-    """A resume state must hold the same architecture as the run being continued."""
-    ours = dict(class_name=type(net).__name__, init_kwargs=net.init_kwargs)
-    theirs = state['net']
-    if theirs['class_name'] != ours['class_name'] or theirs['init_kwargs'] != ours['init_kwargs']:
-        diff = sorted(k for k in set(ours['init_kwargs']) | set(theirs['init_kwargs'])
-                      if ours['init_kwargs'].get(k) != theirs['init_kwargs'].get(k))
-        detail = f'{theirs["class_name"]} vs {ours["class_name"]}' if theirs['class_name'] != ours['class_name'] else 'differing ' + ', '.join(diff)
-        raise checkpoint.CheckpointError(f'{path} belongs to another architecture ({detail}); resume with the options it was trained with.')
+def make_loss(loss_kwargs: dict, net: torch.nn.Module):
+    """The loss named by loss_kwargs, for the D of the network it trains (the one source of D): a D in
+    loss_kwargs that disagrees with net.D is an error."""
+    kwargs = dict(loss_kwargs)
+    if 'D' in kwargs and kwargs['D'] != net.D:
+        raise ValueError(f'The loss was configured for D={kwargs["D"]} but the network is built for D={net.D}; '
+                         f'leave D out of loss_kwargs, the loss takes it from the network.')
+    kwargs['D'] = net.D
+    return dnnlib.construct_class_by_name(**kwargs)
 
 #----------------------------------------------------------------------------
 
 def training_loop(
     run_dir: str,                           # Output directory (exists).
     dataset_kwargs: dict,                   # ImageFolderDataset arguments.
-    network_kwargs: dict,                   # class_name (training.networks.*Precond) and its arguments.
-    loss_kwargs: dict,                      # class_name (training.loss.*Loss) and its arguments.
+    network_kwargs: dict,                   # class_name (training.networks.*Precond) and its arguments, D included.
+    loss_kwargs: dict,                      # class_name (training.loss.*Loss) and its arguments; D comes from the network.
     optimizer_kwargs: dict,                 # class_name (torch.optim.*) and its arguments, incl. lr.
     augment_kwargs: Optional[dict] = None,  # class_name (training.augment.AugmentPipe) and arguments, or None.
     seed: int = 0,                          # Seed of every random stream.
@@ -172,7 +362,7 @@ def training_loop(
     snapshot_ticks: Optional[int] = 50,     # Network snapshot every this many ticks, None = never.
     state_dump_ticks: Optional[int] = 500,  # Training state every this many ticks, None = never.
     resume_state: Optional[str] = None,     # Training state to continue from.
-    transfer: Optional[dict] = None,        # Network (from checkpoint.load_network) whose weights start the run.
+    transfer: Optional[dict] = None,        # {'net': network (checkpoint.load_network), 'source': name} whose weights start the run.
     stf_rbatch: Optional[int] = None,       # Stable target field: reference images per rank and round beyond the batch.
     workers: int = 1,                       # DataLoader worker processes per rank.
     cudnn_benchmark: bool = True,           # torch.backends.cudnn.benchmark.
@@ -183,194 +373,14 @@ def training_loop(
     options: Optional[dict] = None,         # training_options.json, stored in checkpoints.
 ) -> dict:
     """Train until total_kimg or a stop signal; return {'status': 'done' | 'stopped', 'cur_nimg'}."""
-    options = options or {}
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    batch_gpu_total = batch_size // world_size
-    batch_gpu = batch_gpu or batch_gpu_total
-    num_rounds = batch_gpu_total // batch_gpu
-    assert batch_size == batch_gpu * num_rounds * world_size
+    c = dnnlib.EasyDict(locals())
+    c.options = options or {}
     precision_lib.configure_backends(precision, cudnn_benchmark)
-    log_path = os.path.join(run_dir, 'log.txt')
-
-    def log(message: str) -> None:
-        if rank == 0:
-            print(message, flush=True)
-            with open(log_path, 'a') as f:
-                f.write(message + '\n')
-
-    # Data.
-    dataset = ImageFolderDataset(**dataset_kwargs)
-    log(f'Dataset: {dataset.name}, {len(dataset)} images of shape {list(dataset.image_shape)}, label_dim {dataset.label_dim}')
-
-    # Network, EMA, loss, optimizer, augmentation.
-    torch.manual_seed(seed)
-    net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
-                                         img_channels=dataset.num_channels, label_dim=dataset.label_dim)
-    net.train().requires_grad_(True).to(device)
-    precision_lib.prepare_network(net, precision, channels_last=channels_last)
-    num_params = sum(p.numel() for p in net.parameters())
-    log(f'Network: {type(net).__name__}/{net.init_kwargs.get("model_type")}, {num_params:,} parameters, D={net.D}')
-    log(f'Precision: {precision}{", channels-last" if channels_last else ""}{", torch.compile" if compile else ""}')
-    loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_options(optimizer_kwargs, device))
-    grad_scaler = precision_lib.make_grad_scaler(precision, device.type)
-    augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs else None
-    if transfer is not None:
-        copied = copy_matching_weights(transfer, net)
-        log(f'Transfer: copied {copied} tensors from {transfer.get("source", "the checkpoint")}')
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-
-    # Resume.
-    cur_nimg, cur_tick, tick_start_nimg = 0, 0, 0
+    training = Training(c)
+    training.setup_networks()
     if resume_state is not None:
-        state = checkpoint.load_plain(resume_state, expected_format=checkpoint.STATE_FORMAT)
-        check_state_matches(state, net, resume_state)
-        net.load_state_dict(state['net']['state_dict'])
-        ema.load_state_dict(state['ema']['state_dict'])
-        optimizer.load_state_dict(state['optimizer'])
-        if grad_scaler is not None and state.get('grad_scaler'):
-            grad_scaler.load_state_dict(state['grad_scaler'])
-        cur_nimg, cur_tick, tick_start_nimg = state['cur_nimg'], state['cur_tick'], state['tick_start_nimg']
-        log(f'Resuming from {resume_state} at {cur_nimg / 1000:.3f} kimg, tick {cur_tick}')
-        del state
-
-    ddp = net
-    if world_size > 1:
-        # Our buffers are constants (resampling filters), so they need no syncing at every forward.
-        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
-                                                        forward_sync_buffers=False)
-    ddp_module = ddp
-    if compile:
-        ddp = torch.compile(ddp, dynamic=False)  # Fixed shapes: one graph per batch shape.
-
-    # Data streams: this rank's position is the number of images it consumed.
-    steps_done = cur_nimg // batch_size
-    loader = make_dataloader(dataset, batch_gpu, rank=rank, num_replicas=world_size, seed=seed,
-                             start_index=steps_done * batch_gpu_total, workers=workers, device_type=device.type)
-    ref_loader = None
-    if stf_rbatch:
-        ref_loader = make_dataloader(dataset, stf_rbatch, rank=rank, num_replicas=world_size, seed=seed + 1,
-                                     start_index=steps_done * num_rounds * stf_rbatch, workers=0, device_type=device.type)
-
-    def next_batch():
-        images, labels = next(loader)
-        images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
-        extra = {}
-        if ref_loader is not None:
-            extra['reference_images'] = next(ref_loader)[0].to(device).to(torch.float32) / 127.5 - 1
-        return images, labels.to(device, non_blocking=True), extra
-
-    stats = training_stats.Collector()
-    stat_names = ['Loss/loss', 'Loss/nonfinite_grads']
-    loss_generator = torch.Generator(device=device)
-    base_lr = optimizer_kwargs['lr']
-    total_nimg = int(total_kimg * 1000)
-    start_time = tick_start_time = time.time()
-    maintenance_time = 0.0
-    stats_path = os.path.join(run_dir, 'stats.jsonl')
-    log(f'Training for {total_kimg} kimg: batch {batch_size} = {batch_gpu} per rank and round x {num_rounds} rounds x {world_size} ranks, device {device}')
-
-    if cur_nimg >= total_nimg:
-        log(f'Already at {cur_nimg / 1000:.3f} kimg of {total_kimg} kimg: nothing to do.')
-        return dict(status='done', cur_nimg=cur_nimg)
-    status = 'done'
-    with StopRequest() as stop:
-        while True:
-            done = cur_nimg >= total_nimg
-            if not done:
-                # One optimizer step; every random stream is seeded by (seed, rank, step).
-                step = cur_nimg // batch_size
-                torch.manual_seed(step_seed(seed, rank, step, 'global'))  # Dropout and label dropout.
-                loss_generator.manual_seed(step_seed(seed, rank, step, 'loss'))
-                optimizer.zero_grad(set_to_none=True)
-                batches = (next_batch() for _ in range(num_rounds))
-                accumulate_gradients(ddp, loss_fn, batches, loss_scaling, batch_gpu_total, stats, grad_scaler=grad_scaler,
-                                     no_sync_module=ddp_module, augment_pipe=augment_pipe, generator=loss_generator)
-                for group in optimizer.param_groups:
-                    group['lr'] = learning_rate(base_lr, cur_nimg, lr_rampup_kimg)
-                if grad_scaler is not None:
-                    # Unscaling records whether fp16 overflowed; the step is then skipped and the scale lowered.
-                    grad_scaler.unscale_(optimizer)
-                stats.report('Loss/nonfinite_grads', sanitize_gradients(net))
-                if grad_scaler is not None:
-                    grad_scaler.step(optimizer)
-                    grad_scaler.update()
-                else:
-                    optimizer.step()
-                update_ema(ema, net, ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio))
-                cur_nimg += batch_size
-                done = cur_nimg >= total_nimg
-
-            stopping = stop.requested(device) if world_size > 1 or stop.signal_name else False
-            tick_end = cur_nimg >= tick_start_nimg + kimg_per_tick * 1000
-            if not (done or stopping or tick_end):
-                continue
-
-            # Tick: progress line, statistics, checkpoints.
-            tick_end_time = time.time()
-            collected = stats.collect(stat_names)
-            kimg = cur_nimg / 1000
-            tick_kimg = max((cur_nimg - tick_start_nimg) / 1000, 1e-8)
-            cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2 ** 30
-            gpu_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else 0.0
-            fields = [
-                f'tick {cur_tick:<5d}', f'kimg {kimg:<9.3f}', f'time {tick_end_time - start_time:<8.1f}',
-                f'sec/tick {tick_end_time - tick_start_time:<7.2f}',
-                f'sec/kimg {(tick_end_time - tick_start_time) / tick_kimg:<7.3f}',
-                f'loss {collected["Loss/loss"]["mean"]:<8.4f}',
-                f'maintenance {maintenance_time:<6.2f}', f'cpumem {cpu_mem:<6.2f}', f'gpumem {gpu_mem:<6.2f}',
-            ]
-            if grad_scaler is not None:
-                fields.append(f'loss_scale {grad_scaler.get_scale():<8g}')
-            if collected['Loss/loss']['nonfinite'] > 0:
-                fields.append(f'nonfinite_loss {collected["Loss/loss"]["nonfinite"]}')
-            if collected['Loss/nonfinite_grads']['mean'] > 0:
-                fields.append(f'nonfinite_grads {int(collected["Loss/nonfinite_grads"]["mean"] * collected["Loss/nonfinite_grads"]["num"])}')
-            log('  '.join(fields))
-            if rank == 0:
-                record = dict(collected, timestamp=tick_end_time, tick=cur_tick, kimg=kimg,
-                              sec_per_kimg=(tick_end_time - tick_start_time) / tick_kimg, cpumem_gb=cpu_mem, gpumem_gb=gpu_mem)
-                with open(stats_path, 'a') as f:
-                    f.write(json.dumps(training_stats.json_safe(record), allow_nan=False) + '\n')
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats(device)
-
-            cur_tick += 1
-            tick_start_nimg = cur_nimg
-            tick_start_time = time.time()
-            maintenance_start = tick_start_time
-            if rank == 0:
-                if snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0):
-                    path = os.path.join(run_dir, checkpoint.snapshot_name(cur_nimg // 1000))
-                    checkpoint.save_network_snapshot(path, ema, kimg=cur_nimg // 1000, cur_nimg=cur_nimg, training_options=options)
-                if (state_dump_ticks is not None and (done or cur_tick % state_dump_ticks == 0)) or stopping:
-                    path = os.path.join(run_dir, checkpoint.state_name(cur_nimg // 1000))
-                    checkpoint.save_atomic(training_state(net, ema, optimizer, cur_nimg, cur_tick, tick_start_nimg, options, grad_scaler), path)
-                    if stopping:
-                        log(f'Received {stop.signal_name or "a stop signal on another rank"}: wrote {path}; continue with --resume=auto.')
-            distributed.barrier()
-            maintenance_time = time.time() - maintenance_start
-            if stopping:
-                status = 'stopped'
-                break
-            if done:
-                break
-    log('Exiting...' if status == 'done' else 'Stopped.')
-    return dict(status=status, cur_nimg=cur_nimg)
+        training.resume(resume_state)
+    training.setup_streams()
+    return training.run()
 
 #----------------------------------------------------------------------------
-
-@torch.no_grad()
-def copy_matching_weights(transfer: dict, net: torch.nn.Module) -> int:
-    """Copy every tensor of transfer['net'] into the tensor of `net` with the same name (as EDM's
-    --transfer does); tensors only `net` has keep their initialisation. A name whose shapes differ,
-    or no name in common, is an error. Returns the number copied."""
-    source = transfer['net'].state_dict()
-    target = net.state_dict()
-    matching = [k for k in source if k in target]
-    mismatched = [k for k in matching if target[k].shape != source[k].shape]
-    if mismatched or not matching:
-        raise checkpoint.CheckpointError(f'--transfer: the checkpoint does not fit this network ({len(mismatched)} tensors differ in shape).')
-    for k in matching:
-        target[k].copy_(source[k])
-    return len(matching)

@@ -1,0 +1,86 @@
+"""Randomness: the one place that derives seeds and draws from explicit generators.
+
+Every random number of training and sampling comes from a torch.Generator seeded from the user's
+--seed (and the sample's seed when generating), never from hidden global state:
+
+- derive_seed(seed, rank, step, stream): the seed of one random stream ('loss', 'global') of one
+  rank at one training step, so that a step's draws depend on nothing but these four values and a
+  resumed run repeats them exactly;
+- epoch_seed(seed, epoch): the seed of the data order's permutation in one epoch;
+- Draws(generator, device): uniform, normal and integer draws made on the generator's device and then
+  moved to `device`, so that a CPU generator gives the same numbers whatever device the tensors are on;
+- seeded_global_rng(seed, device): for code that can only use torch's global generator (dropout inside
+  the networks), a fork of the global state seeded for one step and restored afterwards.
+"""
+
+import contextlib
+import hashlib
+from typing import Iterator, Optional
+
+import torch
+
+__all__ = ['derive_seed', 'epoch_seed', 'Draws', 'seeded_global_rng']
+
+_MASK_63 = (1 << 63) - 1
+
+#----------------------------------------------------------------------------
+# Seeds: SHA-256 of the stream's key, so that nearby keys give unrelated streams and no two keys share
+# one by arithmetic coincidence (as seed * K + step can).
+
+def _hash_u64(*keys: object) -> int:
+    """The first 8 bytes of SHA-256('k1:k2:...') as an unsigned little-endian integer."""
+    digest = hashlib.sha256(':'.join(str(k) for k in keys).encode()).digest()
+    return int.from_bytes(digest[:8], 'little')
+
+
+def derive_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of one rank at one training step."""
+    return _hash_u64(seed, rank, step, stream) >> 1
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for the permutation of the data in epoch `epoch` (epoch -1: the data loader's own
+    generator). The low 63 bits rather than the high ones, as training runs have always used."""
+    return _hash_u64(int(seed), int(epoch)) & _MASK_63
+
+#----------------------------------------------------------------------------
+# Draws from an explicit generator.
+
+class Draws:
+    """Random tensors from `generator` (torch's global RNG of `device` when None), drawn on the
+    generator's device and returned on `device`."""
+
+    def __init__(self, generator: Optional[torch.Generator], device: torch.device | str):
+        self.generator = generator
+        self.device = torch.device(device)
+        self.draw_device = generator.device if generator is not None else self.device
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """U[0, 1) of `shape`."""
+        return torch.rand(shape, generator=self.generator, device=self.draw_device, dtype=dtype).to(self.device)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """N(0, 1) of `shape`."""
+        return torch.randn(shape, generator=self.generator, device=self.draw_device, dtype=dtype).to(self.device)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """Integers uniform on {0, ..., high - 1}, int64, of `shape`."""
+        return torch.randint(high, shape, generator=self.generator, device=self.draw_device).to(self.device)
+
+#----------------------------------------------------------------------------
+# Global state, forked.
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device | str = 'cpu') -> Iterator[None]:
+    """Inside: torch's global CPU generator (and that of `device`, if a GPU) seeded with `seed`, so that
+    code drawing from global state (dropout, EDM's label dropout) is reproducible. Outside: the
+    global state exactly as it was before, as though nothing had been drawn."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=cuda, device_type='cuda'):
+        torch.random.default_generator.manual_seed(int(seed))
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(int(seed))
+        yield
+
+#----------------------------------------------------------------------------
