@@ -18,7 +18,7 @@ SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
 CHECKED_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 CHECKED_VERSION = $(shell $(CHECKED_PY) -c 'import sys; sys.stdout.write("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 
-.PHONY: install test quickstart docs check-python test-pythons
+.PHONY: install test quickstart docs check-python test-pythons gpu-check
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ $(DEMO_STAMP): requirements-demo.txt $(STAMP)
 
 quickstart: check-python $(DEMO_STAMP)
 	$(PY) quickstart.py $(QUICKSTART)
+
+# The GPU acceptance check (benchmarks/gpu_check.py): the CUDA tests (pytest -m cuda) and a short
+# throughput run, about 8 minutes on one H100, one JSON record; without CUDA one line and exit 0.
+# Options go through GPU_CHECK, e.g. make gpu-check GPU_CHECK="--out=h100.json --dry-run".
+gpu-check: check-python $(STAMP)
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK)
 
 # Regenerate docs/*-help.txt from every script's --help (tests/test_docs.py checks they are current).
 docs: check-python $(STAMP)

@@ -1,4 +1,4 @@
-"""Shared fixtures: small datasets in the layout dataset_tool.py writes."""
+"""Shared fixtures: small datasets in the layout dataset_tool.py writes; CUDA tests skipped without CUDA."""
 
 import io
 import json
@@ -8,6 +8,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are collected everywhere (so `pytest -m cuda --collect-only` lists them) and
+    skipped, with one reason, where PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs CUDA')
+    for item in items:
+        if item.get_closest_marker('cuda') is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
