@@ -25,9 +25,11 @@ import torch
 import tqdm
 
 import dnnlib
-import generate
+from torch_utils import cli
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from training import checkpoint
+from training import provenance as provenance_lib
 
 #----------------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class Detector:
         except RuntimeError as err:
             call = ', '.join(['images'] + [f'{k}={v}' for k, v in kwargs.items()])
             raise ValueError(f'The detector {self.source} failed on uint8 images of shape {list(images.shape)} '
-                             f'({_first_line(err)}); it must be callable as detector({call}).') from err
+                             f'({cli.first_line(err)}); it must be callable as detector({call}).') from err
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f'The detector {self.source} returned {shape} as {what} for {images.shape[0]} '
@@ -354,7 +356,7 @@ def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
         try:
             stats = dict(np.load(f, allow_pickle=False))
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f'{path_or_url} is not an .npz of reference statistics ({_first_line(err)}); make one '
+            raise ValueError(f'{path_or_url} is not an .npz of reference statistics ({cli.first_line(err)}); make one '
                              f'with "python fid.py ref".') from err
     mu, sigma = stats.get('mu'), stats.get('sigma')
     if mu is None or sigma is None or mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
@@ -364,23 +366,6 @@ def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
         raise ValueError(f'{path_or_url} has no "features", which KID needs; make it again with '
                          f'"python fid.py ref --features".')
     return stats
-
-
-def read_images_manifest(path: str) -> Optional[dict]:
-    """generate.py's manifest (generate.json) of an image folder, or of the root of a .zip of
-    images; None when there is none."""
-    if os.path.isdir(path):
-        return generate.read_manifest(path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            if generate.MANIFEST_NAME not in z.namelist():
-                return None
-            manifest = json.loads(z.read(generate.MANIFEST_NAME))
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f'{generate.MANIFEST_NAME} in {path} is not readable ({_first_line(err)}); remove it from the archive.') from None
-    if not isinstance(manifest, dict) or manifest.get('format') != generate.MANIFEST_FORMAT:
-        raise ValueError(f'{generate.MANIFEST_NAME} in {path} is not a generate.py manifest; remove it from the archive.')
-    return manifest
 
 
 def ref_sha256(ref_path: str) -> str:
@@ -393,9 +378,9 @@ def provenance(images: str) -> dict:
     holds and generate.py's manifest of them (None when there is none). Notes on stdout (rank 0)
     when the manifest lists another number of seeds than there are images."""
     num_images = len(ImageFiles(images))  # First: it says clearly what is wrong with a missing or foreign path.
-    manifest = read_images_manifest(images)
+    manifest = provenance_lib.read_manifest(images)
     if manifest is not None and manifest.get('seeds', {}).get('count') != num_images:
-        dist.print0(f'Note: {images} holds {num_images} images, but its {generate.MANIFEST_NAME} lists '
+        dist.print0(f'Note: {images} holds {num_images} images, but its {provenance_lib.MANIFEST_NAME} lists '
                     f'{manifest.get("seeds", {}).get("count")} seeds.')
     return dict(num_images=num_images, manifest=manifest)
 
@@ -427,38 +412,210 @@ def _append_jsonl(path: str, record: dict) -> None:
     dnnlib.util.write_atomic(path, lambda f: f.write(old + (json.dumps(record) + '\n').encode('utf-8')))
 
 #----------------------------------------------------------------------------
-# Command line.
+# The three commands as plain functions, callable from Python.
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+def ref(data: str, dest: str, features: bool = False, detector: Optional[str] = None, allow_pickle: bool = False,
+        batch: int = 64, workers: int = 3, device: str = 'auto') -> dict:
+    """Reference statistics of the images in `data` (folder or .zip) into the .npz `dest`: mu, sigma
+    and, with features=True, the features KID needs. Returns the statistics (the same on every process)."""
+    dev = dist.init(device)
+    check_writable(dest, '--dest')
+    net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
+    dist.print0(f'Calculating statistics of {data}...')
+    stats = calculate_inception_stats(data, net, max_batch_size=batch, num_workers=workers, with_features=features)
+    if dist.get_rank() == 0:
+        arrays = dict(mu=stats['mu'], sigma=stats['sigma'])
+        if features:
+            arrays['features'] = stats['features']
+        dnnlib.util.write_atomic(dest, lambda f: np.savez(f, **arrays))
+        print(f'Saved statistics of {stats["num"]} images to {dest}')
+    dist.barrier()
+    return stats
 
 
-def _parse_metrics(_ctx: Any, _param: Any, value: str) -> tuple[str, ...]:
-    metrics = tuple(m.strip().lower() for m in value.split(',') if m.strip())
+def calc(images: str, ref: str, num: int = 50000, seed: int = 0, metrics: Sequence[str] = ('fid',),
+         json_path: Optional[str] = None, detector: Optional[str] = None, allow_pickle: bool = False, batch: int = 64,
+         workers: int = 3, device: str = 'auto') -> dict:
+    """The metrics of `num` generated images (folder or .zip) against the reference statistics `ref`.
+    Returns (on rank 0; {} elsewhere) the record --json writes: images, ref, num, seed, detector,
+    metrics {'fid', 'is', 'is_std', 'kid'}, time, and with json_path the provenance (num_images,
+    generate.py's manifest, ref_sha256, detector_sha256)."""
+    metrics = check_metrics(metrics)
+    dev = dist.init(device)
+    if json_path is not None:
+        check_writable(json_path, '--json')
+    ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
+    net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
+    origin = {}
+    if json_path is not None:  # Before the long computation, so that a bad manifest fails early.
+        origin = dict(ref_sha256=ref_sha256(ref), detector_sha256=net.sha256, **provenance(images))
+    dist.print0(f'Calculating {", ".join(metrics)} of {images}...')
+    results = calculate_metrics(images, ref_stats, net, metrics, num_expected=num, seed=seed, max_batch_size=batch, num_workers=workers)
+    record = {}
+    if dist.get_rank() == 0:
+        record = dict(images=images, ref=ref, num=num, seed=seed, detector=net.source, metrics=results,
+                      time=datetime.datetime.now().isoformat(timespec='seconds'), **origin)
+        if json_path is not None:
+            _write_json(json_path, record)
+        for line in format_results(results):
+            print(line)
+    dist.barrier()
+    return record
+
+
+def sweep(run: str, ref: str, num: int = 50000, seed: int = 0, ranges: int = 1, metrics: Sequence[str] = ('fid',),
+          json_path: Optional[str] = None, detector: Optional[str] = None, allow_pickle: bool = False, batch: int = 64,
+          workers: int = 3, device: str = 'auto') -> dict:
+    """Evaluate every ckpt_<kimg>/ image folder of a run (checkpoint.find_checkpoints); each
+    evaluation is appended to RUN/metrics.jsonl with its provenance, and folders already recorded
+    there are skipped. ranges > 1: the disjoint blocks of `num` images in seed order (EDM's three
+    seed ranges with ranges=3 and 150000 images per folder), else `num` images chosen by `seed`.
+    Returns (rank 0; {} elsewhere) {'run', 'ref', 'num', 'ranges', 'evaluations': this sweep's
+    records, 'table': per folder its FID per block and minimum, 'best': the folder of lowest minimum
+    FID among those fully evaluated, or None}, which json_path also receives."""
+    metrics = check_metrics(metrics)
+    if 'fid' not in metrics:
+        raise ValueError('sweep ranks checkpoints by FID; include fid in --metrics.')
+    dev = dist.init(device)
+    if not os.path.isdir(run):
+        raise FileNotFoundError(f'--run {run} is not a folder; pass the folder that holds the ckpt_*/ image folders.')
+    folders = [os.path.basename(path) for _kimg, path in checkpoint.find_checkpoints(run, 'samples')]
+    if not folders:
+        raise FileNotFoundError(f'{run} has no ckpt_*/ image folders; write them with generate.py first.')
+    if json_path is not None:
+        check_writable(json_path, '--json')
+    ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
+    log_path = os.path.join(run, 'metrics.jsonl')
+    records = _read_jsonl(log_path)
+    dist.barrier()  # Every process has read the log before rank 0 appends to it.
+    key = dict(num=num, seed=seed, ref=ref, detector=detector or DETECTOR_URL)
+    blocks = [None] if ranges == 1 else list(range(ranges))
+    evaluator = _SweepEvaluator(ref_stats, metrics, detector, allow_pickle, dev, batch, workers)
+    new = []
+    for name in folders:
+        for block in blocks:
+            record = evaluator.evaluate(run, name, block, records, **key)
+            if record is False:
+                break
+            if record is not None and dist.get_rank() == 0:
+                _append_jsonl(log_path, record)
+                records.append(record)
+                new.append(record)
+    summary = {}
+    if dist.get_rank() == 0:
+        table, best = sweep_table(records, folders, blocks, **key)
+        summary = dict(run=run, ref=ref, num=num, ranges=ranges, evaluations=new, table=table, best=best)
+        for line in format_sweep_table(table, best, blocks):
+            print(line)
+        if json_path is not None:
+            _write_json(json_path, summary)
+    dist.barrier()
+    return summary
+
+
+class _SweepEvaluator:
+    """One sweep evaluation at a time, loading the detector and hashing the reference only when needed."""
+
+    def __init__(self, ref_stats, metrics, detector, allow_pickle, device, batch, workers):
+        self.ref_stats, self.metrics, self.detector, self.allow_pickle = ref_stats, metrics, detector, allow_pickle
+        self.device, self.batch, self.workers = device, batch, workers
+        self.net = self.ref_hash = None
+
+    def evaluate(self, run: str, name: str, block: Optional[int], records: list[dict], num: int, seed: int,
+                 ref: str, detector: str):
+        """The record of folder `name`'s block (None: already recorded; False: too few images, so no
+        later block either)."""
+        key = dict(ckpt=name, block=block, num=num, seed=(seed if block is None else None), ref=ref, detector=detector)
+        if any(_same_evaluation(r, **key) and set(self.metrics) <= set(r['metrics']) for r in records):
+            return None
+        path = os.path.join(run, name)
+        needed = num * (1 if block is None else block + 1)
+        available = len(ImageFiles(path))
+        if available < needed:
+            dist.print0(f'Skipping {name}: {available} images, {needed} needed.')
+            return False
+        self.net = self.net or load_detector(self.detector, allow_pickle=self.allow_pickle, device=self.device)
+        self.ref_hash = self.ref_hash or ref_sha256(ref)
+        origin = dict(ref_sha256=self.ref_hash, detector_sha256=self.net.sha256, **provenance(path))
+        results = calculate_metrics(path, self.ref_stats, self.net, self.metrics, num_expected=num, seed=seed, block=block,
+                                    max_batch_size=self.batch, num_workers=self.workers)
+        images = 'random' if block is None else f'{block * num}-{(block + 1) * num - 1}'
+        dist.print0(f'{name} images {images}: ' + ', '.join(format_results(results)[:-1] + [f'FID {results.get("fid", float("nan")):g}']))
+        return dict(key, images=images, metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'), **origin)
+
+
+def _same_evaluation(record: dict, **key: Any) -> bool:
+    return all(record.get(k) == v for k, v in key.items())
+
+
+def sweep_table(records: list[dict], folders: list[str], blocks: list, num: int, seed: int, ref: str,
+                detector: str) -> tuple[list[dict], Optional[dict]]:
+    """Per folder with any evaluation {'ckpt', 'fid': [FID per block or None], 'min_fid'}, and the best
+    folder (lowest min_fid) among those with every block done, or None."""
+    table, best = [], None
+    for name in folders:
+        fids = []
+        for block in blocks:
+            match = [r for r in records if _same_evaluation(r, ckpt=name, block=block, num=num, ref=ref, detector=detector,
+                                                             seed=(seed if block is None else None))]
+            fids.append(match[-1]['metrics']['fid'] if match else None)
+        done = [fid for fid in fids if fid is not None]
+        if done:
+            table.append(dict(ckpt=name, fid=fids, min_fid=min(done)))
+            if len(done) == len(fids) and (best is None or min(done) < best['min_fid']):
+                best = table[-1]
+    return table, best
+
+
+def format_sweep_table(table: list[dict], best: Optional[dict], blocks: list) -> list[str]:
+    """Rows 'ckpt  FID per block  minimum', then the best checkpoint."""
+    lines = [f'{"checkpoint":<24}{"FID per block":<{12 * len(blocks)}}{"min FID":>10}']
+    for row in table:
+        cells = ''.join(f'{fid:<12.4f}' if fid is not None else f'{"-":<12}' for fid in row['fid'])
+        lines.append(f'{row["ckpt"]:<24}{cells}{row["min_fid"]:>10.4f}')
+    lines.append(f'Best: {best["ckpt"]} with FID {best["min_fid"]:g}' if best else 'No checkpoint has been fully evaluated yet.')
+    return lines
+
+
+def format_results(results: dict) -> list[str]:
+    """Lines for the terminal, FID last and bare so that scripts can read it as EDM's."""
+    lines = []
+    if 'is' in results:
+        lines.append(f'IS: {results["is"]:g} (std {results["is_std"]:g})')
+    if 'kid' in results:
+        lines.append(f'KID: {results["kid"]:g}')
+    if 'fid' in results:
+        lines.append(f'{results["fid"]:g}')
+    return lines
+
+
+def check_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
+    """The metrics asked for, in METRICS order; ValueError for an unknown one or none."""
+    if isinstance(metrics, str):
+        metrics = metrics.split(',')
+    metrics = tuple(m.strip().lower() for m in metrics if m.strip())
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise click.BadParameter(f'unknown metric {", ".join(unknown) or "(none)"}; choose from {", ".join(METRICS)}.')
+        raise ValueError(f'unknown metric {", ".join(unknown) or "(none)"}; choose from {", ".join(METRICS)}.')
     return tuple(m for m in METRICS if m in metrics)
 
+#----------------------------------------------------------------------------
+# Command line: thin wrappers.
 
-def _command(fn: Callable) -> Callable:
+def common_options(fn: Callable) -> Callable:
     """Options that every subcommand has, and one-line errors for what the user got wrong."""
     @click.option('--detector', help='Detector pickle or TorchScript file  [default: Inception-v3]', metavar='PATH|URL', type=str, default=None)
     @click.option('--allow-pickle', help='Load a pickle from a source other than the official URL (runs its code)', is_flag=True)
     @click.option('--batch', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
     @click.option('--workers', help='DataLoader worker processes per process', metavar='INT', type=click.IntRange(min=0),
                   default=min(3, os.cpu_count() or 1), show_default=True)
-    @click.option('--device', help='Where to run the detector', type=click.Choice(['auto', 'cuda', 'cpu']), default='auto', show_default=True)
-    @click.option('--debug', help='Show the traceback of errors', is_flag=True)
+    @cli.device_option('Where to run the detector')
+    @cli.debug_option
     @functools.wraps(fn)
     def wrapper(debug: bool, **kwargs: Any) -> None:
         try:
-            fn(**kwargs)
-        except (ValueError, OSError) as err:  # Includes dnnlib.DownloadError and persistence's errors.
-            if debug:
-                raise
-            raise click.ClickException(_first_line(err)) from err
+            with cli.one_line_errors(debug):
+                fn(**kwargs)
         finally:
             dist.shutdown()
     return wrapper
@@ -482,165 +639,53 @@ def main():
     python fid.py sweep --run=training-runs/exp_name --ref=fid-refs/cifar10-32x32.npz
     """
 
-#----------------------------------------------------------------------------
+metrics_option = click.option('--metrics', help='Comma-separated list of fid, is, kid', metavar='LIST', type=str, default='fid',
+                              show_default=True, callback=cli.click_list(check_metrics))
 
-@main.command()
+
+@main.command('ref')
 @click.option('--data', help='Dataset: folder or .zip of images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--dest', help='Where to save the statistics', metavar='NPZ', type=str, required=True)
 @click.option('--features', help='Also save the features, which KID needs', is_flag=True)
-@_command
-def ref(data: str, dest: str, features: bool, detector: Optional[str], allow_pickle: bool, batch: int,
-        workers: int, device: str) -> None:
+@common_options
+def ref_command(**kwargs) -> None:
     """Calculate reference statistics of a dataset, for 'calc' and 'sweep'."""
-    device = dist.init(device)
-    check_writable(dest, '--dest')
-    net = load_detector(detector, allow_pickle=allow_pickle, device=device)
-    dist.print0(f'Calculating statistics of {data}...')
-    stats = calculate_inception_stats(data, net, max_batch_size=batch, num_workers=workers, with_features=features)
-    if dist.get_rank() == 0:
-        arrays = dict(mu=stats['mu'], sigma=stats['sigma'])
-        if features:
-            arrays['features'] = stats['features']
-        dnnlib.util.write_atomic(dest, lambda f: np.savez(f, **arrays))
-        print(f'Saved statistics of {stats["num"]} images to {dest}')
-    dist.barrier()
+    ref(**kwargs)
 
-#----------------------------------------------------------------------------
 
-@main.command()
+@main.command('calc')
 @click.option('--images', help='Generated images: folder or .zip', metavar='PATH|ZIP', type=str, required=True)
-@click.option('--ref', 'ref_path', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
+@click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
-@click.option('--metrics', help='Comma-separated list of fid, is, kid', metavar='LIST', callback=_parse_metrics, default='fid', show_default=True)
-@click.option('--json', 'json_path', help='Also write the results to this JSON file', metavar='FILE', type=str, default=None)
-@_command
-def calc(images: str, ref_path: str, num: int, seed: int, metrics: tuple[str, ...], json_path: Optional[str],
-         detector: Optional[str], allow_pickle: bool, batch: int, workers: int, device: str) -> None:
+@metrics_option
+@click.option('--json', 'json_path', help='Also write the results and their provenance to this JSON file', metavar='FILE', type=str, default=None)
+@common_options
+def calc_command(**kwargs) -> None:
     """Calculate metrics of generated images; the last line printed is the FID."""
-    device = dist.init(device)
-    if json_path is not None:
-        check_writable(json_path, '--json')
-    ref_stats = load_ref_stats(ref_path, need_features=('kid' in metrics))
-    net = load_detector(detector, allow_pickle=allow_pickle, device=device)
-    if json_path is not None:  # Before the long computation, so that a bad manifest fails early.
-        origin = dict(ref_sha256=ref_sha256(ref_path), detector_sha256=net.sha256, **provenance(images))
-    dist.print0(f'Calculating {", ".join(metrics)} of {images}...')
-    results = calculate_metrics(images, ref_stats, net, metrics, num_expected=num, seed=seed,
-                                max_batch_size=batch, num_workers=workers)
-    if dist.get_rank() == 0:
-        if json_path is not None:
-            _write_json(json_path, dict(images=images, ref=ref_path, num=num, seed=seed, detector=net.source,
-                                        metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'),
-                                        **origin))
-        for line in _format_results(results):
-            print(line)
-    dist.barrier()
+    calc(**kwargs)
 
 
-def _format_results(results: dict) -> list[str]:
-    """Lines for the terminal, FID last and bare so that scripts can read it as EDM's."""
-    lines = []
-    if 'is' in results:
-        lines.append(f'IS: {results["is"]:g} (std {results["is_std"]:g})')
-    if 'kid' in results:
-        lines.append(f'KID: {results["kid"]:g}')
-    if 'fid' in results:
-        lines.append(f'{results["fid"]:g}')
-    return lines
-
-#----------------------------------------------------------------------------
-
-def _ckpt_folders(run: str) -> list[str]:
-    """The ckpt_*/ folders of a run, in checkpoint order (ckpt_2 before ckpt_10)."""
-    if not os.path.isdir(run):
-        raise FileNotFoundError(f'--run {run} is not a folder; pass the folder that holds the ckpt_*/ image folders.')
-    names = [name for name in os.listdir(run) if name.startswith('ckpt_') and os.path.isdir(os.path.join(run, name))]
-    natural = lambda name: [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
-    return sorted(names, key=natural)
-
-
-def _same_evaluation(record: dict, **key: Any) -> bool:
-    return all(record.get(k) == v for k, v in key.items())
-
-
-@main.command()
+@main.command('sweep')
 @click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote', metavar='DIR', type=str, required=True)
-@click.option('--ref', 'ref_path', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
+@click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images per evaluation', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--ranges', help='Disjoint blocks of --num images to evaluate per folder, in name (seed) order', metavar='INT',
               type=click.IntRange(min=1), default=1, show_default=True)
-@click.option('--metrics', help='Comma-separated list of fid, is, kid', metavar='LIST', callback=_parse_metrics, default='fid', show_default=True)
-@_command
-def sweep(run: str, ref_path: str, num: int, seed: int, ranges: int, metrics: tuple[str, ...],
-          detector: Optional[str], allow_pickle: bool, batch: int, workers: int, device: str) -> None:
+@metrics_option
+@click.option('--json', 'json_path', help='Also write the table, the best checkpoint and this sweep\'s records to this JSON file', metavar='FILE', type=str, default=None)
+@common_options
+def sweep_command(**kwargs) -> None:
     """Evaluate every ckpt_*/ folder of a run; results go to RUN/metrics.jsonl.
 
     Folders already recorded there are skipped, and the table ends with the checkpoint of lowest FID
     (the minimum over its --ranges blocks: --ranges=3 with 150000 images per folder gives EDM's three
     seed ranges 0-49999, 50000-99999, 100000-149999)."""
-    if 'fid' not in metrics:
-        raise click.BadParameter('sweep ranks checkpoints by FID; include fid.', param_hint='--metrics')
-    device = dist.init(device)
-    folders = _ckpt_folders(run)
-    if not folders:
-        raise FileNotFoundError(f'{run} has no ckpt_*/ image folders; write them with generate.py first.')
-    ref_stats = load_ref_stats(ref_path, need_features=('kid' in metrics))
-    log_path = os.path.join(run, 'metrics.jsonl')
-    records = _read_jsonl(log_path)
-    dist.barrier()  # Every process has read the log before rank 0 appends to it.
-    source = detector or DETECTOR_URL
-    blocks = [None] if ranges == 1 else list(range(ranges))
-    net = ref_hash = None
-    for name in folders:
-        path = os.path.join(run, name)
-        for block in blocks:
-            key = dict(ckpt=name, block=block, num=num, seed=(seed if block is None else None), ref=ref_path, detector=source)
-            if any(_same_evaluation(r, **key) and set(metrics) <= set(r['metrics']) for r in records):
-                continue
-            needed = num * (1 if block is None else block + 1)
-            available = len(ImageFiles(path))
-            if available < needed:
-                dist.print0(f'Skipping {name}: {available} images, {needed} needed.')
-                break
-            net = net or load_detector(detector, allow_pickle=allow_pickle, device=device)
-            ref_hash = ref_hash or ref_sha256(ref_path)
-            origin = dict(ref_sha256=ref_hash, detector_sha256=net.sha256, **provenance(path))
-            results = calculate_metrics(path, ref_stats, net, metrics, num_expected=num, seed=seed, block=block,
-                                        max_batch_size=batch, num_workers=workers)
-            if dist.get_rank() == 0:
-                images = 'random' if block is None else f'{block * num}-{(block + 1) * num - 1}'
-                record = dict(key, images=images, metrics=results, time=datetime.datetime.now().isoformat(timespec='seconds'),
-                              **origin)
-                _append_jsonl(log_path, record)
-                records.append(record)
-                print(f'{name} images {images}: ' + ', '.join(_format_results(results)[:-1] + [f'FID {results["fid"]:g}']))
-    if dist.get_rank() == 0:
-        for line in _sweep_table(records, folders, blocks, num=num, seed=seed, ref=ref_path, detector=source):
-            print(line)
-    dist.barrier()
+    sweep(**kwargs)
 
 
-def _sweep_table(records: list[dict], folders: list[str], blocks: list, **key: Any) -> list[str]:
-    """Rows 'ckpt  FID per block  minimum', then the best checkpoint among those with every block done."""
-    lines = [f'{"checkpoint":<24}{"FID per block":<{12 * len(blocks)}}{"min FID":>10}']
-    best = None
-    for name in folders:
-        fids = []
-        for block in blocks:
-            match = [r for r in records if _same_evaluation(r, ckpt=name, block=block, num=key['num'], ref=key['ref'],
-                                                             detector=key['detector'], seed=(key['seed'] if block is None else None))]
-            fids.append(match[-1]['metrics']['fid'] if match else None)
-        done = [fid for fid in fids if fid is not None]
-        if not done:
-            continue
-        cells = ''.join(f'{fid:<12.4f}' if fid is not None else f'{"-":<12}' for fid in fids)
-        lines.append(f'{name:<24}{cells}{min(done):>10.4f}')
-        if len(done) == len(fids) and (best is None or min(done) < best[1]):
-            best = (name, min(done))
-    lines.append(f'Best: {best[0]} with FID {best[1]:g}' if best else 'No checkpoint has been fully evaluated yet.')
-    return lines
+cmdline = main
 
 #----------------------------------------------------------------------------
 

@@ -11,12 +11,13 @@ torchrun --standalone --nproc_per_node=8 fid.py calc --images=robustness/alpha_0
 import click
 
 import generate
+from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
 def parse_alphas(s) -> list[float]:
     """--alphas: non-negative noise strengths."""
-    alphas = generate.parse_float_list(s)
+    alphas = cli.parse_float_list(s)
     if any(a < 0 for a in alphas):
         raise ValueError(f'{s!r} holds negative values; alpha scales a noise level and must be >= 0.')
     return alphas
@@ -32,15 +33,19 @@ def alpha_settings(alphas: list[float]) -> list[tuple[str, dict, None]]:
 @generate.network_options(required=True)
 @generate.output_options
 @click.option('--alphas', help='Noise injection strengths alpha, one folder each', metavar='LIST', type=str,
-              default='0,0.05,0.1,0.2', show_default=True, callback=generate._click_list(parse_alphas))
+              default='0,0.05,0.1,0.2', show_default=True, callback=cli.click_list(parse_alphas))
 @generate.sampler_options(with_steps=True)
 @generate.performance_options
-def main(alphas, **options):
-    generate.run_study_cli(options, alpha_settings(alphas))
+def cmdline(alphas, **options):
+    generate.run_study_command(options, alpha_settings(alphas))
+
+#----------------------------------------------------------------------------
+
+main = cmdline  # EDM's name.
 
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()
 
 #----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import click
 import torch
 
 import generate
+from torch_utils import cli
 from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def quantize_weights(net: torch.nn.Module, bits: int, scope: str = 'published') 
 def parse_bits(s) -> list[int]:
     """--bits: a list of bit widths within BITS_RANGE."""
     lo, hi = BITS_RANGE
-    bits = generate.parse_int_list(s)
+    bits = cli.parse_int_list(s, unique=True)
     if not bits or any(not lo <= k <= hi for k in bits):
         raise ValueError(f'{s!r} must hold bit widths from {lo} to {hi}.')
     return bits
@@ -189,17 +190,21 @@ def quant_settings(bits: list[int], scope: str = 'published') -> list[tuple[str,
 @generate.network_options(required=True)
 @generate.output_options
 @click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,
-              default='5,6,7,8,9', show_default=True, callback=generate._click_list(parse_bits))
+              default='5,6,7,8,9', show_default=True, callback=cli.click_list(parse_bits))
 @click.option('--scope', help='Which parameters: the published rule, or every float parameter', type=click.Choice(list(SCOPES)),
               default='published', show_default=True)
 @generate.sampler_options(with_steps=True)
 @generate.performance_options
-def main(bits, scope, **options):
-    generate.run_study_cli(options, quant_settings(bits, scope))
+def cmdline(bits, scope, **options):
+    generate.run_study_command(options, quant_settings(bits, scope))
+
+#----------------------------------------------------------------------------
+
+main = cmdline  # EDM's name.
 
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()
 
 #----------------------------------------------------------------------------

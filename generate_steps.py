@@ -10,12 +10,13 @@ python generate_steps.py --network=network-snapshot-200000.pt --outdir=nfe \\
 import click
 
 import generate
+from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
 def parse_steps(s) -> list[int]:
     """--steps-list: step counts >= 1."""
-    steps = generate.parse_int_list(s)
+    steps = cli.parse_int_list(s, unique=True)
     if not steps or any(n < 1 for n in steps):
         raise ValueError(f'{s!r} must hold step counts >= 1.')
     return steps
@@ -31,15 +32,19 @@ def steps_settings(steps: list[int]) -> list[tuple[str, dict, None]]:
 @generate.network_options(required=True)
 @generate.output_options
 @click.option('--steps-list', '--steps_list', 'steps_list', help='Numbers of sampling steps N, one folder each', metavar='LIST',
-              type=str, default='4,6,9,13,18', show_default=True, callback=generate._click_list(parse_steps))
+              type=str, default='4,6,9,13,18', show_default=True, callback=cli.click_list(parse_steps))
 @generate.sampler_options(with_steps=False)
 @generate.performance_options
-def main(steps_list, **options):
-    generate.run_study_cli(options, steps_settings(steps_list))
+def cmdline(steps_list, **options):
+    generate.run_study_command(options, steps_settings(steps_list))
+
+#----------------------------------------------------------------------------
+
+main = cmdline  # EDM's name.
 
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()
 
 #----------------------------------------------------------------------------

@@ -177,10 +177,10 @@ def test_per_seed_sampling_does_not_depend_on_the_batch(cuda, record_property):
     assert whole.device.type == 'cuda' and torch.equal(whole, parts)  # Prior draws: bitwise per seed.
     kwargs = dict(num_steps=4, S_churn=5)  # Churn draws per-seed noise at every step as well.
     with torch.no_grad():
-        ref = generate.sample_batch(net, seeds, 16.0, kwargs, device=cuda)
+        ref = generate.sample_batch(net, seeds, kwargs, device=cuda)
         errors = []
         for batches in ([[s] for s in seeds], [[0, 1, 2], [3, 4, 5, 6]]):
-            out = torch.cat([generate.sample_batch(net, b, 16.0, kwargs, device=cuda) for b in batches])
+            out = torch.cat([generate.sample_batch(net, b, kwargs, device=cuda) for b in batches])
             errors.append(rel_max(out, ref))
     record_property('image_rel_max', max(errors))
     assert max(errors) <= 1e-4, errors

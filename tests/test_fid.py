@@ -20,6 +20,7 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parents[1]
 
 import fid
+from training import provenance
 import generate
 from test_checkpoint import tiny_net
 from torch_utils import persistence
@@ -245,9 +246,9 @@ def write_generated_folder(folder: Path, source: Path, seeds) -> dict:
     """A copy of the image folder `source` with a generate.py manifest listing `seeds`; returns the
     manifest as written."""
     shutil.copytree(source, folder)
-    manifest = generate.make_manifest(tiny_net(D=16.0), seeds, 16.0, dict(num_steps=4), network='net.pt', network_sha256='0' * 64)
-    generate.write_manifest(str(folder), manifest)
-    return json.loads((folder / generate.MANIFEST_NAME).read_text())
+    manifest = provenance.make_manifest(tiny_net(D=16.0), seeds, dict(num_steps=4), network='net.pt', network_sha256='0' * 64)
+    provenance.write_manifest(str(folder), manifest)
+    return json.loads((folder / provenance.MANIFEST_NAME).read_text())
 
 
 def test_calc_records_provenance(data, tmp_path, monkeypatch):
@@ -263,11 +264,11 @@ def test_calc_records_provenance(data, tmp_path, monkeypatch):
 
     # The same from a .zip, whose manifest lists fewer seeds than it holds images: a note says so.
     archive = tmp_path / 'generated.zip'
-    short = generate.make_manifest(tiny_net(D=16.0), range(NUM_IMAGES - 1), 16.0, dict(num_steps=4))
+    short = provenance.make_manifest(tiny_net(D=16.0), range(NUM_IMAGES - 1), dict(num_steps=4))
     with zipfile.ZipFile(archive, 'w') as z:
         for path in sorted(data['images'].rglob('*.png')):
             z.write(path, path.relative_to(data['images']).as_posix())
-        z.writestr(generate.MANIFEST_NAME, json.dumps(short))
+        z.writestr(provenance.MANIFEST_NAME, json.dumps(short))
     result = _invoke('calc', '--images', archive, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'z.json', detector=data['detector'])
     assert result.exit_code == 0, result.output
     assert f'Note: {archive} holds {NUM_IMAGES} images, but its generate.json lists {NUM_IMAGES - 1} seeds.' in result.output
@@ -275,7 +276,7 @@ def test_calc_records_provenance(data, tmp_path, monkeypatch):
     assert record['manifest'] == json.loads(json.dumps(short)) and record['num_images'] == NUM_IMAGES
 
     # A broken manifest fails before the computation, in one line, and writes no record.
-    (images / generate.MANIFEST_NAME).write_text('{')
+    (images / provenance.MANIFEST_NAME).write_text('{')
     monkeypatch.setattr(fid, 'calculate_metrics', lambda *args, **kwargs: pytest.fail('computed before checking the manifest'))
     result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'b.json', detector=data['detector'])
     assert result.exit_code == 1 and 'not a readable generate.py manifest' in result.output and not (tmp_path / 'b.json').exists()
@@ -328,8 +329,10 @@ def test_sweep(data, tmp_path):
     # A checkpoint with a block still missing shows, but cannot be best on fewer tries.
     partial = [dict(ckpt='ckpt_1', block=0, metrics=dict(fid=0.5)), dict(ckpt='ckpt_3', block=0, metrics=dict(fid=0.7)),
                dict(ckpt='ckpt_3', block=1, metrics=dict(fid=0.9))]
-    table = fid._sweep_table(partial, ['ckpt_1', 'ckpt_3'], [0, 1], num=None, seed=None, ref=None, detector=None)
-    assert table[1].split() == ['ckpt_1', '0.5000', '-', '0.5000'] and table[-1] == 'Best: ckpt_3 with FID 0.7'
+    table, best = fid.sweep_table(partial, ['ckpt_1', 'ckpt_3'], [0, 1], num=None, seed=None, ref=None, detector=None)
+    assert table[0] == dict(ckpt='ckpt_1', fid=[0.5, None], min_fid=0.5) and best['ckpt'] == 'ckpt_3'
+    lines = fid.format_sweep_table(table, best, [0, 1])
+    assert lines[1].split() == ['ckpt_1', '0.5000', '-', '0.5000'] and lines[-1] == 'Best: ckpt_3 with FID 0.7'
 
 #----------------------------------------------------------------------------
 # Bad input: one line, exit code 1, no traceback, no output file.

@@ -22,7 +22,7 @@ from test_checkpoint import (import_legacy_module, legacy_net, save_state, tiny_
                              write_pfgmpp_state)
 from test_sampling import WEIGHTS, OracleNet, check_lands_on_data, make_data
 from torch_utils import images as image_io
-from training import checkpoint, sampling
+from training import checkpoint, provenance, sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--steps=4', '--device=cpu']  # Tiny runs: 4 Heun steps (7 network evaluations).
@@ -60,18 +60,6 @@ def run_script(args, env_extra=None, timeout=120):
 #----------------------------------------------------------------------------
 # Lists and D.
 
-def test_parse_int_list():
-    assert generate.parse_int_list('0-3,7,10-11') == [0, 1, 2, 3, 7, 10, 11]
-    assert generate.parse_int_list('5') == [5] and generate.parse_int_list('2,2,1') == [2, 1]
-    for bad in ['', 'a', '3-1', '-2', '1,,2', '1.5']:
-        with pytest.raises(ValueError):
-            generate.parse_int_list(bad)
-    assert generate.parse_float_list('0,0.05,1e-1') == [0, 0.05, 0.1]
-    for bad in ['', 'x', 'nan', '1,inf']:
-        with pytest.raises(ValueError):
-            generate.parse_float_list(bad)
-
-
 @pytest.mark.parametrize('info,flags,expected', [
     (dict(D=2048.0, D_recorded=True), (None, None), 2048.0),
     (dict(D=2048.0, D_recorded=True), (True, 2048), 2048.0),
@@ -101,7 +89,7 @@ def test_d_infinity_follows_edm_stream():
     net = OracleNet(make_data(), None, WEIGHTS, label_dim=3)
     seeds = [3, 7, 11, 2 ** 32 + 5]
     settings = dict(num_steps=5, S_churn=10)
-    ours = generate.sample_batch(net, seeds, None, settings)
+    ours = generate.sample_batch(net, seeds, settings)
     ours_labels = net.seen_labels[0]
 
     gens = [torch.Generator().manual_seed(s % (1 << 32)) for s in seeds]
@@ -117,22 +105,22 @@ def test_d_infinity_follows_edm_stream():
 def test_sample_batch_with_the_oracle_lands_on_data():
     data = make_data()
     net = OracleNet(data, 16, WEIGHTS)
-    x = generate.sample_batch(net, range(400), 16)
+    x = generate.sample_batch(net, range(400))
     check_lands_on_data(x, data, WEIGHTS)
-    one = generate.sample_batch(net, [123], 16)
+    one = generate.sample_batch(net, [123])
     assert torch.equal(one[0], x[123])  # A sample depends only on its seed.
 
 
 def test_class_idx_and_ablation_sampler():
     net = OracleNet(make_data(), None, WEIGHTS, label_dim=4)
-    generate.sample_batch(net, [0, 1], None, dict(num_steps=3, solver='euler', discretization='vp'), class_idx=2)
+    generate.sample_batch(net, [0, 1], dict(num_steps=3, solver='euler', discretization='vp'), class_idx=2)
     assert all(torch.equal(labels, torch.eye(4)[[2, 2]]) for labels in net.seen_labels)
     with pytest.raises(ValueError, match='out of range'):
-        generate.sample_batch(net, [0], None, class_idx=4)
+        generate.sample_batch(net, [0], class_idx=4)
     with pytest.raises(ValueError, match='unconditional'):
-        generate.sample_batch(OracleNet(make_data()), [0], None, class_idx=0)
+        generate.sample_batch(OracleNet(make_data()), [0], class_idx=0)
     with pytest.raises(ValueError, match='Unknown sampler settings'):
-        generate.sample_batch(net, [0], None, dict(steps=3))
+        generate.sample_batch(net, [0], dict(steps=3))
 
 #----------------------------------------------------------------------------
 # Determinism across batch sizes and processes.
@@ -141,7 +129,7 @@ def test_images_do_not_depend_on_the_batch_size(tmp_path):
     net = tiny_net(D=16.0, label_dim=2)
     seeds = list(range(7))
     for batch in (7, 1, 3):
-        written = generate.generate_images(net, seeds, str(tmp_path / f'b{batch}'), D=16.0, batch_size=batch,
+        written = generate.generate_images(net, seeds, str(tmp_path / f'b{batch}'), batch_size=batch,
                                            sampler_kwargs=dict(num_steps=4, S_churn=5), progress=False)
         assert sorted(written) == seeds
     reference = read_pngs(tmp_path / 'b7', seeds)
@@ -171,7 +159,7 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
 
 def test_torchrun_two_processes_match_one(tmp_path, snapshot):
     seeds = list(range(6))
-    generate.generate_images(checkpoint.load_network(snapshot)[0], seeds, str(tmp_path / 'one'), D=2048.0,
+    generate.generate_images(checkpoint.load_network(snapshot)[0], seeds, str(tmp_path / 'one'),
                              batch_size=6, sampler_kwargs=dict(num_steps=4), progress=False)
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
     result = run_script([torchrun, '--standalone', '--nproc_per_node=2', 'generate.py', f'--network={snapshot}',
@@ -232,7 +220,7 @@ def test_run_directory_mode(tmp_path):
     assert all(sorted(os.listdir(run / f'ckpt_{k:06d}')) == PNGS_0_2 + ['generate.json'] for k in (100, 200, 300))
 
     for kimg, name in [(100, checkpoint.snapshot_name(100)), (200, checkpoint.snapshot_name(200)), (300, checkpoint.state_name(300))]:
-        manifest = generate.read_manifest(str(run / f'ckpt_{kimg:06d}'))
+        manifest = provenance.read_manifest(str(run / f'ckpt_{kimg:06d}'))
         assert manifest['network'] == str(run / name) and manifest['seeds'] == dict(ranges='0-2', count=3)
         assert manifest['network_sha256'] == hashlib.sha256((run / name).read_bytes()).hexdigest()
 
@@ -271,7 +259,8 @@ def test_legacy_pickles_need_allow_pickle(tmp_path, monkeypatch):
                          f'--outdir={tmp_path / "legacy"}', '--seeds=0-2', *FAST])
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'D=2048' in result.stdout  # Read from PFGM++'s recorded constructor arguments.
-    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), D=2048.0, sampler_kwargs=dict(num_steps=4), progress=False)
+    legacy.D = 2048.0  # The published class keeps D in its arguments; sampling reads net.D.
+    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
     assert_nearly_equal(read_pngs(tmp_path / 'legacy', range(3)), read_pngs(tmp_path / 'original', range(3)))
 
     # An EDM file records no D: the flags choose it.
@@ -288,7 +277,7 @@ def test_run_directory_with_pfgmpp_training_state_pkl(tmp_path, monkeypatch):
     run = tmp_path / 'run'
     run.mkdir()
     write_pfgmpp_state(run / 'training-state-000010.pkl', legacy)
-    assert generate.find_checkpoints(str(run)) == [(10, str(run / 'training-state-000010.pkl'))]
+    assert checkpoint.find_checkpoints(str(run), 'network') == [(10, str(run / 'training-state-000010.pkl'))]
 
     args = [f'--outdir={run}', '--seeds=0-2', *FAST]
     code, out = run_cli(generate.main, args)
@@ -298,21 +287,22 @@ def test_run_directory_with_pfgmpp_training_state_pkl(tmp_path, monkeypatch):
 
     code, out = run_cli(generate.main, args + ['--allow-pickle'])
     assert code == 0, out
-    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), D=2048.0, sampler_kwargs=dict(num_steps=4), progress=False)
+    legacy.D = 2048.0  # The published class keeps D in its arguments; sampling reads net.D.
+    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
     assert_nearly_equal(read_pngs(run / 'ckpt_000010', range(3)), read_pngs(tmp_path / 'original', range(3)))
-    manifest = generate.read_manifest(str(run / 'ckpt_000010'))
+    manifest = provenance.read_manifest(str(run / 'ckpt_000010'))
     assert manifest['network'] == str(run / 'training-state-000010.pkl') and manifest['D'] == 2048.0
     assert manifest['network_sha256'] == hashlib.sha256((run / 'training-state-000010.pkl').read_bytes()).hexdigest()
 
     # The .pkl is the last choice for its kimg: our .pt training state wins.
     save_state(run / checkpoint.state_name(10), tiny_net(D=2048.0), 10)
-    assert generate.find_checkpoints(str(run)) == [(10, str(run / checkpoint.state_name(10)))]
+    assert checkpoint.find_checkpoints(str(run), 'network') == [(10, str(run / checkpoint.state_name(10)))]
 
 #----------------------------------------------------------------------------
 # Provenance: generate.json.
 
 def expected_code_version():
-    """git's view of this checkout, asked independently of generate.code_version()."""
+    """git's view of this checkout, asked independently of provenance.code_version()."""
     try:
         head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=30)
     except OSError:
@@ -349,9 +339,9 @@ def test_manifest_fields(tmp_path, snapshot):
 
 
 def test_code_version_without_git(monkeypatch):
-    with_git = generate.code_version.__wrapped__()
+    with_git = provenance.code_version.__wrapped__()
     monkeypatch.setenv('PATH', '')  # No git to run.
-    without = generate.code_version.__wrapped__()
+    without = provenance.code_version.__wrapped__()
     assert without['git_commit'] is None and without['git_dirty'] is None
     assert without['source_sha256'] == with_git['source_sha256']
     # The source hash covers the code's bytes: recompute it over the same files.
@@ -364,24 +354,14 @@ def test_code_version_without_git(monkeypatch):
 
 def test_sampler_settings_after_defaults():
     net = tiny_net(sigma_min=0.01, sigma_max=50)
-    settings = generate.sampler_settings(net, dict(num_steps=6, sigma_min=None))
+    settings = sampling.sampler_settings(net, dict(num_steps=6, sigma_min=None))
     assert settings == dict(sampler='edm', num_steps=6, sigma_min=0.01, sigma_max=50.0, rho=7, S_churn=0, S_min=0,
                             S_max=float('inf'), S_noise=1, alpha=0)  # EDM's 0.002..80 clamped to the network's range.
-    settings = generate.sampler_settings(tiny_net(), dict(num_steps=6, discretization='ve', solver='euler'))
+    settings = sampling.sampler_settings(tiny_net(), dict(num_steps=6, discretization='ve', solver='euler'))
     assert settings['sampler'] == 'ablation' and (settings['sigma_min'], settings['sigma_max']) == (0.02, 100.0)  # EDM's VE range.
     assert (settings['solver'], settings['schedule'], settings['scaling']) == ('euler', 'linear', 'none')
     with pytest.raises(ValueError, match='num_steps'):
-        generate.sampler_settings(tiny_net(), dict(num_steps=1, solver='euler'))
-
-
-def test_format_int_list_round_trip():
-    gen = np.random.default_rng(0)
-    for _ in range(50):
-        values = gen.choice(60, size=gen.integers(1, 30), replace=False).tolist()
-        text = generate.format_int_list(values)
-        assert generate.parse_int_list(text) == sorted(values)
-        assert len(text.split(',')) == 1 + int(np.sum(np.diff(sorted(values)) > 1))  # One part per run.
-    assert generate.format_int_list([3, 0, 1, 2, 2, 7]) == '0-3,7' and generate.format_int_list([]) == ''
+        sampling.sampler_settings(tiny_net(), dict(num_steps=1, solver='euler'))
 
 
 def test_manifest_merges_seeds_and_refuses_mixing(tmp_path, snapshot):
@@ -391,7 +371,7 @@ def test_manifest_merges_seeds_and_refuses_mixing(tmp_path, snapshot):
     assert code == 0, out
     code, out = run_cli(generate.main, [*common, '--seeds=2-3', '--batch=1'])  # Same configuration, more seeds.
     assert code == 0, out
-    manifest = generate.read_manifest(str(outdir))
+    manifest = provenance.read_manifest(str(outdir))
     assert manifest['seeds'] == dict(ranges='0-3', count=4)
     assert [r['seeds']['ranges'] for r in manifest['runs']] == ['0-1', '2-3'] and manifest['runs'][1]['batch_size'] == 1
 
@@ -462,10 +442,10 @@ def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
     for folder, study, alpha in [('alpha/alpha_0.1', dict(folder='alpha_0.1', overrides=dict(alpha=0.1), transform=None), 0.1),
                                  ('steps/steps_2', dict(folder='steps_2', overrides=dict(num_steps=2), transform=None), 0),
                                  ('quant/bits_4', dict(folder='bits_4', overrides={}, transform="quantize_weights(bits=4, scope='published')"), 0)]:
-        manifest = generate.read_manifest(str(tmp_path / folder))
+        manifest = provenance.read_manifest(str(tmp_path / folder))
         assert manifest['study'] == study and manifest['sampler']['alpha'] == alpha, folder
         assert manifest['network_sha256'] == hashlib.sha256(Path(snapshot).read_bytes()).hexdigest()
-    assert generate.read_manifest(str(tmp_path / 'steps/steps_2'))['sampler']['num_steps'] == 2
+    assert provenance.read_manifest(str(tmp_path / 'steps/steps_2'))['sampler']['num_steps'] == 2
 
     # A rerun skips complete folders; bad lists are usage errors.
     code, out = run_cli(generate_quant.main, [*common, f'--outdir={tmp_path / "quant"}', '--bits=8', '--steps=3'])

@@ -9,14 +9,14 @@ OSError, ...) and a click `cmdline()` that only parses the options and calls it 
 import contextlib
 import math
 import re
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import click
 
 import dnnlib
 from torch_utils import misc
 
-__all__ = ['parse_int_list', 'parse_float_list', 'click_list', 'first_line', 'USER_ERRORS', 'one_line_errors',
+__all__ = ['parse_int_list', 'format_int_list', 'parse_float_list', 'click_list', 'first_line', 'USER_ERRORS', 'one_line_errors',
            'device_option', 'debug_option']
 
 #----------------------------------------------------------------------------
@@ -40,6 +40,21 @@ def parse_int_list(s: str | Sequence[int], unique: bool = False) -> list[int]:
     if any(v < 0 for v in values):
         raise ValueError(f'{s!r} holds negative numbers; expected integers >= 0.')
     return list(dict.fromkeys(values)) if unique else values
+
+
+def format_int_list(values: Iterable[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8': sorted, duplicates dropped, consecutive runs as ranges;
+    parse_int_list() reads it back."""
+    parts, values = [], sorted(set(int(v) for v in values))
+    start = prev = None
+    for v in values + [None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f'{start}-{prev}')
+        start = prev = v
+    return ','.join(parts)
 
 
 def parse_float_list(s: str | Sequence[float], unique: bool = True) -> list[float]:

@@ -14,7 +14,6 @@ the noise and class embedding, group-normalisation statistics, the attention sof
 float32 inside scaled_dot_product_attention's kernels) and the loss (training/networks.py).
 """
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -44,14 +43,6 @@ def configure_backends(precision: str, cudnn_benchmark: bool = True) -> None:
     torch.backends.cuda.matmul.fp32_precision = mode
     torch.backends.cudnn.conv.fp32_precision = mode
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-
-
-def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
-    """torch.autocast for bf16 and fp16, a no-op context otherwise."""
-    dtype = autocast_dtype(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def set_network_precision(net: torch.nn.Module, precision: str) -> torch.nn.Module:

@@ -1,5 +1,6 @@
-"""Samplers: EDM's deterministic/stochastic Heun sampler (Karras et al., 2022, Algorithm 2) and its
-generalised ablation sampler (Algorithm 1 with Table 1's schedules and scalings).
+"""Samplers: EDM's deterministic/stochastic Heun sampler (Karras et al., 2022, Algorithm 2), its
+generalised ablation sampler (Algorithm 1 with Table 1's schedules and scalings), and Restart
+sampling (Xu et al., 2023) on EDM's Heun sampler; choose_sampler() picks one from settings.
 
 The samplers are pure functions of (net, latents, noise levels). `latents` is the starting point at
 the first noise level, already drawn from the prior (training.pfgmpp.sample_prior; for D=None that is
@@ -10,6 +11,7 @@ the noise level the prior must be drawn at for given sampler settings.
 sigma_min and sigma_max (EDM's preconditioners, or an exact denoiser in tests).
 """
 
+import inspect
 import json
 import math
 import re
@@ -21,7 +23,7 @@ import torch
 from training import pfgmpp
 
 __all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range',
-           'RestartInterval', 'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler']
+           'choose_sampler', 'sampler_settings', 'RestartInterval', 'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -159,7 +161,7 @@ def sigma_range(net, sampler: str = 'edm', sigma_min: Optional[float] = None, si
     """The noise range (sigma_min, sigma_max) a sampler actually uses: the one requested, else the
     sampler's default (edm_sampler: 0.002 to 80; ablation_sampler: the discretization's), clamped
     to the network's range."""
-    if sampler == 'edm':
+    if sampler in ('edm', 'restart'):
         sigma_min = 0.002 if sigma_min is None else sigma_min
         sigma_max = 80 if sigma_max is None else sigma_max
     else:
@@ -180,7 +182,7 @@ def first_sigma(net, sampler: str = 'edm', num_steps: int = 18, sigma_min: Optio
                 sigma_max: Optional[float] = None, rho: float = 7, discretization: str = 'edm', **kwargs) -> float:
     """The noise level the sampler starts at, where the prior must be drawn (pfgmpp.sample_prior):
     sigma_max clamped to the network's range and rounded, or the first level of the discretization."""
-    if sampler == 'edm':
+    if sampler in ('edm', 'restart'):
         _, sigma_max = sigma_range(net, 'edm', sigma_min, sigma_max)
         return float(net.round_sigma(torch.as_tensor(sigma_max, dtype=torch.float64)))
     steps, _, _ = ablation_sigma_steps(net, num_steps, sigma_min, sigma_max, rho, discretization,
@@ -473,3 +475,61 @@ def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Ten
     if callback is not None:
         callback(num_steps, t_steps[-1], x_next)
     return x_next
+
+#----------------------------------------------------------------------------
+# Choosing the sampler from settings (generate.py and the study scripts), and every setting it runs with.
+
+SAMPLER_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise',
+                'solver', 'discretization', 'schedule', 'scaling', 'alpha', 'restart', 'restart_gamma')
+ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
+RESTART_KEYS = ('restart', 'restart_gamma')
+# Arguments that are not settings: the network, the state, the per-seed randomness, D (the network's).
+_NOT_SETTINGS = ('net', 'latents', 'class_labels', 'randn_like', 'gamma_log_like', 'callback', 'D')
+
+
+def choose_sampler(sampler_kwargs: dict) -> tuple[Callable, str]:
+    """EDM's rule, extended by Restart: the ablation sampler when any of solver/discretization/
+    schedule/scaling is given, restart_sampler when restart intervals are, else edm_sampler. Returns
+    (function, 'ablation' | 'restart' | 'edm'); ValueError for unknown settings or a mix of kinds."""
+    unknown = set(sampler_kwargs) - set(SAMPLER_KEYS)
+    if unknown:
+        raise ValueError(f'Unknown sampler settings {sorted(unknown)}; expected some of {", ".join(SAMPLER_KEYS)}.')
+    ablation = [key for key in ABLATION_KEYS if key in sampler_kwargs]
+    restart = bool(parse_restart(sampler_kwargs.get('restart')))
+    if restart and ablation:
+        raise ValueError(f'Restart sampling runs EDM\'s Heun sampler; drop --restart or the ablation options ({", ".join(ablation)}).')
+    if restart and sampler_kwargs.get('alpha'):
+        raise ValueError('Noise injection (alpha) is a study of the plain sampler; drop --restart or alpha.')
+    if ablation:
+        return ablation_sampler, 'ablation'
+    if restart:
+        return restart_sampler, 'restart'
+    if 'restart_gamma' in sampler_kwargs:
+        raise ValueError('restart_gamma is a setting of Restart sampling; give restart intervals too, or drop it.')
+    return edm_sampler, 'edm'
+
+
+def sampler_settings(net, sampler_kwargs: Optional[dict] = None) -> dict:
+    """Every setting of the sampler choose_sampler() picks for sampler_kwargs, after defaults:
+    {'sampler': 'edm' | 'ablation' | 'restart', each keyword of that sampler function with its value},
+    with sigma_min and sigma_max the range actually used (the sampler's default for its
+    discretization, clamped to the network's range) and restart intervals as [[N_Restart, K, t_min,
+    t_max], ...]. Raises ValueError for settings the sampler would refuse."""
+    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
+    sampler_fn, kind = choose_sampler(sampler_kwargs)
+    settings = {name: param.default for name, param in inspect.signature(sampler_fn).parameters.items()
+                if name not in _NOT_SETTINGS and param.default is not inspect.Parameter.empty}
+    settings.update(sampler_kwargs)
+    for key, choices in [('solver', SOLVERS), ('discretization', DISCRETIZATIONS), ('schedule', SCHEDULES), ('scaling', SCALINGS)]:
+        if key in settings and settings[key] not in choices:
+            raise ValueError(f'Unknown {key} {settings[key]!r}; choose one of {", ".join(choices)}.')
+    first_sigma(net, kind, **{k: v for k, v in sampler_kwargs.items() if k not in RESTART_KEYS})  # Refuses what the sampler would.
+    settings['sigma_min'], settings['sigma_max'] = sigma_range(
+        net, kind, sampler_kwargs.get('sigma_min'), sampler_kwargs.get('sigma_max'),
+        settings.get('discretization', 'edm'), settings.get('epsilon_s', 1e-3))
+    if kind == 'restart':
+        restart_plan(net, settings['num_steps'], settings['sigma_min'], settings['sigma_max'], settings['rho'], settings['restart'])
+        settings['restart'] = [list(interval) for interval in parse_restart(settings['restart'])]
+    return dict(sampler=kind, **settings)
+
+#----------------------------------------------------------------------------
