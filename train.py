@@ -74,6 +74,7 @@ class TrainOptions:
     ema: float = 0.5
     ema_rampup: float = 0.05
     dropout: float = 0.13
+    cond_drop: float = 0.0
     augment: float = 0.12
     xflip: bool = False
     precision: Optional[str] = None
@@ -128,6 +129,12 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
     if opts.nblock is not None:
         c.network_kwargs['num_blocks'] = opts.nblock
     c.network_kwargs.update(dropout=opts.dropout, D=opts.D)
+    if opts.cond_drop:
+        # EDM's networks zero each sample's class label with this probability (training only), from the
+        # step's seeded generator: the same network is then also the unconditional one, for guidance.
+        if not opts.cond:
+            raise ValueError(f'--cond-drop={opts.cond_drop} drops class labels, but the model is unconditional; use --cond=1 or drop --cond-drop.')
+        c.network_kwargs['label_dropout'] = opts.cond_drop
     c.loss_kwargs = dict(class_name=loss_class)
     if opts.sigma_scale != 1:
         c.loss_kwargs['sigma_scale'] = opts.sigma_scale
@@ -248,7 +255,7 @@ def print_summary(opts: TrainOptions, c: dnnlib.EasyDict, options: dict, run_dir
     print()
     print(f'Output directory:        {run_dir}')
     print(f'Dataset path:            {opts.data}')
-    print(f'Class-conditional:       {opts.cond}')
+    print(f'Class-conditional:       {opts.cond}{f" (labels dropped with probability {opts.cond_drop:g})" if opts.cond_drop else ""}')
     print(f'Network architecture:    {opts.arch}')
     print(f'Blocks per resolution:   {num_blocks(opts)}')
     print(f'Preconditioning & loss:  {opts.precond}')
@@ -339,6 +346,7 @@ def launch_training(c: dnnlib.EasyDict, options: dict) -> dict:
 @click.option('--ema',           help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
 @click.option('--ema-rampup',    help='EMA ramp-up ratio (0 = none)', metavar='FLOAT', type=click.FloatRange(min=0), default=0.05)
 @click.option('--dropout',       help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)
+@click.option('--cond-drop', 'cond_drop', help='Class-label dropout probability, for classifier-free guidance', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.0)
 @click.option('--augment',       help='Augment probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.12)
 @click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False)
 

@@ -495,3 +495,83 @@ def test_precision_options_stay_close_to_fp32(tmp_path, snapshot):
     assert code == 0, out
     code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "bad"}', '--precision=fp64'])
     assert code == 2 and 'fp64' in out and not os.path.exists(tmp_path / 'bad')
+
+#----------------------------------------------------------------------------
+# Guidance and Restart through generate.py.
+
+@pytest.fixture(scope='module')
+def cond_snapshots(tmp_path_factory):
+    """A tiny class-conditional D=16 network, a guide for it (another seed), and a guide of another D."""
+    folder = tmp_path_factory.mktemp('cond')
+    paths = {}
+    for name, net in [('main', tiny_net(D=16.0, label_dim=3)), ('guide', tiny_net(D=16.0, label_dim=3, seed=5)),
+                      ('other_D', tiny_net(D=128.0, label_dim=3, seed=5))]:
+        paths[name] = str(folder / f'{name}.pt')
+        checkpoint.save_network_snapshot(paths[name], net, kimg=1)
+    return paths
+
+
+@pytest.mark.parametrize('args', [
+    ['--guidance=2.5'],                                              # Classifier-free guidance, one batched forward.
+    ['--guidance=2', '--guidance-interval=0.3,5'],                   # ... only inside the interval.
+    ['--guidance=1.7', '--gnet={guide}'],                            # Autoguidance.
+    ['--restart=2:1:0.5:1.5', '--S_churn=2'],                        # Restart (per-seed jumps) with churn.
+    ['--restart=3:2:0.4:2', '--guidance=2', '--gnet={guide}'],       # Guided Restart.
+])
+def test_guided_and_restart_images_do_not_depend_on_the_batch(tmp_path, cond_snapshots, args):
+    args = [a.format(**cond_snapshots) for a in args]
+    seeds = list(range(5))
+    for batch in (5, 2):
+        code, out = run_cli(generate.main, [f'--network={cond_snapshots["main"]}', f'--outdir={tmp_path / f"b{batch}"}',
+                                            '--seeds=0-4', f'--batch={batch}', *FAST, *args])
+        assert code == 0, out
+    assert_nearly_equal(read_pngs(tmp_path / 'b2', seeds), read_pngs(tmp_path / 'b5', seeds))
+    plain = tmp_path / 'plain'
+    assert run_cli(generate.main, [f'--network={cond_snapshots["main"]}', f'--outdir={plain}', '--seeds=0-4', *FAST])[0] == 0
+    assert np.abs(read_pngs(plain, seeds) - read_pngs(tmp_path / 'b5', seeds)).max() > 2  # It changed the images.
+    manifest = provenance.read_manifest(str(tmp_path / 'b5'))
+    if any(a.startswith('--guidance=') for a in args):
+        assert manifest['guidance']['weight'] == float(args[[a.startswith('--guidance=') for a in args].index(True)].split('=')[1])
+    if any(a.startswith('--restart') for a in args):
+        assert manifest['sampler']['sampler'] == 'restart' and manifest['sampler']['restart']
+
+
+def test_guidance_one_is_the_plain_sampler_and_costs_are_printed(tmp_path, cond_snapshots):
+    common = [f'--network={cond_snapshots["main"]}', '--seeds=0-3', *FAST]
+    assert run_cli(generate.main, [*common, f'--outdir={tmp_path / "plain"}'])[0] == 0
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "one"}', '--guidance=1'])
+    assert code == 0 and 'Guidance:' not in out
+    assert np.array_equal(read_pngs(tmp_path / 'one', range(4)), read_pngs(tmp_path / 'plain', range(4)))
+    # 4 Heun steps: 7 calls; with guidance in every call, 14 evaluations per image.
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "cfg"}', '--guidance=2'])
+    assert code == 0 and 'Guidance: 14 network evaluations per image (7 of the sampler\'s 7 calls guided)' in out, out
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "restart"}', '--restart=3:2:0.4:2'])
+    assert code == 0 and '15 network evaluations per image' in out, out  # 2*4 - 1 + 2*2*(3 - 1).
+
+
+def test_restart_preset_brings_its_published_settings(tmp_path, cond_snapshots):
+    kwargs = generate.sampler_kwargs_from(dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
+                                               restart='cifar10-pfgmpp-d2048'))
+    assert kwargs == dict(num_steps=18, rho=7, S_churn=0, S_min=0.01, S_max=1, S_noise=1, restart='cifar10-pfgmpp-d2048',
+                          restart_gamma=0.05)
+    assert sampling.restart_nfe(18, kwargs['restart']) == 43
+    explicit = generate.sampler_kwargs_from(dict(num_steps=12, S_min=0.5, restart='cifar10-pfgmpp-d2048'))
+    assert explicit['num_steps'] == 12 and explicit['S_min'] == 0.5 and explicit['S_max'] == 1  # What the user set wins.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--network={uncond}', '--guidance=2'], 'unconditional'),
+    (['--network={main}', '--guidance=2', '--gnet={other_D}'], 'D=128'),
+    (['--network={main}', '--guidance=2', '--guidance-interval=3,1'], 'sigma_lo < sigma_hi'),
+    (['--network={main}', '--restart=2:1:0.5:150'], 'noise range'),
+    (['--network={main}', '--restart=2:1:0.001:1'], 'noise range'),
+    (['--network={main}', '--restart=nonsense'], 'preset'),
+    (['--network={main}', '--restart=2:1:0.5:1', '--solver=euler'], 'Restart sampling runs EDM'),
+    (['--network={main}', '--restart-gamma=0.05'], 'restart intervals'),
+])
+def test_bad_guidance_and_restart_get_one_line(tmp_path, cond_snapshots, snapshot, args, message):
+    paths = dict(cond_snapshots, uncond=snapshot)
+    code, out = run_cli(generate.main, [a.format(**paths) for a in args] + [f'--outdir={tmp_path / "out"}', '--seeds=0', *FAST])
+    assert code != 0 and message in out and 'Traceback' not in out, out
+    assert len([line for line in out.splitlines() if line.startswith('Error')]) == 1
+    assert not (tmp_path / 'out').exists()

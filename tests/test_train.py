@@ -507,3 +507,46 @@ def test_command_line_defaults_are_the_functions_defaults():
     assert set(parsed) - {'debug'} == {f.name for f in dataclasses.fields(train.TrainOptions)}
     for name, default in train.DEFAULTS.items():
         assert parsed[name] == default, name
+
+
+def test_cond_drop_zeroes_labels_resumes_exactly_and_guides(bars_zip, tmp_path):
+    # --cond-drop=1: every label is dropped, so the class embedding gets no gradient at all and the
+    # network learns the unconditional model; with 0.5 training resumes bit for bit and the snapshot
+    # samples with classifier-free guidance.
+    config = loop_config(tmp_path, bars_zip, '--cond=1', '--cond-drop=1')
+    assert config.network_kwargs['label_dropout'] == 1
+    (tmp_path / 'all').mkdir()
+    training_loop.training_loop(**dict(config, run_dir=str(tmp_path / 'all'), total_kimg=0.032))
+    state = torch.load(tmp_path / 'all' / checkpoint.state_name(0), weights_only=True)
+    names = [name for name, _ in train_network(config).named_parameters()]  # Adam's state is in this order.
+    moments = {name: state['optimizer']['state'][i]['exp_avg'] for i, name in enumerate(names)}
+    assert not moments['model.map_label.weight'].any()  # A zero label: no gradient, ever.
+    assert moments['model.map_label.bias'].any() and moments['model.map_layer0.weight'].any()  # Others learn.
+
+    config = loop_config(tmp_path, bars_zip, '--cond=1', '--cond-drop=0.5')
+    states = {}
+    for name, nimg, resume in [('full', 64, None), ('half', 32, None), ('resumed', 64, 'half')]:
+        (tmp_path / name).mkdir()
+        training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=nimg / 1000, snapshot_ticks=4,
+                                           resume_state=states.get(resume)))
+        states[name] = str(tmp_path / name / checkpoint.state_name(0))
+    assert_same_states(states['full'], states['resumed'])
+
+    import generate
+    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0)
+    result = CliRunner().invoke(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "guided"}', '--seeds=0-1',
+                                                '--steps=4', '--device=cpu', '--guidance=2'])
+    assert result.exit_code == 0, result.output
+    assert 'network evaluations per image' in result.output
+
+
+def train_network(config):
+    """The network training_loop builds for config, for its parameter names in optimizer order."""
+    return dnnlib.construct_class_by_name(**config.network_kwargs, img_resolution=16, img_channels=3, label_dim=2)
+
+
+def test_cond_drop_needs_a_conditional_model(bars_zip, tmp_path):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--cond-drop=0.1']), 'unconditional', out)
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=1', '--cond-drop=0.1', '--dry-run'])
+    assert result.exit_code == 0 and 'labels dropped with probability 0.1' in result.output
