@@ -9,6 +9,7 @@ Distance (KID), computed with the Inception-v3 detector that EDM and PFGM++ repo
 import dataclasses
 import datetime
 import functools
+import glob
 import inspect
 import json
 import os
@@ -466,45 +467,51 @@ def calc(images: str, ref: str, num: int = 50000, seed: int = 0, metrics: Sequen
 def sweep(run: str, ref: str, num: int = 50000, seed: int = 0, ranges: int = 1, metrics: Sequence[str] = ('fid',),
           json_path: Optional[str] = None, detector: Optional[str] = None, allow_pickle: bool = False, batch: int = 64,
           workers: int = 3, device: str = 'auto') -> dict:
-    """Evaluate every ckpt_<kimg>/ image folder of a run (checkpoint.find_checkpoints); each
-    evaluation is appended to RUN/metrics.jsonl with its provenance, and folders already recorded
-    there are skipped. ranges > 1: the disjoint blocks of `num` images in seed order (EDM's three
-    seed ranges with ranges=3 and 150000 images per folder), else `num` images chosen by `seed`.
+    """Evaluate every ckpt_<kimg>/ image folder of a run (checkpoint.find_checkpoints), or of every run
+    a glob pattern matches ('RUN/phema_*': the post-hoc EMA reconstructions); each evaluation is
+    appended to that run's metrics.jsonl with its provenance, and folders already recorded there are
+    skipped. ranges > 1: the disjoint blocks of `num` images in seed order (EDM's three seed ranges
+    with ranges=3 and 150000 images per folder), else `num` images chosen by `seed`.
     Returns (rank 0; {} elsewhere) {'run', 'ref', 'num', 'ranges', 'evaluations': this sweep's
-    records, 'table': per folder its FID per block and minimum, 'best': the folder of lowest minimum
-    FID among those fully evaluated, or None}, which json_path also receives."""
+    records, 'table': per folder ('RUN_NAME/ckpt_...' for a pattern) its FID per block and minimum,
+    'best': the row of lowest minimum FID among those fully evaluated, or None}, which json_path also
+    receives."""
     metrics = check_metrics(metrics)
     if 'fid' not in metrics:
         raise ValueError('sweep ranks checkpoints by FID; include fid in --metrics.')
     dev = dist.init(device)
-    if not os.path.isdir(run):
-        raise FileNotFoundError(f'--run {run} is not a folder; pass the folder that holds the ckpt_*/ image folders.')
-    folders = [os.path.basename(path) for _kimg, path in checkpoint.find_checkpoints(run, 'samples')]
-    if not folders:
+    runs = sorted(path for path in glob.glob(run) if os.path.isdir(path)) if glob.has_magic(run) else [run]
+    if not runs or not os.path.isdir(runs[0]):
+        raise FileNotFoundError(f'--run {run} is not a folder (nor a pattern matching folders); pass the folder that holds the ckpt_*/ image folders.')
+    folders = {r: [os.path.basename(path) for _kimg, path in checkpoint.find_checkpoints(r, 'samples')] for r in runs}
+    if not any(folders.values()):
         raise FileNotFoundError(f'{run} has no ckpt_*/ image folders; write them with generate.py first.')
     if json_path is not None:
         check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
-    log_path = os.path.join(run, 'metrics.jsonl')
-    records = _read_jsonl(log_path)
-    dist.barrier()  # Every process has read the log before rank 0 appends to it.
     key = dict(num=num, seed=seed, ref=ref, detector=detector or DETECTOR_URL)
     blocks = [None] if ranges == 1 else list(range(ranges))
     evaluator = _SweepEvaluator(ref_stats, metrics, detector, allow_pickle, dev, batch, workers)
-    new = []
-    for name in folders:
-        for block in blocks:
-            record = evaluator.evaluate(run, name, block, records, **key)
-            if record is False:
-                break
-            if record is not None and dist.get_rank() == 0:
-                _append_jsonl(log_path, record)
-                records.append(record)
-                new.append(record)
+    table, new = [], []
+    for r in runs:
+        log_path = os.path.join(r, 'metrics.jsonl')
+        records = _read_jsonl(log_path)
+        dist.barrier()  # Every process has read the log before rank 0 appends to it.
+        for name in folders[r]:
+            for block in blocks:
+                record = evaluator.evaluate(r, name, block, records, **key)
+                if record is False:
+                    break
+                if record is not None and dist.get_rank() == 0:
+                    _append_jsonl(log_path, record)
+                    records.append(record)
+                    new.append(dict(record, run=r))
+        rows, _best = sweep_table(records, folders[r], blocks, **key)
+        table += [dict(row, ckpt=f'{os.path.basename(os.path.normpath(r))}/{row["ckpt"]}') if len(runs) > 1 else row for row in rows]
     summary = {}
     if dist.get_rank() == 0:
-        table, best = sweep_table(records, folders, blocks, **key)
-        summary = dict(run=run, ref=ref, num=num, ranges=ranges, evaluations=new, table=table, best=best)
+        best = min((row for row in table if None not in row['fid']), key=lambda row: row['min_fid'], default=None)
+        summary = dict(run=run, runs=runs, ref=ref, num=num, ranges=ranges, evaluations=new, table=table, best=best)
         for line in format_sweep_table(table, best, blocks):
             print(line)
         if json_path is not None:
@@ -667,7 +674,7 @@ def calc_command(**kwargs) -> None:
 
 
 @main.command('sweep')
-@click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote', metavar='DIR', type=str, required=True)
+@click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote, or a pattern of such folders', metavar='DIR|GLOB', type=str, required=True)
 @click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images per evaluation', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
@@ -679,6 +686,8 @@ def calc_command(**kwargs) -> None:
 def sweep_command(**kwargs) -> None:
     """Evaluate every ckpt_*/ folder of a run; results go to RUN/metrics.jsonl.
 
+    --run may be a pattern such as 'RUN/phema_*' (quoted): every matching folder is swept, e.g. the
+    post-hoc EMA reconstructions of reconstruct_phema.py, and the table covers them all.
     Folders already recorded there are skipped, and the table ends with the checkpoint of lowest FID
     (the minimum over its --ranges blocks: --ranges=3 with 150000 images per folder gives EDM's three
     seed ranges 0-49999, 50000-99999, 100000-149999)."""

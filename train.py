@@ -25,7 +25,7 @@ import torch
 import dnnlib
 from torch_utils import cli, distributed
 from torch_utils.precision import PRECISIONS
-from training import checkpoint, networks, pfgmpp
+from training import checkpoint, networks, pfgmpp, phema
 from training.dataset import ImageFolderDataset
 from training.training_loop import training_loop
 
@@ -73,6 +73,7 @@ class TrainOptions:
     lr_rampup: float = 10000
     ema: float = 0.5
     ema_rampup: float = 0.05
+    phema: Optional[list] = None
     dropout: float = 0.13
     cond_drop: float = 0.0
     augment: float = 0.12
@@ -147,6 +148,7 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
     batch_gpu = check_batch(opts, world_size)
     c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(opts.duration * 1000), 1),
              ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=ema_rampup_ratio(opts), lr_rampup_kimg=opts.lr_rampup,
+             phema_stds=check_phema(opts.phema),
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,
              state_dump_ticks=opts.dump or None, workers=opts.workers, cudnn_benchmark=opts.bench,
              precision=resolve_precision(opts), channels_last=opts.channels_last, compile=opts.compile,
@@ -168,6 +170,17 @@ def check_batch(opts: TrainOptions, world_size: int) -> int:
         if opts.rbatch <= batch_gpu:
             raise ValueError(f'--rbatch={opts.rbatch} must exceed the per-rank batch {batch_gpu}; it counts the batch itself.')
     return batch_gpu
+
+
+def check_phema(stds: Optional[list]) -> Optional[list]:
+    """--phema: distinct relative stds in (0, sqrt(1/12)) (EDM2's range), or None."""
+    if not stds:
+        return None
+    stds = [float(x) for x in stds]
+    if any(not 0 < x < phema.STD_MAX for x in stds) or len(set(stds)) != len(stds):
+        raise ValueError(f'--phema={",".join(f"{x:g}" for x in stds)}: the relative stds must be distinct and in (0, {phema.STD_MAX:.4f}), '
+                         f'e.g. 0.05,0.10 (EDM2\'s pair).')
+    return stds
 
 
 def ema_rampup_ratio(opts: TrainOptions) -> Optional[float]:
@@ -262,6 +275,8 @@ def print_summary(opts: TrainOptions, c: dnnlib.EasyDict, options: dict, run_dir
     print(f'PFGM++ D:                {opts.D if opts.D is not None else "infinity (diffusion)"}')
     print(f'Number of ranks:         {world_size}')
     print(f'Batch size:              {c.batch_size}')
+    if c.phema_stds:
+        print(f'Post-hoc EMA stds:       {", ".join(f"{x:g}" for x in c.phema_stds)} (reconstruct_phema.py)')
     print(f'EMA ramp-up:             {c.ema_rampup_ratio if c.ema_rampup_ratio is not None else "off" + (" (--transfer)" if opts.transfer else "")}')
     if opts.stf:
         print(f'STF reference batch:     {opts.rbatch} per rank and round{" (augmented)" if opts.augment else ""}')
@@ -345,6 +360,7 @@ def launch_training(c: dnnlib.EasyDict, options: dict) -> dict:
 @click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
 @click.option('--ema',           help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
 @click.option('--ema-rampup',    help='EMA ramp-up ratio (0 = none)', metavar='FLOAT', type=click.FloatRange(min=0), default=0.05)
+@click.option('--phema',         help='Post-hoc EMA: relative stds of power-function EMAs to save with each snapshot, e.g. 0.05,0.10', metavar='LIST', type=str, callback=cli.click_list(cli.parse_float_list))
 @click.option('--dropout',       help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)
 @click.option('--cond-drop', 'cond_drop', help='Class-label dropout probability, for classifier-free guidance', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.0)
 @click.option('--augment',       help='Augment probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.12)

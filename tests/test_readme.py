@@ -35,7 +35,11 @@ def documented_commands(title: Optional[str] = None) -> list[list[str]]:
             words = shlex.split(line, comments=True)
             scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
             if scripts and '...' not in words:
-                commands.append(words[scripts[0]:])
+                argv = words[scripts[0]:]
+                ends = [i for i, w in enumerate(argv) if w.endswith(';')]  # A shell loop's body ends there.
+                if ends:
+                    argv = argv[:ends[0]] + [argv[ends[0]][:-1]]
+                commands.append([w for w in argv if w])
     return commands
 
 

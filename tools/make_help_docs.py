@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ['dataset_tool.py', 'train.py', 'generate.py', 'generate_alpha.py', 'generate_steps.py',
-           'generate_quant.py', 'fid.py', 'quickstart.py']
+           'generate_quant.py', 'fid.py', 'quickstart.py', 'reconstruct_phema.py']
 WIDTH = 110
 
 

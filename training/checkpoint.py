@@ -8,6 +8,8 @@ name (one of training.networks' preconditioners), its constructor arguments and 
   'img_resolution', 'img_channels', 'label_dim', 'kimg', ...}; the EMA network, all generate.py needs.
 - training-state-<kimg>.pt: {'format': 'pfgmpp-training-state', 'net', 'ema', 'optimizer', ...}; all
   the training loop needs to continue bit for bit.
+- phema-snapshot-<kimg>.pt: {'format': 'pfgmpp-phema-snapshot', 'nimg', 'profiles': [{'std', 'network'}],
+  ...}; the power-function EMAs of --phema (training/phema.py), which reconstruct_phema.py combines.
 
 load_network() is the one entry point that generate.py, fid.py and train.py use to read a network from
 any of these, and from the legacy files of the published code bases, which are pickles and therefore
@@ -45,10 +47,12 @@ __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dic
            'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
            'save_network_snapshot', 'load_network', 'network_from_legacy', 'SOURCE_KINDS', 'training_state',
            'load_training_state', 'check_same_architecture', 'check_transfer_fits', 'copy_matching_weights',
-           'find_checkpoints', 'newest_valid_state']
+           'find_checkpoints', 'newest_valid_state', 'PHEMA_FORMAT', 'phema_name', 'save_phema_snapshot',
+           'load_phema_snapshot']
 
 SNAPSHOT_FORMAT = 'pfgmpp-network-snapshot'
 STATE_FORMAT = 'pfgmpp-training-state'
+PHEMA_FORMAT = 'pfgmpp-phema-snapshot'
 FORMAT_VERSION = 1
 NETWORK_CLASSES = {cls.__name__: cls for cls in (networks.VPPrecond, networks.VEPrecond, networks.iDDPMPrecond, networks.EDMPrecond)}
 
@@ -119,7 +123,7 @@ def load_plain(path: str, expected_format: Optional[str] = None) -> dict:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
         raise CheckpointError(f'{path} is not a readable checkpoint of this project ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}).') from None
-    if not isinstance(data, dict) or data.get('format') not in (SNAPSHOT_FORMAT, STATE_FORMAT):
+    if not isinstance(data, dict) or data.get('format') not in (SNAPSHOT_FORMAT, STATE_FORMAT, PHEMA_FORMAT):
         raise CheckpointError(f'{path} is not a checkpoint of this project (no network-snapshot or training-state format field).')
     if expected_format is not None and data['format'] != expected_format:
         raise CheckpointError(f'{path} is a {data["format"]}, not a {expected_format}.')
@@ -136,6 +140,10 @@ def snapshot_name(kimg: int) -> str:
 
 def state_name(kimg: int) -> str:
     return f'training-state-{int(kimg):06d}.pt'
+
+
+def phema_name(kimg: int) -> str:
+    return f'phema-snapshot-{int(kimg):06d}.pt'
 
 
 def kimg_from_name(name: str) -> Optional[int]:
@@ -274,6 +282,27 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
     return net, D, D_recorded
 
 #----------------------------------------------------------------------------
+# Post-hoc EMA snapshots (--phema): every tracked profile at one time.
+
+def save_phema_snapshot(path: str, profiles: list[tuple[float, torch.nn.Module]], nimg: int, **extra: Any) -> None:
+    """Write phema-snapshot-<kimg>.pt: each power-function EMA [(std, network)] as plain data, at
+    nimg images seen (the time reconstruct_phema.py needs), with what samplers need (D, shapes)."""
+    net = profiles[0][1]
+    data = dict(format=PHEMA_FORMAT, version=FORMAT_VERSION, nimg=int(nimg), kimg=int(nimg) // 1000, D=net.D,
+                img_resolution=int(net.img_resolution), img_channels=int(net.img_channels), label_dim=int(net.label_dim),
+                profiles=[dict(std=float(std), network=network_to_dict(ema)) for std, ema in profiles])
+    data.update(extra)
+    save_atomic(data, path)
+
+
+def load_phema_snapshot(path: str) -> dict:
+    """Read a phema-snapshot-*.pt (CheckpointError for anything else)."""
+    data = load_plain(path, expected_format=PHEMA_FORMAT)
+    if not isinstance(data.get('profiles'), list) or not isinstance(data.get('nimg'), int):
+        raise CheckpointError(f'{path} holds no power-function EMA profiles.')
+    return data
+
+#----------------------------------------------------------------------------
 # Training states: everything the training loop needs to continue bit for bit.
 
 def training_state(net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, cur_nimg: int,
@@ -347,7 +376,7 @@ def copy_matching_weights(source: torch.nn.Module, target: torch.nn.Module, name
 # training-state-*.pkl name of the published PFGM++ checkpoints.
 _NETWORK_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl'), ('training-state-', '.pt'),
                        ('training-state-', '.pkl'))
-CHECKPOINT_KINDS = ('network', 'state', 'samples')
+CHECKPOINT_KINDS = ('network', 'state', 'samples', 'phema')
 
 
 def samples_dir_name(kimg: int) -> str:
@@ -361,7 +390,8 @@ def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[int
 
     kind='network': one file per kimg to sample from, by _NETWORK_PREFERENCE (generate.py, the quick start);
     kind='state':   our training-state-<kimg>.pt files, to resume from (train.py);
-    kind='samples': the ckpt_<kimg>/ image folders generate.py wrote (fid.py sweep).
+    kind='samples': the ckpt_<kimg>/ image folders generate.py wrote (fid.py sweep);
+    kind='phema':   the phema-snapshot-<kimg>.pt files of --phema (reconstruct_phema.py).
     A missing run_dir holds nothing."""
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f'Unknown checkpoint kind {kind!r}; expected one of {", ".join(CHECKPOINT_KINDS)}.')
@@ -371,9 +401,11 @@ def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[int
     best = {}
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
-        if kind == 'samples':
-            match = re.fullmatch(r'ckpt_(\d+)', name)
-            kimg, rank = (int(match.group(1)), 0) if match and os.path.isdir(path) else (None, None)
+        if kind in ('samples', 'phema'):
+            pattern = r'ckpt_(\d+)' if kind == 'samples' else r'phema-snapshot-(\d+)\.pt'
+            match = re.fullmatch(pattern, name)
+            found = match and (os.path.isdir(path) if kind == 'samples' else os.path.isfile(path))
+            kimg, rank = (int(match.group(1)), 0) if found else (None, None)
         else:
             kimg = kimg_from_name(name)
             rank = next((i for i, (prefix, ext) in enumerate(preference) if name.startswith(prefix) and name.endswith(ext)), None)

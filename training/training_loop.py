@@ -24,7 +24,7 @@ import torch
 import dnnlib
 from torch_utils import distributed, rng, training_stats
 from torch_utils import precision as precision_lib
-from training import checkpoint
+from training import checkpoint, phema
 from training.dataset import ImageFolderDataset, make_dataloader
 
 #----------------------------------------------------------------------------
@@ -173,6 +173,11 @@ class Training:
             self.log(f'Transfer: copied {copied} tensors from {c.transfer.get("source", "the checkpoint")}')
         self.net = net
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+        self.phema = None
+        if c.phema_stds:
+            self.phema = phema.PowerFunctionEMA(net, c.phema_stds)
+            self.log(f'Post-hoc EMA: {len(c.phema_stds)} power-function profiles (std {", ".join(f"{x:g}" for x in c.phema_stds)}), '
+                     f'{self.phema.memory_bytes() / 2 ** 20:.1f} MiB more memory (one copy of the network each)')
 
     def resume(self, path: str) -> None:
         """Continue from a training state of the same architecture."""
@@ -182,6 +187,12 @@ class Training:
         self.optimizer.load_state_dict(state['optimizer'])
         if self.grad_scaler is not None and state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(state['grad_scaler'])
+        saved_stds = (state.get('phema') or {}).get('stds')
+        if (saved_stds or None) != (list(self.phema.stds) if self.phema else None):
+            raise ValueError(f'{path} tracks post-hoc EMA stds {saved_stds or "none"}, this run {self.phema.stds if self.phema else "none"}; '
+                             f'resume with the --phema it was trained with.')
+        if self.phema is not None:
+            self.phema.load_state_dict(state['phema'])
         self.cur_nimg, self.cur_tick, self.tick_start_nimg = state['cur_nimg'], state['cur_tick'], state['tick_start_nimg']
         self.log(f'Resuming from {path} at {self.cur_nimg / 1000:.3f} kimg, tick {self.cur_tick}')
 
@@ -242,9 +253,12 @@ class Training:
             self.optimizer.step()
 
     def update_averages(self) -> None:
-        """The EMA of the weights after a step (EDM's half-life with ramp-up)."""
+        """The averages of the weights after a step: the EMA (EDM's half-life with ramp-up) and the
+        power-function EMAs of --phema (training/phema.py), both at cur_nimg images before the step."""
         c = self.c
         update_ema(self.ema, self.net, ema_beta(self.cur_nimg, c.batch_size, c.ema_halflife_kimg, c.ema_rampup_ratio))
+        if self.phema is not None:
+            self.phema.update(self.net, self.cur_nimg, c.batch_size)
 
     #------------------------------------------------------------------------
     # Ticks.
@@ -289,10 +303,14 @@ class Training:
         if c.snapshot_ticks is not None and (done or self.cur_tick % c.snapshot_ticks == 0):
             checkpoint.save_network_snapshot(os.path.join(c.run_dir, checkpoint.snapshot_name(kimg)), self.ema, kimg=kimg,
                                              cur_nimg=self.cur_nimg, training_options=c.options)
+            if self.phema is not None:
+                checkpoint.save_phema_snapshot(os.path.join(c.run_dir, checkpoint.phema_name(kimg)), self.phema.networks(),
+                                               self.cur_nimg, training_options=c.options)
         if (c.state_dump_ticks is not None and (done or self.cur_tick % c.state_dump_ticks == 0)) or stopping:
             path = os.path.join(c.run_dir, checkpoint.state_name(kimg))
             checkpoint.save_atomic(checkpoint.training_state(self.net, self.ema, self.optimizer, self.cur_nimg, self.cur_tick,
-                                                             self.tick_start_nimg, c.options, self.grad_scaler), path)
+                                                             self.tick_start_nimg, c.options, self.grad_scaler,
+                                                             phema=self.phema.state_dict() if self.phema else None), path)
             if stopping:
                 self.log(f'Received {stopping}: wrote {path}; continue with --resume=auto.')
 
@@ -356,6 +374,7 @@ def training_loop(
     total_kimg: float = 200000,             # Training duration, in thousands of images.
     ema_halflife_kimg: float = 500,         # EMA half-life, kimg.
     ema_rampup_ratio: Optional[float] = 0.05,  # EMA ramp-up: half-life at most cur_nimg * ratio.
+    phema_stds: Optional[list] = None,      # Post-hoc EMA: relative stds of the power-function profiles to track.
     lr_rampup_kimg: float = 10000,          # Learning-rate warm-up, kimg.
     loss_scaling: float = 1,                # Multiplier of the loss before backpropagation.
     kimg_per_tick: float = 50,              # Progress line, statistics and checks every this many kimg.
