@@ -105,7 +105,7 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         except Exception as err:  # Truncated or damaged pixel data: OSError, zlib.error, ...
             raise _cannot_read(where, err) from err
     array = array[np.newaxis] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array)
+    return np.array(array, order='C')  # A writable copy: PIL's buffer is read-only.
 
 #----------------------------------------------------------------------------
 # Folders and ZIP archives.
