@@ -583,6 +583,12 @@ def test_bad_source_dataset_json(tmp_path):
     assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'no label for b.png')
     (source / 'dataset.json').write_text('{"labels": 3}')
     assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'Cannot parse dataset.json')
+    # Labels that training could not read are refused now; label vectors are kept as given.
+    (source / 'dataset.json').write_text('{"labels": [["a.png", 1], ["b.png", -2]]}')
+    assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'negative class index')
+    (source / 'dataset.json').write_text('{"labels": [["a.png", [0.5, 1e-9]], ["b.png", [2, 3]]]}')
+    dataset_tool.convert_dataset(source=str(source), dest=dest, progress=False)
+    assert read_dataset(dest)[1] == [[png_name(0), [0.5, 1e-9]], [png_name(1), [2, 3]]]
 
 #----------------------------------------------------------------------------
 # convert_dataset() from Python: named arguments, ordinary exceptions.
@@ -631,17 +637,6 @@ def test_convert_dataset_raises_os_errors(tmp_path):
     with pytest.raises(FileExistsError, match='already exists'):
         dataset_tool.convert_dataset(source=str(tmp_path / 'imgs'), dest=str(tmp_path / 'taken.zip'), progress=False)
     assert (tmp_path / 'taken.zip').read_bytes() == b'precious'
-
-def test_labels_training_cannot_read_are_refused(tmp_path):
-    source = tmp_path / 'imgs'
-    save_image(str(source / 'a.png'), np.zeros((8, 8, 3), np.uint8))
-    save_image(str(source / 'b.png'), np.zeros((8, 8, 3), np.uint8))
-    dest = str(tmp_path / 'out.zip')
-    (source / 'dataset.json').write_text('{"labels": [["a.png", 1], ["b.png", -2]]}')
-    assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'negative class index')
-    (source / 'dataset.json').write_text('{"labels": [["a.png", [0.5, 1e-9]], ["b.png", [2, 3]]]}')
-    dataset_tool.convert_dataset(source=str(source), dest=dest, progress=False)
-    assert read_dataset(dest)[1] == [[png_name(0), [0.5, 1e-9]], [png_name(1), [2, 3]]] # Kept as given.
 
 def test_debug_shows_the_traceback(tmp_path):
     dest = str(tmp_path / 'out.zip')

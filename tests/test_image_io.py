@@ -5,6 +5,7 @@ dataset.json labels and their errors, and the grid geometry against an independe
 import io
 import json
 import os
+import pathlib
 import struct
 import zipfile
 import zlib
@@ -25,12 +26,10 @@ def encode(image: PIL.Image.Image, fmt: str = 'png', **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def write_files(root, files: dict) -> str:
+def write_files(root: pathlib.Path, files: dict) -> str:
     for name, data in files.items():
-        path = os.path.join(root, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'wb') as f:
-            f.write(data)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
     return str(root)
 
 
