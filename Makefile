@@ -1,8 +1,8 @@
 # Two entry points for a newcomer: `make test` and `make quickstart`. Each sets itself up: it uses the
 # active virtual environment when there is one, else creates .venv with $(PYTHON), and installs
-# requirements.txt into it once (again only when requirements.txt changes). Supported: CPython 3.10 to
-# 3.13 (`make test-pythons` runs the suite on each one found on the machine); another version is
-# refused with one line before anything is installed.
+# requirements.txt and requirements-demo.txt into it once (again only when they change). Supported:
+# CPython 3.10 to 3.13 (`make test-pythons` runs the suite on each one found on the machine); another
+# version is refused with one line before anything is installed.
 
 PYTHON ?= python3
 ifdef VIRTUAL_ENV
@@ -32,7 +32,15 @@ $(STAMP): requirements.txt | check-python
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $(STAMP)
 
-test: check-python $(STAMP)
+# requirements-demo.txt (scikit-learn: the quick start's digits and its scorer), installed once into
+# the same environment; the test suite runs the quick start too, so `make test` installs it as well.
+DEMO_STAMP := $(ENV_DIR)/.pfgmpp-demo-requirements
+
+$(DEMO_STAMP): requirements-demo.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-demo.txt
+	@touch $(DEMO_STAMP)
+
+test: check-python $(DEMO_STAMP)
 	$(PY) -m pytest -q
 
 # `make test` in a fresh virtual environment for each supported interpreter on this machine, one
@@ -40,14 +48,8 @@ test: check-python $(STAMP)
 test-pythons:
 	@tools/test_pythons.sh $(PYTHONS)
 
-# The quick-start demo also needs requirements-demo.txt (scikit-learn), installed once into the same
-# environment. Options go through QUICKSTART, e.g. make quickstart QUICKSTART="--device=cuda --fresh".
-DEMO_STAMP := $(ENV_DIR)/.pfgmpp-demo-requirements
-
-$(DEMO_STAMP): requirements-demo.txt $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-demo.txt
-	@touch $(DEMO_STAMP)
-
+# The quick start needs requirements-demo.txt too. Options go through QUICKSTART, e.g.
+# make quickstart QUICKSTART="--device=cuda --fresh".
 quickstart: check-python $(DEMO_STAMP)
 	$(PY) quickstart.py $(QUICKSTART)
 

@@ -15,7 +15,6 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-import traceback
 import zipfile
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
@@ -24,7 +23,8 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm')
+from torch_utils import cli, image_io
+
 TRANSFORMS = ('center-crop', 'center-crop-wide')
 
 #----------------------------------------------------------------------------
@@ -34,118 +34,37 @@ class ImageEntry(NamedTuple):
     img: np.ndarray         # [H, W, C] uint8 with C = 1 (grayscale) or 3 (RGB).
     label: Any              # Class index (or any JSON value from a source dataset.json), or None.
 
-#----------------------------------------------------------------------------
-# Decoding.
 
-def decode_image(file: Any, name: str) -> np.ndarray:
-    """Decode an image file (path or file object) into [H, W, C] uint8, C = 1 or 3.
-
-    Grayscale stays one channel; RGBA, palette, CMYK and other modes become RGB (alpha dropped).
-    A file that PIL cannot read raises click.ClickException naming it.
-    """
-    try:
-        with PIL.Image.open(file) as img:
-            img.load()
-            if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
-                raise click.ClickException(f'{name} is a {img.mode}-mode (16-bit or float) image; convert it to 8-bit grayscale or RGB first.')
-            if img.mode in ('1', 'L', 'LA'):
-                img = img.convert('L')
-            else:
-                if img.mode == 'P' and 'transparency' in img.info:
-                    img = img.convert('RGBA') # Direct P -> RGB warns when transparency is given as bytes.
-                img = img.convert('RGB')
-            arr = np.asarray(img, dtype=np.uint8)
-    except click.ClickException:
-        raise
-    except Exception as e: # PIL reports broken files as OSError, ValueError, SyntaxError, ...
-        raise click.ClickException(f'Cannot read image {name} ({e}); remove or replace the file.') from e
-    return arr[:, :, np.newaxis] if arr.ndim == 2 else arr
-
-def is_image_name(name: str) -> bool:
-    """True for image files by extension, skipping hidden files and macOS archive debris."""
-    parts = name.replace('\\', '/').split('/')
-    if any(part.startswith('.') or part == '__MACOSX' for part in parts):
-        return False
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-def labels_for_images(names: list[str], dataset_json: Optional[bytes], where: str) -> Optional[list[Any]]:
-    """Labels for images named by relative path ('a/b.png'), in the order given.
-
-    A dataset.json in the source ({"labels": [[relpath, label], ...]} or {"labels": null}) takes
-    precedence. Otherwise, when every image sits in a top-level folder and there are at least two
-    such folders, the sorted folder names become classes 0..K-1; else there are no labels (None).
-    """
-    if dataset_json is not None:
-        try:
-            listed = json.loads(dataset_json)['labels']
-            table = None if listed is None else {str(path).replace('\\', '/'): label for path, label in listed}
-        except Exception as e:
-            raise click.ClickException(f'Cannot parse dataset.json in {where} ({e}); it must read {{"labels": [[relpath, class], ...]}} or {{"labels": null}}.') from e
-        if table is None:
-            return None
-        missing = [name for name in names if name not in table]
-        if missing:
-            raise click.ClickException(f'dataset.json in {where} has no label for {missing[0]} ({len(missing)} images unlabelled); add them or delete dataset.json.')
-        return [table[name] for name in names]
-
-    folders = [name.split('/')[0] if '/' in name else None for name in names]
-    if None in folders or len(set(folders)) < 2:
-        return None
-    class_index = {folder: idx for idx, folder in enumerate(sorted(set(folders)))}
-    return [class_index[folder] for folder in folders]
+def decode_hwc(data: bytes, where: str) -> np.ndarray:
+    """image_io.decode_image() as [H, W, C] uint8, the layout of the transforms below."""
+    return image_io.decode_image(data, where).transpose(1, 2, 0)
 
 #----------------------------------------------------------------------------
 # Sources. Each returns (number of images it will yield, iterator of ImageEntry); the listing
 # happens at once so that a bad source fails before any output is written.
 
-def open_image_folder(source_dir: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
-    """Images anywhere under source_dir, sorted by relative path; labels per labels_for_images()."""
-    def raise_walk_error(e: OSError) -> None:
-        raise click.ClickException(f'Cannot read folder {e.filename} ({e.strerror}); check its permissions.')
-    names = []
-    for root, _dirs, files in os.walk(source_dir, onerror=raise_walk_error):
-        names += [os.path.relpath(os.path.join(root, f), source_dir).replace('\\', '/') for f in files]
-    names = sorted(name for name in names if is_image_name(name))
+def open_image_files(source: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
+    """The images of a folder or ZIP archive at any depth, sorted by relative path
+    (image_io.ImageSource). Labels: a dataset.json in the source ({"labels": [[relpath, label], ...]}
+    or {"labels": null}) takes precedence; without one, the top-level folders are the classes when
+    every image sits in one of two or more (image_io.folder_labels); else there are none."""
+    files = image_io.ImageSource(source, hint='check --source')
+    names = files.image_names
     if not names:
-        raise click.ClickException(f'No image files found in {source_dir}; check --source.')
-
-    json_path = os.path.join(source_dir, 'dataset.json')
-    dataset_json = None
-    if os.path.isfile(json_path):
-        with open(json_path, 'rb') as f:
-            dataset_json = f.read()
-    labels = labels_for_images(names, dataset_json, source_dir)
+        raise ValueError(f'No image files found in {source}; check --source.')
+    if 'dataset.json' in files.names:
+        labels = files.read_labels(names)
+        if labels is not None:
+            image_io.labels_array(labels, source)  # Refuse now labels that training could not read.
+    else:
+        labels = image_io.folder_labels(names)
     names = names[:max_images]
 
     def iterate() -> Iterator[ImageEntry]:
         for idx, name in enumerate(names):
-            path = os.path.join(source_dir, name)
-            yield ImageEntry(path, decode_image(path, path), None if labels is None else labels[idx])
-    return len(names), iterate()
-
-def open_image_zip(source: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
-    """Images in a ZIP archive, sorted by member name; labels per labels_for_images()."""
-    try:
-        with zipfile.ZipFile(source) as z:
-            members = z.namelist()
-            dataset_json = z.read('dataset.json') if 'dataset.json' in members else None
-    except (OSError, zipfile.BadZipFile) as e:
-        raise click.ClickException(f'Cannot read ZIP archive {source} ({e}); check --source.') from e
-    names = sorted(name for name in members if not name.endswith('/') and is_image_name(name))
-    if not names:
-        raise click.ClickException(f'No image files found in {source}; check --source.')
-    labels = labels_for_images(names, dataset_json, source)
-    names = names[:max_images]
-
-    def iterate() -> Iterator[ImageEntry]:
-        with zipfile.ZipFile(source) as z:
-            for idx, name in enumerate(names):
-                where = f'{source}:{name}'
-                try:
-                    data = z.read(name)
-                except Exception as e: # zipfile reports bad CRCs and truncation in several ways.
-                    raise click.ClickException(f'Cannot read {where} ({e}); the archive is damaged.') from e
-                yield ImageEntry(where, decode_image(io.BytesIO(data), where), None if labels is None else labels[idx])
+            where = files.where(name)
+            yield ImageEntry(where, decode_hwc(files.read_bytes(name), where), None if labels is None else labels[idx])
+        files.close()
     return len(names), iterate()
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -170,8 +89,6 @@ def open_cifar10(tarball: str, max_images: Optional[int]) -> tuple[int, Iterator
     try:
         with tarfile.open(tarball, 'r:gz') as tar:
             members = sorted((m for m in tar.getmembers() if m.isfile() and os.path.basename(m.name).startswith('data_batch_')), key=lambda m: m.name)
-            if not members:
-                raise click.ClickException(f'{tarball} holds no data_batch_* files; pass the original cifar-10-python.tar.gz.')
             for member in members:
                 # The batches are Python 2 pickles; 'latin1' is the decoding numpy documents for them.
                 batch = _ArrayUnpickler(tar.extractfile(member), encoding='latin1').load()
@@ -181,10 +98,10 @@ def open_cifar10(tarball: str, max_images: Optional[int]) -> tuple[int, Iterator
                     raise ValueError(f'{member.name} has data of shape {data.shape} and {len(batch["labels"])} labels')
                 images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)) # NCHW -> NHWC
                 labels += [int(label) for label in batch['labels']]
-    except click.ClickException:
-        raise
     except Exception as e: # tarfile, gzip, pickle and KeyError all signal a damaged or foreign archive.
-        raise click.ClickException(f'Cannot read CIFAR-10 archive {tarball} ({type(e).__name__}: {e}); download cifar-10-python.tar.gz again.') from e
+        raise ValueError(f'Cannot read CIFAR-10 archive {tarball} ({type(e).__name__}: {e}); download cifar-10-python.tar.gz again.') from e
+    if not members:
+        raise ValueError(f'{tarball} holds no data_batch_* files; pass the original cifar-10-python.tar.gz.')
     images = np.concatenate(images)[:max_images]
 
     def iterate() -> Iterator[ImageEntry]:
@@ -203,17 +120,17 @@ def read_idx(path: str, magic: int) -> np.ndarray:
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 * (1 + len(dims)))
         return arr.reshape(*[int(d) for d in dims])
     except Exception as e:
-        raise click.ClickException(f'Cannot read MNIST file {path} ({e}); download it again.') from e
+        raise ValueError(f'Cannot read MNIST file {path} ({e}); download it again.') from e
 
 def open_mnist(images_gz: str, max_images: Optional[int]) -> tuple[int, Iterator[ImageEntry]]:
     """MNIST images (train-images-idx3-ubyte.gz) with the labels file beside it, padded to [32, 32, 1]."""
     labels_gz = os.path.join(os.path.dirname(images_gz), os.path.basename(images_gz).replace('images-idx3', 'labels-idx1'))
     if not os.path.isfile(labels_gz):
-        raise click.ClickException(f'MNIST labels {labels_gz} not found; put the labels file beside the images file.')
+        raise FileNotFoundError(f'MNIST labels {labels_gz} not found; put the labels file beside the images file.')
     images = read_idx(images_gz, magic=0x0803)
     labels = read_idx(labels_gz, magic=0x0801)
     if images.shape[0] != labels.shape[0]:
-        raise click.ClickException(f'{images_gz} has {images.shape[0]} images but {labels_gz} has {labels.shape[0]} labels; download both again.')
+        raise ValueError(f'{images_gz} has {images.shape[0]} images but {labels_gz} has {labels.shape[0]} labels; download both again.')
     images = np.pad(images[:max_images], [(0, 0), (2, 2), (2, 2)]) # 28x28 -> 32x32, zero border.
 
     def iterate() -> Iterator[ImageEntry]:
@@ -226,12 +143,12 @@ def open_lsun(lmdb_dir: str, max_images: Optional[int]) -> tuple[int, Iterator[I
     try:
         import lmdb
     except ImportError as e:
-        raise click.ClickException('Reading LSUN needs the lmdb package; install it with: pip install lmdb') from e
+        raise ValueError('Reading LSUN needs the lmdb package; install it with: pip install lmdb') from e
     try:
         with lmdb.open(lmdb_dir, readonly=True, lock=False) as env:
             total = env.stat()['entries']
     except Exception as e:
-        raise click.ClickException(f'Cannot open LSUN database {lmdb_dir} ({e}); check --source.') from e
+        raise ValueError(f'Cannot open LSUN database {lmdb_dir} ({e}); check --source.') from e
     total = total if max_images is None else min(total, max_images)
 
     def iterate() -> Iterator[ImageEntry]:
@@ -242,10 +159,10 @@ def open_lsun(lmdb_dir: str, max_images: Optional[int]) -> tuple[int, Iterator[I
                     break
                 where = f'{lmdb_dir}[{bytes(key).decode(errors="replace")}]'
                 try:
-                    img = decode_image(io.BytesIO(value), where)
-                except click.ClickException as e:
+                    img = decode_hwc(bytes(value), where)
+                except ValueError as e:
                     # LSUN ships a few undecodable records; the reference converters skip them too.
-                    tqdm.tqdm.write(f'Skipping: {e.message}')
+                    tqdm.tqdm.write(f'Skipping: {e}')
                     continue
                 count += 1
                 yield ImageEntry(where, img, None)
@@ -257,18 +174,18 @@ def open_source(source: str, max_images: Optional[int] = None) -> tuple[int, Ite
     if os.path.isdir(source):
         if name.endswith('_lmdb'):
             return open_lsun(source, max_images)
-        return open_image_folder(source, max_images)
+        return open_image_files(source, max_images)
     if not os.path.exists(source):
-        raise click.ClickException(f'Source {source} does not exist; check --source.')
+        raise FileNotFoundError(f'Source {source} does not exist; check --source.')
     if not os.access(source, os.R_OK):
-        raise click.ClickException(f'Source {source} is not readable; check its permissions.')
+        raise PermissionError(f'Source {source} is not readable; check its permissions.')
     if name == 'cifar-10-python.tar.gz':
         return open_cifar10(source, max_images)
     if name.endswith('images-idx3-ubyte.gz'):
         return open_mnist(source, max_images)
     if name.lower().endswith('.zip'):
-        return open_image_zip(source, max_images)
-    raise click.ClickException(f'Unknown source format: {source}; pass a folder of images, a ZIP of images, an LSUN *_lmdb folder, '
+        return open_image_files(source, max_images)
+    raise ValueError(f'Unknown source format: {source}; pass a folder of images, a ZIP of images, an LSUN *_lmdb folder, '
         'cifar-10-python.tar.gz or train-images-idx3-ubyte.gz.')
 
 #----------------------------------------------------------------------------
@@ -316,14 +233,14 @@ def make_transform(transform: Optional[str], resolution: Optional[tuple[int, int
     if transform is None:
         return (lambda img: img) if resolution is None else (lambda img: resize_image(img, *resolution))
     if resolution is None:
-        raise click.ClickException(f'--transform={transform} needs an output size; add --resolution=WxH.')
+        raise ValueError(f'--transform={transform} needs an output size; add --resolution=WxH.')
     fn = {'center-crop': center_crop, 'center-crop-wide': center_crop_wide}[transform]
     return lambda img: fn(img, *resolution)
 
 def check_output_size(width: int, height: int, hint: str) -> None:
     """Output images must be square with a power-of-two side (the networks halve it repeatedly)."""
     if width != height or width < 1 or (width & (width - 1)) != 0:
-        raise click.ClickException(f'Output images would be {width}x{height}, but they must be square with a power-of-two side; {hint}.')
+        raise ValueError(f'Output images would be {width}x{height}, but they must be square with a power-of-two side; {hint}.')
 
 #----------------------------------------------------------------------------
 # Destination: written under a temporary name beside dest and renamed at the end.
@@ -337,11 +254,11 @@ def encode_png(img: np.ndarray) -> bytes:
 def check_dest_free(dest: str) -> None:
     """Refuse an existing ZIP or non-empty folder at dest rather than overwrite hours of work."""
     if os.path.isfile(dest) or (os.path.isdir(dest) and (dest.lower().endswith('.zip') or os.listdir(dest))):
-        raise click.ClickException(f'Destination {dest} already exists; delete it or choose another --dest.')
+        raise FileExistsError(f'Destination {dest} already exists; delete it or choose another --dest.')
 
-def cannot_write(dest: str, e: OSError) -> click.ClickException:
+def cannot_write(dest: str, e: OSError) -> OSError:
     """The error for a failed write to the destination (full disk, no permission, bad path)."""
-    return click.ClickException(f'Cannot write {dest} ({e.strerror or e}); check the path, permissions and free space.')
+    return OSError(f'Cannot write {dest} ({e.strerror or e}); check the path, permissions and free space.')
 
 @contextlib.contextmanager
 def open_dest(dest: str) -> Iterator[Callable[[str, bytes], None]]:
@@ -421,77 +338,92 @@ def skip_reason(resolution: tuple[int, int]) -> str:
     width, height = resolution
     return f'center-crop-wide keeps only images at least {width} pixels wide and no wider than {width}:{height}'
 
+def parse_resolution(value: str) -> tuple[int, int]:
+    """'WxH' -> (W, H), positive integers."""
+    parts = str(value).lower().split('x')
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f'{value!r} is not WxH with positive integers, e.g. 64x64.')
+    return int(parts[0]), int(parts[1])
+
+def check_geometry(transform: Optional[str], resolution: Optional[tuple[int, int]]) -> None:
+    """Refuse a transform or output size that cannot give square power-of-two images."""
+    if transform is not None and transform not in TRANSFORMS:
+        raise ValueError(f'Unknown transform {transform}; use one of {", ".join(TRANSFORMS)}.')
+    if resolution is None:
+        return
+    width, height = resolution
+    if transform == 'center-crop-wide':
+        if height > width:
+            raise ValueError(f'--transform=center-crop-wide pads a wide box to a square, so --resolution={width}x{height} must have height <= width.')
+        check_output_size(width, width, 'choose a power-of-two width in --resolution')
+    else:
+        check_output_size(width, height, 'choose a square power-of-two --resolution such as 64x64')
+
+def write_images(entries: Iterator[ImageEntry], num_images: int, save_bytes: Callable[[str, bytes], None],
+                 apply_transform: Callable[[np.ndarray], Optional[np.ndarray]], size_hint: str, progress: bool) -> tuple[list, int]:
+    """Transform and save every entry as 00000/img00000000.png, ...; returns ([[png name, label], ...],
+    number skipped by the transform). All images must come out with the shape of the first; a
+    grayscale image among colour ones is replicated to RGB."""
+    labels = []
+    skipped = 0
+    shape = None # Output [H, W, C] of the first image; all others must match.
+    for entry in tqdm.tqdm(entries, total=num_images, unit='img', disable=not progress):
+        img = apply_transform(entry.img)
+        if img is None:
+            skipped += 1
+            continue
+        if shape is None:
+            shape = img.shape
+            check_output_size(shape[1], shape[0], size_hint)
+        if img.shape[2] != shape[2]:
+            if img.shape[2] == 1: # A grayscale image in a colour dataset (ImageNet has some): replicate.
+                img = img.repeat(3, axis=2)
+            else:
+                raise ValueError(f'{entry.name} is in colour but the images before it are grayscale; convert the dataset to one mode first.')
+        if img.shape != shape:
+            raise ValueError(f'{entry.name} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}; pass --resolution=WxH to resize all images to one size.')
+        idx_str = f'{len(labels):08d}'
+        fname = f'{idx_str[:5]}/img{idx_str}.png'
+        save_bytes(fname, encode_png(img))
+        labels.append([fname, entry.label])
+    return labels, skipped
+
 def convert_dataset(
     source: str,                                # Folder, ZIP, *_lmdb folder, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz.
     dest: str,                                  # Output ZIP (if it ends in .zip) or folder.
     max_images: Optional[int] = None,           # Convert at most this many images.
     transform: Optional[str] = None,            # None, 'center-crop' or 'center-crop-wide'.
-    resolution: Optional[tuple[int, int]] = None, # Output (width, height); None keeps the source size.
+    resolution: Optional[tuple[int, int] | str] = None, # Output (width, height) or 'WxH'; None keeps the source size.
     progress: bool = True,                      # Show a tqdm progress bar on stderr.
-) -> 'ConversionResult':
+) -> ConversionResult:
     """Convert source into the dataset layout of training/dataset.py; returns how many images
     were written and how many the transform skipped (center-crop-wide skips, as EDM does, images
     narrower than W or wider than W:H). Written images are numbered consecutively, and each keeps
     its own label.
 
-    Labels are kept only when every image has one. Mistakes a user can make raise
-    click.ClickException, and no destination is left behind.
+    Labels are kept only when every image has one. Mistakes a user can make raise ValueError or
+    OSError with one sentence, and no destination is left behind.
     """
-    if transform is not None and transform not in TRANSFORMS:
-        raise click.ClickException(f'Unknown transform {transform}; use one of {", ".join(TRANSFORMS)}.')
-    if resolution is not None:
-        width, height = resolution
-        if transform == 'center-crop-wide':
-            if height > width:
-                raise click.ClickException(f'--transform=center-crop-wide pads a wide box to a square, so --resolution={width}x{height} must have height <= width.')
-            check_output_size(width, width, 'choose a power-of-two width in --resolution')
-        else:
-            check_output_size(width, height, 'choose a square power-of-two --resolution such as 64x64')
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f'max_images must be a positive integer or None, got {max_images!r}.')
+    resolution = parse_resolution(resolution) if isinstance(resolution, str) else resolution
+    check_geometry(transform, resolution)
     apply_transform = make_transform(transform, resolution)
     check_dest_free(os.path.normpath(dest)) # Before listing a large source, not after.
 
     num_images, entries = open_source(source, max_images)
-    labels = []
-    skipped = 0
-    shape = None # Output [H, W, C] of the first image; all others must match.
+    size_hint = f'pass --resolution=NxN to resize{"" if transform else " (with --transform=center-crop to keep the aspect ratio)"}'
     with open_dest(dest) as save_bytes:
-        for entry in tqdm.tqdm(entries, total=num_images, unit='img', disable=not progress):
-            img = apply_transform(entry.img)
-            if img is None:
-                skipped += 1
-                continue
-            if shape is None:
-                shape = img.shape
-                check_output_size(shape[1], shape[0], f'pass --resolution=NxN to resize{"" if transform else " (with --transform=center-crop to keep the aspect ratio)"}')
-            if img.shape[2] != shape[2]:
-                if img.shape[2] == 1: # A grayscale image in a colour dataset (ImageNet has some): replicate.
-                    img = img.repeat(3, axis=2)
-                else:
-                    raise click.ClickException(f'{entry.name} is in colour but the images before it are grayscale; convert the dataset to one mode first.')
-            if img.shape != shape:
-                raise click.ClickException(f'{entry.name} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}; pass --resolution=WxH to resize all images to one size.')
-            idx_str = f'{len(labels):08d}'
-            fname = f'{idx_str[:5]}/img{idx_str}.png'
-            save_bytes(fname, encode_png(img))
-            labels.append([fname, entry.label])
+        labels, skipped = write_images(entries, num_images, save_bytes, apply_transform, size_hint, progress)
         if not labels and skipped:
-            raise click.ClickException(f'All {skipped} images were skipped: {skip_reason(resolution)}; choose a smaller --resolution.')
+            raise ValueError(f'All {skipped} images were skipped: {skip_reason(resolution)}; choose a smaller --resolution.')
         if not labels:
-            raise click.ClickException(f'No images could be read from {source}; check --source.')
+            raise ValueError(f'No images could be read from {source}; check --source.')
         has_labels = all(label is not None for _, label in labels)
         save_bytes('dataset.json', json.dumps({'labels': labels if has_labels else None}).encode())
     return ConversionResult(len(labels), skipped)
 
 #----------------------------------------------------------------------------
-
-def parse_resolution(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[int, int]]:
-    """Click callback: 'WxH' -> (W, H)."""
-    if value is None:
-        return None
-    parts = value.lower().split('x')
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f'{value!r} is not WxH with positive integers, e.g. 64x64.')
-    return int(parts[0]), int(parts[1])
 
 @click.command()
 
@@ -502,12 +434,12 @@ def parse_resolution(ctx: click.Context, param: click.Parameter, value: Optional
 
 # Geometry.
 @click.option('--transform',    help='Crop before resizing', type=click.Choice(TRANSFORMS), default=None)
-@click.option('--resolution',   help='Output resolution, e.g. 64x64', metavar='WxH', type=str, callback=parse_resolution, default=None)
+@click.option('--resolution',   help='Output resolution, e.g. 64x64', metavar='WxH', type=str, callback=cli.click_list(parse_resolution), default=None)
 
 # Diagnostics.
-@click.option('--debug',        help='Show the traceback of errors', is_flag=True)
+@cli.debug_option
 
-def main(source: str, dest: str, max_images: Optional[int], transform: Optional[str], resolution: Optional[tuple[int, int]], debug: bool) -> None:
+def cmdline(source: str, dest: str, max_images: Optional[int], transform: Optional[str], resolution: Optional[tuple[int, int]], debug: bool) -> None:
     """Convert an image dataset into the ZIP (or folder) layout used for training.
 
     \b
@@ -529,19 +461,17 @@ def main(source: str, dest: str, max_images: Optional[int], transform: Optional[
     round(W*h/w) rows of a w x h image, resizes them to WxH and pads to WxW with black bars; images
     narrower than W or wider than W:H are skipped and counted.
     """
-    try:
-        result = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
-    except click.ClickException:
-        if debug:
-            traceback.print_exc()
-        raise
+    with cli.one_line_errors(debug):
+        result = convert_dataset(source=source, dest=dest, max_images=max_images, transform=transform, resolution=resolution)
     click.echo(f'Wrote {result.written} images to {dest}')
     if result.skipped:
         click.echo(f'Skipped {result.skipped} images smaller than {resolution[0]}x{resolution[1]} ({skip_reason(resolution)}).')
 
+main = cmdline  # The name tests and tools/make_help_docs.py import.
+
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()
 
 #----------------------------------------------------------------------------

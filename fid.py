@@ -15,11 +15,10 @@ import json
 import os
 import re
 import zipfile
-from typing import Any, BinaryIO, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import click
 import numpy as np
-import PIL.Image
 import scipy.linalg
 import scipy.special
 import torch
@@ -28,6 +27,7 @@ import tqdm
 import dnnlib
 from torch_utils import cli
 from torch_utils import distributed as dist
+from torch_utils import image_io
 from torch_utils import persistence
 from training import checkpoint
 from training import provenance as provenance_lib
@@ -37,57 +37,30 @@ from training import provenance as provenance_lib
 DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 TRUSTED_DETECTOR_URLS = (DETECTOR_URL,)  # Pickles from anywhere else need --allow-pickle.
 METRICS = ('fid', 'is', 'kid')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 #----------------------------------------------------------------------------
-# Reading images: a folder (searched recursively) or a .zip. training/dataset.py may replace this.
+# Reading images: a folder (searched recursively) or a .zip, through torch_utils/image_io.py.
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The PNG and JPEG images under `path`, in sorted name order. Item i is (i, uint8 [3, H, W]), with
-    grayscale repeated to three channels; an unreadable file gives (i, message), so that the error
-    reaches the main process as one line rather than as a worker's traceback."""
+    """The images under `path` (image_io.ImageSource), in sorted name order. Item i is
+    (i, uint8 [3, H, W]), decoded by image_io's rule with grayscale then repeated to the three channels
+    the detector takes; an unreadable file gives (i, message), so that the error reaches the main
+    process as one line rather than as a worker's traceback."""
 
     def __init__(self, path: str):
-        if os.path.isdir(path):
-            names = [os.path.relpath(os.path.join(root, name), path).replace(os.sep, '/')
-                     for root, _dirs, files in os.walk(path) for name in files]
-            self._zip_path = None
-        elif os.path.isfile(path):
-            if not zipfile.is_zipfile(path):
-                raise ValueError(f'{path} is neither a folder nor a .zip of images; pass one of those.')
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-            self._zip_path = path
-        else:
-            raise FileNotFoundError(f'{path} does not exist; pass a folder or a .zip of PNG/JPEG images.')
+        self._source = image_io.ImageSource(path)
         self.path = path
-        self.names = sorted(name for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
-        self._zip, self._zip_pid = None, None
+        self.names = list(self._source.image_names)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__, _zip=None, _zip_pid=None)  # Each worker opens the zip itself.
-
-    def _open(self, name: str) -> BinaryIO:
-        if self._zip_path is None:
-            return open(os.path.join(self.path, name), 'rb')
-        if self._zip is None or self._zip_pid != os.getpid():
-            self._zip, self._zip_pid = zipfile.ZipFile(self._zip_path), os.getpid()
-        return self._zip.open(name)
-
     def __getitem__(self, i: int) -> tuple[int, Any]:
         try:
-            with self._open(self.names[i]) as f:
-                image = PIL.Image.open(f)
-                gray = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
-                array = np.asarray(image.convert('L' if gray else 'RGB'))
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            return i, f'Cannot read image {self.names[i]} in {self.path} ({err}); remove or replace it.'
-        if gray:
-            array = np.repeat(array[:, :, np.newaxis], 3, axis=2)
-        return i, torch.from_numpy(array.copy()).permute(2, 0, 1)
+            image = self._source.read_image(self.names[i], where=f'{self.names[i]} in {self.path}')
+        except ValueError as err:
+            return i, str(err)
+        return i, torch.from_numpy(np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image)
 
 
 def select_images(num_available: int, num: Optional[int], seed: int = 0, block: Optional[int] = None,

@@ -41,7 +41,7 @@ import tqdm
 import dnnlib
 from torch_utils import cli
 from torch_utils import distributed as dist
-from torch_utils import images as image_io
+from torch_utils import image_io
 from torch_utils import misc
 from torch_utils import persistence
 from torch_utils import precision as precision_lib

@@ -6,6 +6,9 @@ noise too; see fit_classifier).
 
     python benchmarks/quickstart_quality.py training-runs/quickstart/samples --json=quality.json
 
+Images are read at any depth (quickstart.py samples digit c into SAMPLES/c/, which also tells the
+scorer which digit each sample was generated for).
+
 Exits with status 1 when fewer than --min-score of the samples are recognised, or when some digit
 is never recognised. The classifier's own accuracy on held-out real digits is printed beside the
 score, both on the original 8x8 images and after the 8x8 -> 16x16 -> 8x8 round trip that the
@@ -26,12 +29,15 @@ import PIL.Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run as a script from anywhere.
 import dataset_tool  # noqa: E402  (after the path fix)
+import dnnlib  # noqa: E402
+from torch_utils import cli, image_io  # noqa: E402
 
 NUM_CLASSES = 10
 DIGITS_MAX = 16         # scikit-learn's digits are integers 0..16 (counts of set pixels in 4x4 blocks).
 DIGITS_RESOLUTION = 8
 DEMO_RESOLUTION = 16    # quickstart.py converts the digits to 16x16 with dataset_tool.py.
 HELDOUT_FRACTION = 0.25
+DIGIT_FOLDERS = frozenset(str(c) for c in range(NUM_CLASSES))
 
 #----------------------------------------------------------------------------
 # The real digits and the one feature map used for real and generated images alike.
@@ -65,36 +71,36 @@ def round_trip(images: np.ndarray, resolution: int = DEMO_RESOLUTION) -> np.ndar
     return np.stack([dataset_tool.resize_image(img[:, :, None], resolution, resolution)[:, :, 0] for img in images])
 
 
-def load_pngs(folder: str) -> tuple[list[str], np.ndarray]:
-    """The *.png files directly in `folder`, sorted by name, as uint8 grayscale [N, H, W]."""
-    if not os.path.isdir(folder):
-        raise ValueError(f'{folder} is not a folder; pass the folder of generated PNGs (generate.py --outdir).')
-    names = sorted(x for x in os.listdir(folder) if x.lower().endswith('.png') and not x.startswith('.'))
-    if not names:
-        raise ValueError(f'{folder} holds no PNG images; generate samples into it first.')
+def load_samples(folder: str) -> tuple[list[str], np.ndarray]:
+    """The images of a folder (or ZIP) at any depth, sorted by relative path (image_io.ImageSource),
+    as uint8 grayscale [N, H, W]; RGB images become gray by PIL's luma rule."""
+    source = image_io.ImageSource(folder, hint='pass the folder of generated PNGs (generate.py --outdir)')
+    if not source.image_names:
+        raise ValueError(f'{folder} holds no images; generate samples into it first.')
     images = []
-    for name in names:
-        with PIL.Image.open(os.path.join(folder, name)) as img:
-            if img.mode not in ('L', 'RGB'):
-                raise ValueError(f'{name} is a {img.mode}-mode image; expected 8-bit grayscale (or RGB).')
-            images.append(np.asarray(img.convert('L')))
+    for name in source.image_names:
+        image = source.read_image(name)
+        images.append(image[0] if image.shape[0] == 1 else np.asarray(PIL.Image.fromarray(image.transpose(1, 2, 0)).convert('L')))
     if len({x.shape for x in images}) != 1:
         raise ValueError(f'The images in {folder} differ in size; expected one resolution.')
-    return names, np.stack(images)
+    return source.image_names, np.stack(images)
 
 
 def load_class_labels(folder: str, names: list[str]) -> Optional[np.ndarray]:
-    """The class each PNG was generated for, from a dataset.json beside them in dataset_tool.py's
-    format ({"labels": [[name, class], ...]}), int64 [N]; None when there is no such file."""
-    path = os.path.join(folder, 'dataset.json')
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            table = {str(name): int(label) for name, label in json.load(f)['labels']}
-        return np.asarray([table[name] for name in names], dtype=np.int64)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f'{path} does not list a class for every PNG ({err!r}); expected {{"labels": [["000000.png", 3], ...]}}.') from None
+    """The digit each image was generated for, int64 [N], or None when unknown: from a dataset.json in
+    dataset_tool.py's format ({"labels": [[relpath, class], ...]}) when the folder has one, else
+    from the top-level folders 0..9 that quickstart.py samples each digit into."""
+    source = image_io.ImageSource(folder)
+    if 'dataset.json' in source.names:
+        values = source.read_labels(names)
+        labels = None if values is None else image_io.labels_array(values, folder)
+        if labels is not None and labels.dtype != np.int64:
+            raise ValueError(f'dataset.json in {folder} holds label vectors; expected one class index per image.')
+        return labels
+    folders = [name.split('/')[0] if '/' in name else None for name in names]
+    if all(f in DIGIT_FOLDERS for f in folders):
+        return np.asarray([int(f) for f in folders], dtype=np.int64)
+    return None
 
 #----------------------------------------------------------------------------
 # The classifier.
@@ -141,18 +147,18 @@ def fit_classifier(seed: int = 0, threshold: float = 0.8) -> tuple[object, objec
 
 
 def score_samples(folder: str, threshold: float = 0.8, seed: int = 0) -> dict:
-    """Classify every PNG in `folder` (square grayscale, side a multiple of 8: 16x16 for the quick
-    start). A sample is recognised when it is digit-like (nearest real training digit at most
+    """Classify every image in `folder` at any depth (load_samples; square, side a multiple of 8:
+    16x16 for the quick start). A sample is recognised when it is digit-like (nearest real training digit at most
     distance_limit away, see fit_classifier) and its top class has probability >= threshold.
 
     Returns a JSON-ready dict: score = the fraction recognised; per_class = how many were recognised
     as each digit '0'..'9'; classes_present = the digits recognised at least once; num_confident and
     num_digit_like, the two conditions apart; mean_confidence; and the classifier's held-out scores.
-    When the folder has a dataset.json with the classes the samples were generated for, also
+    When the classes the samples were generated for are known (load_class_labels), also
     label_agreement (the classifier's top class is that class) and recognised_as_labelled (both)."""
     if not 0 < threshold <= 1:
         raise ValueError(f'The confidence threshold must be in (0, 1], got {threshold}.')
-    names, images = load_pngs(folder)
+    names, images = load_samples(folder)
     clf, nn, info = fit_classifier(seed, threshold)
     x = features(images)
     proba = clf.predict_proba(x)
@@ -199,31 +205,43 @@ def summary_line(result: dict) -> str:
 
 #----------------------------------------------------------------------------
 
+def check_samples(folder: str, threshold: float = 0.8, min_score: float = 0.8, seed: int = 0,
+                  json_path: Optional[str] = None) -> dict:
+    """score_samples() with the verdict: adds min_score, passed and problems (failures()), prints the
+    summary line, and writes the result as JSON to json_path (atomically) when given."""
+    result = score_samples(folder, threshold=threshold, seed=seed)
+    problems = failures(result, min_score)
+    result.update(min_score=min_score, passed=not problems, problems=problems)
+    print(summary_line(result))
+    if json_path:
+        text = json.dumps(result, indent=2).encode()
+        dnnlib.util.write_atomic(json_path, lambda f: f.write(text))
+        print(f'Wrote {json_path}')
+    return result
+
+#----------------------------------------------------------------------------
+
 @click.command(context_settings=dict(show_default=True))
 @click.argument('folder', metavar='DIR', type=str)
 @click.option('--threshold', help='Confidence a sample needs to count as recognised', metavar='FLOAT', type=click.FloatRange(min=0, max=1, min_open=True), default=0.8)
 @click.option('--min-score', 'min_score', help='Fraction of samples that must be recognised', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.8)
 @click.option('--json', 'json_path', help='Write the result as JSON to this file', metavar='FILE', type=str)
 @click.option('--seed', help='Seed of the classifier\'s train/held-out split', metavar='INT', type=int, default=0)
-def main(folder: str, threshold: float, min_score: float, json_path: Optional[str], seed: int):
-    """Score generated 16x16 digit PNGs in DIR with a classifier trained on scikit-learn's real digits."""
-    try:
-        result = score_samples(folder, threshold=threshold, seed=seed)
-    except (ValueError, ImportError, OSError) as err:
-        raise click.ClickException(str(err)) from None
-    problems = failures(result, min_score)
-    result.update(min_score=min_score, passed=not problems)
-    print(summary_line(result))
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, 'w') as f:
-            json.dump(result, f, indent=2)
-        print(f'Wrote {json_path}')
-    if problems:
-        raise click.ClickException('The samples fail the quality bar: ' + '; '.join(problems) + '.')
+@cli.debug_option
+def cmdline(folder: str, threshold: float, min_score: float, json_path: Optional[str], seed: int, debug: bool):
+    """Score generated 16x16 digit images in DIR with a classifier trained on scikit-learn's real digits."""
+    with cli.one_line_errors(debug):
+        try:
+            result = check_samples(folder, threshold=threshold, min_score=min_score, seed=seed, json_path=json_path)
+        except ImportError as err:  # scikit-learn is missing: the message says how to install it.
+            raise click.ClickException(str(err)) from None
+    if not result['passed']:
+        raise click.ClickException('The samples fail the quality bar: ' + '; '.join(result['problems']) + '.')
     print('Passed.')
+
+main = cmdline
 
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()
+    cmdline()

@@ -41,7 +41,7 @@ from click.testing import CliRunner
 import dnnlib
 import fid
 import generate
-from torch_utils import images as image_io
+from torch_utils import image_io
 from torch_utils import precision
 from training import checkpoint, sampling, training_loop
 from training.loss import EDMLoss

@@ -188,23 +188,50 @@ def test_cache_returns_private_copies(tmp_path, kind):
     assert set(ds._cached_images) == {1}
 
 
-def test_pickle_drops_the_zip_handle(tmp_path):
+def open_offsets(path) -> dict:
+    """{file descriptor: file offset} of this process's descriptors open on `path`."""
+    target = os.stat(path)
+    offsets = {}
+    for fd in range(1024):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            offsets[fd] = os.lseek(fd, 0, os.SEEK_CUR)
+    return offsets
+
+
+def test_pickle_after_reading_a_zip(tmp_path):
+    # Spawned DataLoader workers get the dataset by pickle, after the parent has read from the ZIP.
     _names, images, files = standard_files(3)
     ds = ImageFolderDataset(write_dataset(tmp_path / 'data.zip', files, kind='zip'))
-    ds[0]
-    assert ds._zipfile is not None
+    np.testing.assert_array_equal(ds[0][0], chw(images[0]))
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._zipfile is None
-    np.testing.assert_array_equal(clone[2][0], chw(images[2]))
+    for idx in (2, 0, 1):
+        np.testing.assert_array_equal(clone[idx][0], chw(images[idx]))
+    np.testing.assert_array_equal(ds[1][0], chw(images[1]))
 
 
-def test_zip_reopens_in_a_new_process(tmp_path):
-    _names, _images, files = standard_files(3)
-    ds = ImageFolderDataset(write_dataset(tmp_path / 'data.zip', files, kind='zip'))
-    inherited = ds._get_zipfile()
-    ds._zipfile_pid = -1 # what a forked child sees: a handle opened by another process
-    assert ds._get_zipfile() is not inherited
-    inherited.close()
+def test_forked_reader_leaves_the_parents_zip_offset_alone(tmp_path):
+    # A forked DataLoader worker that read through the parent's ZIP handle would move the file offset
+    # that the parent and every sibling share, so concurrent reads would get each other's bytes.
+    _names, images, files = standard_files(3, shape=(64, 64, 3)) # 12 kB each: more than a read buffer holds
+    path = write_dataset(tmp_path / 'data.zip', files, kind='zip')
+    ds = ImageFolderDataset(path)
+    np.testing.assert_array_equal(ds[0][0], chw(images[0])) # the parent has read: its handle is open
+    before = open_offsets(path)
+    pid = os.fork()
+    if pid == 0: # the child: exit status 0 when it read image 2 correctly
+        status = 1
+        try:
+            status = 0 if np.array_equal(ds[2][0], chw(images[2])) else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert open_offsets(path) == before
+    np.testing.assert_array_equal(ds[1][0], chw(images[1]))
 
 #----------------------------------------------------------------------------
 # Bad input: ValueError with a sentence that names the problem.
@@ -222,7 +249,7 @@ def test_neither_folder_nor_zip(tmp_path):
 
 def test_no_images(tmp_path, kind):
     path = write_dataset(dataset_path(tmp_path, kind), {'readme.txt': b'hi'}, kind=kind)
-    with pytest.raises(ValueError, match='No images'):
+    with pytest.raises(ValueError, match='No image files'):
         ImageFolderDataset(path)
 
 
@@ -279,7 +306,7 @@ def test_bad_label_values(tmp_path):
 def test_corrupt_image_is_named(tmp_path, kind):
     _names, _images, files = standard_files(4)
     files['00000/img00000001.png'] = b'this is not an image'
-    with pytest.raises(ValueError, match='Cannot decode image .*img00000001.png'):
+    with pytest.raises(ValueError, match='Cannot read image .*img00000001.png'):
         ImageFolderDataset(write_dataset(dataset_path(tmp_path, kind), files, kind=kind))
 
 
@@ -289,7 +316,7 @@ def test_truncated_image_is_named_on_read(tmp_path, kind):
     files['00000/img00000003.png'] = files['00000/img00000003.png'][:60]
     ds = ImageFolderDataset(write_dataset(dataset_path(tmp_path, kind), files, kind=kind))
     ds[2]
-    with pytest.raises(ValueError, match='Cannot decode image .*img00000003.png'):
+    with pytest.raises(ValueError, match='Cannot read image .*img00000003.png'):
         ds[3]
 
 #----------------------------------------------------------------------------

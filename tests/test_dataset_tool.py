@@ -14,6 +14,7 @@ import zipfile
 from fractions import Fraction
 
 import numpy as np
+import click
 import PIL.Image
 import pytest
 from click.testing import CliRunner
@@ -582,6 +583,65 @@ def test_bad_source_dataset_json(tmp_path):
     assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'no label for b.png')
     (source / 'dataset.json').write_text('{"labels": 3}')
     assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'Cannot parse dataset.json')
+    # Labels that training could not read are refused now; label vectors are kept as given.
+    (source / 'dataset.json').write_text('{"labels": [["a.png", 1], ["b.png", -2]]}')
+    assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'negative class index')
+    (source / 'dataset.json').write_text('{"labels": [["a.png", [0.5, 1e-9]], ["b.png", [2, 3]]]}')
+    dataset_tool.convert_dataset(source=str(source), dest=dest, progress=False)
+    assert read_dataset(dest)[1] == [[png_name(0), [0.5, 1e-9]], [png_name(1), [2, 3]]]
+
+#----------------------------------------------------------------------------
+# convert_dataset() from Python: named arguments, ordinary exceptions.
+
+def test_convert_dataset_with_keyword_arguments(tmp_path):
+    rng = np.random.default_rng(20)
+    source = str(tmp_path / 'tree')
+    files = make_class_tree(source, rng)
+    dest = str(tmp_path / 'out.zip')
+    result = dataset_tool.convert_dataset(source=source, dest=dest, max_images=3, transform='center-crop', resolution='8x8', progress=False)
+    assert result == dataset_tool.ConversionResult(written=3, skipped=0)
+    out, labels = read_dataset(dest)
+    order = ['bird/c.jpg', 'bird/deep/x.png', 'cat/a.png'] # The first three sorted relative paths.
+    assert labels == [[png_name(i), cls] for i, cls in enumerate([0, 0, 1])] # Folder classes of all five images.
+    with PIL.Image.open(os.path.join(source, order[0])) as src: # A 16x16 JPEG: square already, so crop = resize.
+        expected = np.asarray(src.convert('RGB').resize((8, 8), PIL.Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(out[png_name(0)], expected)
+    np.testing.assert_array_equal(out[png_name(2)], files['cat/a.png']) # 8x8 already: untouched.
+
+@pytest.mark.parametrize('kwargs, fragment', [
+    (dict(resolution=(24, 24)), 'power-of-two'),
+    (dict(resolution='64'), 'WxH'),
+    (dict(transform='zoom', resolution=(8, 8)), 'Unknown transform'),
+    (dict(transform='center-crop'), '--resolution'),
+    (dict(max_images=0), 'max_images'),
+    (dict(source='notes.txt'), 'Unknown source format'),
+    (dict(source='imgs/dataset.json'), 'Unknown source format'),
+])
+def test_convert_dataset_raises_value_error(tmp_path, kwargs, fragment):
+    save_image(str(tmp_path / 'imgs' / 'a.png'), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / 'imgs' / 'dataset.json').write_text('{"labels": null}')
+    (tmp_path / 'notes.txt').write_text('hello')
+    kwargs = dict(dict(source='imgs', dest='out.zip', progress=False), **kwargs)
+    kwargs['source'] = str(tmp_path / kwargs['source'])
+    kwargs['dest'] = str(tmp_path / kwargs['dest'])
+    with pytest.raises(ValueError, match=fragment) as info:
+        dataset_tool.convert_dataset(**kwargs)
+    assert not isinstance(info.value, click.ClickException)
+    assert not os.path.exists(kwargs['dest'])
+
+def test_convert_dataset_raises_os_errors(tmp_path):
+    save_image(str(tmp_path / 'imgs' / 'a.png'), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        dataset_tool.convert_dataset(source=str(tmp_path / 'nowhere'), dest=str(tmp_path / 'out.zip'), progress=False)
+    (tmp_path / 'taken.zip').write_bytes(b'precious')
+    with pytest.raises(FileExistsError, match='already exists'):
+        dataset_tool.convert_dataset(source=str(tmp_path / 'imgs'), dest=str(tmp_path / 'taken.zip'), progress=False)
+    assert (tmp_path / 'taken.zip').read_bytes() == b'precious'
+
+def test_debug_shows_the_traceback(tmp_path):
+    dest = str(tmp_path / 'out.zip')
+    result = run_cli(f'--source={tmp_path / "nope"}', f'--dest={dest}', '--debug')
+    assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError) and not os.path.exists(dest)
 
 #----------------------------------------------------------------------------
 # The script as a user runs it.

@@ -21,7 +21,7 @@ import generate_steps
 from test_checkpoint import (import_legacy_module, legacy_net, save_state, tiny_net, write_edm_pickle,
                              write_pfgmpp_state)
 from test_sampling import WEIGHTS, OracleNet, check_lands_on_data, make_data
-from torch_utils import images as image_io
+from torch_utils import image_io
 from training import checkpoint, provenance, sampling
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,12 +149,15 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
     assert code == 0, out
     assert_nearly_equal(read_pngs(tmp_path / 'b', seeds, True), read_pngs(tmp_path / 'a', seeds, True))
 
+    # 5 images, 3 columns: 2 rows of 8x8 images upscaled 11x (3 * 8 * 11 >= 256 > 3 * 8 * 10), 2-pixel gaps.
     grid = image_io.load_image(str(tmp_path / 'grid.png'))
-    assert grid.shape == (3, 2 * 8, 3 * 8)  # 5 images, 3 columns: 2 rows.
-    assert torch.equal(grid[:, :8, :8], image_io.load_image(generate.image_path(str(tmp_path / 'a'), 998, True)))
+    assert grid.shape == (3, 2 * 88 + 2, 3 * 88 + 2 * 2)
+    first = image_io.load_image(generate.image_path(str(tmp_path / 'a'), 998, True)).numpy()
+    assert np.array_equal(grid[:, :88, :88].numpy(), np.kron(first, np.ones([1, 11, 11], dtype=np.uint8)))
     import PIL.Image
     with PIL.Image.open(tmp_path / 'traj.gif') as gif:
-        assert gif.n_frames == 5 and gif.size == (5 * 8, 8)  # x_0 ... x_4 of the first batch's 5 images.
+        # x_0 ... x_4 of the first batch's 5 images as one row, upscaled 7x (5 * 8 * 7 >= 256 > 5 * 8 * 6).
+        assert gif.n_frames == 5 and gif.size == (5 * 56 + 4 * 2, 56)
 
 
 def test_torchrun_two_processes_match_one(tmp_path, snapshot):

@@ -51,7 +51,7 @@ for v in "${versions[@]}"; do
   log=$logs/python$v.log
   echo "python$v ($full): make test in a fresh virtual environment, log in $log ..."
   start=$SECONDS
-  # A fresh environment: make creates it with $py and installs requirements.txt into it.
+  # A fresh environment: make creates it with $py and installs requirements.txt and requirements-demo.txt into it.
   rmdir "$venv"
   env -u VIRTUAL_ENV make --no-print-directory test PYTHON="$py" ENV_DIR="$venv" >"$log" 2>&1
   status=$?
