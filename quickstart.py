@@ -43,7 +43,8 @@ import dnnlib  # noqa: E402
 import generate  # noqa: E402
 from benchmarks import quickstart_quality  # noqa: E402
 from torch_utils import cli, image_io, misc  # noqa: E402
-from training import checkpoint  # noqa: E402
+from train import EXIT_STOPPED  # noqa: E402
+from training import checkpoint, provenance  # noqa: E402
 
 NUM_CLASSES = quickstart_quality.NUM_CLASSES
 PER_CLASS = 10  # Samples per digit: seeds 0..99, class c drawn from seeds 10c..10c+9.
@@ -97,6 +98,8 @@ def run_command(cmd: list[str], step: str, env: Optional[dict] = None) -> None:
             print(f'Waiting for {step} to stop; press Ctrl-C again to kill it.', file=sys.stderr, flush=True)
     if interrupted:
         raise StepError(f'{step} was interrupted; run the quick start again to continue where it stopped.')
+    if returncode == EXIT_STOPPED:
+        raise StepError(f'{step} was stopped early after saving its state; run the quick start again to continue where it stopped.')
     if returncode != 0:
         raise StepError(f'{step} failed (exit status {returncode}); see its output above.')
 
@@ -127,10 +130,9 @@ def export_digits(dest: str) -> int:
 
 
 def newest_snapshot(run_dir: str) -> Optional[str]:
-    """RUN/network-snapshot-<kimg>.pt with the largest kimg, or None."""
-    names = [x for x in os.listdir(run_dir) if x.startswith('network-snapshot-') and x.endswith('.pt')
-             and checkpoint.kimg_from_name(x) is not None] if os.path.isdir(run_dir) else []
-    return os.path.join(run_dir, max(names, key=checkpoint.kimg_from_name)) if names else None
+    """The newest checkpoint of the run to sample (checkpoint.find_checkpoints), or None."""
+    found = checkpoint.find_checkpoints(run_dir, 'network')
+    return found[-1][1] if found else None
 
 
 def remove_export(source_dir: str) -> None:
@@ -156,7 +158,7 @@ def clear_samples(samples: str) -> None:
     if not os.path.isdir(samples):
         return
     def ours(name: str) -> bool:
-        return name.endswith('.png') or name == generate.MANIFEST_NAME
+        return name.endswith('.png') or name == provenance.MANIFEST_NAME
     for entry in os.listdir(samples):
         path = os.path.join(samples, entry)
         if not ((ours(entry) and os.path.isfile(path)) or (entry.isdigit() and os.path.isdir(path) and all(map(ours, os.listdir(path))))):
@@ -209,8 +211,7 @@ def train_step(paths: dnnlib.EasyDict, device: str, duration: float) -> str:
     """3. Training with train.py; --resume=auto continues (or just re-confirms) an earlier run of the
     same name. Sets paths.network to the newest snapshot."""
     run_dir = paths.run_dir
-    state_kimgs = [checkpoint.kimg_from_name(x) for x in (os.listdir(run_dir) if os.path.isdir(run_dir) else []) if x.startswith('training-state-')]
-    state_kimg = max([k for k in state_kimgs if k is not None], default=None)
+    state_kimg = max((kimg for kimg, _ in checkpoint.find_checkpoints(run_dir, 'state')), default=None)
     tick = max(round(duration * 1000 / 10, 3), 0.001)  # About ten progress lines.
     run_command([sys.executable, script('train.py'), f'--outdir={paths.outdir}', f'--name={paths.name}', f'--data={paths.dataset}',
                  *cli_options(TRAIN_OPTIONS), f'--duration={duration:g}', f'--tick={tick:g}', f'--device={device}',
@@ -218,7 +219,6 @@ def train_step(paths: dnnlib.EasyDict, device: str, duration: float) -> str:
     paths.network = newest_snapshot(run_dir)
     target_kimg = max(int(duration * 1000), 1)  # train.py's total_kimg.
     if paths.network is None or checkpoint.kimg_from_name(paths.network) < target_kimg:
-        # train.py exits normally when a signal stops it early, after writing a training state.
         raise StepError(f'train.py stopped before {target_kimg} kimg (newest snapshot: {paths.network}); run the quick start again to continue.')
     model = f'class-conditional PFGM++ model (D={TRAIN_OPTIONS["aug_dim"]}, DDPM++ with --cbase={TRAIN_OPTIONS["cbase"]} --cres={TRAIN_OPTIONS["cres"]})'
     if state_kimg is None:
@@ -235,16 +235,15 @@ def generate_step(paths: dnnlib.EasyDict, device: str, per_class: int) -> str:
     sampling."""
     clear_samples(paths.samples)
     torch_device = misc.resolve_device(device)
-    net, D, info = generate.load_for_sampling(paths.network, allow_pickle=False, device=torch_device, pfgmpp_flag=None, aug_dim=None)
-    network_sha256 = dnnlib.util.file_sha256(info['path'])
+    net, info = generate.load_for_sampling(paths.network, allow_pickle=False, device=torch_device, pfgmpp_flag=None, aug_dim=None)
     images, labels = [], []
     for c in range(NUM_CLASSES):
         seeds = list(range(c * per_class, (c + 1) * per_class))
         outdir = os.path.join(paths.samples, str(c))
         print('$ ' + shlex.join(['python', script('generate.py'), f'--network={paths.network}', f'--outdir={outdir}',
                                  f'--seeds={seeds[0]}-{seeds[-1]}', f'--class={c}', f'--device={device}']) + '  # in this process', flush=True)
-        generate.generate_images(net, seeds, outdir, D=D, batch_size=per_class, class_idx=c, device=torch_device, progress=False,
-                                 network=paths.network, network_sha256=network_sha256)
+        generate.generate_images(net, seeds, outdir, batch_size=per_class, class_idx=c, device=torch_device, progress=False,
+                                 network=paths.network, network_sha256=info['sha256'])
         images += [image_io.load_image(generate.image_path(outdir, seed)) for seed in seeds]
         labels += [c] * per_class
     image_io.save_grid(torch.stack(images), paths.grid, labels=labels)
