@@ -22,7 +22,7 @@ import torch
 
 from training import pfgmpp
 
-__all__ = ['edm_sigma_steps', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range',
+__all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range',
            'choose_sampler', 'sampler_settings', 'RestartInterval', 'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler']
 
 SOLVERS = ('euler', 'heun')
@@ -57,6 +57,31 @@ def _clamp_to_net(net, sigma_min: float, sigma_max: float) -> tuple[float, float
 #----------------------------------------------------------------------------
 # EDM's sampler (Algorithm 2), with optional noise injection for the robustness study.
 
+def heun_step(net, x_cur: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+              randn_like: Callable = torch.randn_like, gamma: float = 0, S_noise: float = 1, churn: bool = True,
+              correct: bool = True) -> torch.Tensor:
+    """One step of EDM's Algorithm 2 (lines 5-10), from x_cur at t_cur to t_next, float64: increase the
+    noise temporarily to t_hat = t_cur + gamma t_cur, then an Euler step and the 2nd-order correction
+    (correct=False skips it, as EDM does on the last step, to t = 0). churn=True draws the churn noise
+    even when gamma = 0, as EDM's sampler does at every step (so the per-seed stream matches EDM's);
+    churn=False draws nothing and uses x_hat = x_cur."""
+    # Increase noise temporarily.
+    t_hat = net.round_sigma(t_cur + gamma * t_cur)
+    x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur) if churn else x_cur
+
+    # Euler step.
+    denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
+    d_cur = (x_hat - denoised) / t_hat
+    x_next = x_hat + (t_next - t_hat) * d_cur
+
+    # Apply 2nd order correction.
+    if correct:
+        denoised = net(x_next, t_next, class_labels).to(torch.float64)
+        d_prime = (x_next - denoised) / t_next
+        x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
 def edm_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
                 randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
                 sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
@@ -80,22 +105,8 @@ def edm_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Tensor]
             x_cur = x_cur + alpha * t_cur * randn_like(x_cur)
         if callback is not None:
             callback(i, t_cur, x_cur)
-
-        # Increase noise temporarily.
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
-        t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
-
-        # Euler step.
-        denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-
-        # Apply 2nd order correction.
-        if i < num_steps - 1:
-            denoised = net(x_next, t_next, class_labels).to(torch.float64)
-            d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        x_next = heun_step(net, x_cur, t_cur, t_next, class_labels, randn_like, gamma, S_noise, correct=(i < num_steps - 1))
     if callback is not None:
         callback(num_steps, t_steps[-1], x_next)
     return x_next
@@ -444,15 +455,7 @@ def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Ten
 
         # Main ODE: EDM's Algorithm 2, step for step as edm_sampler.
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
-        t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
-        denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-        if i < num_steps - 1:
-            denoised = net(x_next, t_next, class_labels).to(torch.float64)
-            d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        x_next = heun_step(net, x_cur, t_cur, t_next, class_labels, randn_like, gamma, S_noise, correct=(i < num_steps - 1))
 
         # Restart: K times forward to t_max, back to t_min = t_{i+1} (Xu et al., Algorithm 1).
         if i + 1 in plan:
@@ -461,17 +464,8 @@ def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Ten
                 x_jump = pfgmpp.restart_jump(x_next, levels[-1], levels[0], D, randn_like, gamma_log_like)
                 x_next = x_jump if S_noise == 1 else x_next + S_noise * (x_jump - x_next)
                 for s_cur, s_next in zip(levels[:-1], levels[1:]):
-                    x_cur = x_next
-                    x_hat, s_hat = x_cur, s_cur
-                    if restart_gamma > 0 and S_min <= s_cur <= S_max:
-                        s_hat = net.round_sigma(s_cur + restart_gamma * s_cur)
-                        x_hat = x_cur + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
-                    denoised = net(x_hat, s_hat, class_labels).to(torch.float64)
-                    d_cur = (x_hat - denoised) / s_hat
-                    x_next = x_hat + (s_next - s_hat) * d_cur
-                    denoised = net(x_next, s_next, class_labels).to(torch.float64)
-                    d_prime = (x_next - denoised) / s_next
-                    x_next = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
+                    churn = restart_gamma > 0 and S_min <= s_cur <= S_max
+                    x_next = heun_step(net, x_next, s_cur, s_next, class_labels, randn_like, restart_gamma if churn else 0, S_noise, churn=churn)
     if callback is not None:
         callback(num_steps, t_steps[-1], x_next)
     return x_next
