@@ -427,3 +427,22 @@ def test_sweep_bad_input(data, tmp_path, case, message):
     assert not (tmp_path / 'run' / 'metrics.jsonl').exists()
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The commands as functions.
+
+def test_ref_calc_and_sweep_are_callable_with_keyword_arguments(data, tmp_path):
+    common = dict(detector=str(data['detector']), device='cpu', workers=0)
+    stats = fid.ref(data=str(data['images']), dest=str(tmp_path / 'ref.npz'), **common)
+    np.testing.assert_allclose(np.load(tmp_path / 'ref.npz')['mu'], stats['mu'])
+    record = fid.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, metrics=['fid', 'is'], **common)
+    features, ref_features = _expected_features(data['other_arrays']), _expected_features(data['arrays'])
+    expected = fid.calculate_fid_from_inception_stats(features.mean(0), np.cov(features, rowvar=False),
+                                                      ref_features.mean(0), np.cov(ref_features, rowvar=False))
+    assert record['metrics']['fid'] == pytest.approx(expected, rel=1e-5) and 'is' in record['metrics']
+    run = tmp_path / 'run'
+    shutil.copytree(data['other'], run / 'ckpt_000005')
+    summary = fid.sweep(run=str(run), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, **common)
+    assert summary['best']['ckpt'] == 'ckpt_000005' and summary['best']['min_fid'] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match='unknown metric'):
+        fid.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), metrics=['fd'], **common)

@@ -116,10 +116,14 @@ def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
 
 def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
     args = [f'--outdir={tmp_path}', '--name=ddp', f'--data={bars_zip}', *TINY, '--batch=16', '--batch-gpu=4',
-            '--augment=0', '--duration=0.001', '--snap=1', '--dump=1']
+            '--augment=0', '--duration=0.001', '--snap=1', '--dump=1', '--phema=0.05,0.1']
     result = run_train(args, torchrun=True)
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = tmp_path / 'ddp'
+    # Rank 0 alone writes the post-hoc EMA snapshot; its profiles moved away from the initial weights.
+    assert (run_dir / checkpoint.phema_name(1)).is_file()
+    phema_state = torch.load(run_dir / checkpoint.state_name(1), weights_only=True)['phema']
+    assert phema_state['stds'] == [0.05, 0.1]
     assert 'Number of ranks:         2' in result.stdout
     assert '8 per rank' not in result.stdout and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout
     assert (run_dir / checkpoint.snapshot_name(1)).is_file() and (run_dir / checkpoint.state_name(1)).is_file()
