@@ -104,21 +104,22 @@ class Grid:
         return dict(num_steps=self.num_steps)
 
 
-# The default grid: 4 D x 3 training seeds = 12 models of 20 kimg on the quick start's recipe, each
-# sampled for 3 settings of each study at 200 samples (20 per digit). See budget_estimate() for its
-# time on 2 CPU cores; --quick: 2 D x 2 seeds = 4 models of 8 kimg, 2 settings per study, 50 samples.
-DEFAULT_STEPS = generate.SAMPLER_DEFAULTS['num_steps']  # 18, EDM's and the paper's (35 network evaluations).
-DEFAULTS = dict(D_list=(16, 128, 2048, None), seeds=(0, 1, 2), kimg=20, num_samples=200,
-                settings=dict(alpha=[0, 0.1, 0.2], steps=[4, 6, 9], quant=[5, 6, 8]))
-QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=8, num_samples=50,
-             settings=dict(alpha=[0, 0.2], steps=[4, 9], quant=[5, 8]))
+# The default grid, sized for an hour on 2 CPU cores (README, "The D trade-off on your laptop"): 4 D x 3
+# training seeds = 12 models of 12 kimg, each sampled with 9 Heun steps (17 network evaluations) for 3
+# settings of each study, 200 samples (20 per digit) per cell. --quick, a smoke test within 10 minutes:
+# 2 D x 2 seeds = 4 models of 5 kimg, 2 settings per study, 100 samples per cell.
+DEFAULT_STEPS = 9       # The paper samples with 18 (35 evaluations); on the digits 9 scored as well, at half the cost.
+DEFAULTS = dict(D_list=(16, 128, 2048, None), seeds=(0, 1, 2), kimg=12, num_samples=200,
+                settings=dict(alpha=[0, 0.1, 0.2], steps=[3, 4, 6], quant=[4, 5, 6]))
+QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=5, num_samples=100,
+             settings=dict(alpha=[0, 0.2], steps=[3, 6], quant=[4, 6]))
 # Inception-v3 FID needs thousands of samples; EDM's CIFAR-10 recipe trains for 200 Mimg (set --kimg).
 INCEPTION_NUM_SAMPLES = dict(default=10000, quick=1000)
 INCEPTION_KIMG = dict(default=200000, quick=2000)
 
-# Seconds per unit of work before this run has measured its own: 2 CPU cores with nothing else running
-# (training: quickstart.py's measurement of its recipe; sampling and scoring: see the README section).
-PRIOR_SECONDS = dict(train=6.0, generate=0.0025, score=0.004)
+# Seconds per unit of work before this run has measured its own, as measured on 2 shared CPU cores for
+# the digits recipe (training; sampling in batches of 20; scoring).
+PRIOR_SECONDS = dict(train=11.0, generate=0.0045, score=0.001)
 UNITS = dict(train='kimg', generate='image-NFE', score='image')
 
 
@@ -217,14 +218,21 @@ def choose_scoring(detector: Optional[str], digits_like: bool) -> str:
     return 'digits' if digits_like else 'inception'
 
 
+# Half the quick start's blocks: twice the speed of training and sampling, and at an equal budget the
+# better model. Measured on 2 CPU cores (D=128, 200 samples): 16 kimg with 2 blocks, 172 s of training,
+# 63% of the samples recognised; 8 kimg with 4 blocks, 113 s, 20%.
+NBLOCK_DIGITS = 2
+
+
 def train_recipe(resolution: int, label_dim: int) -> dict:
     """train.train() options (beyond data, D, seed, duration and the I/O options) for the data:
     16x16, the quick start's recipe (quickstart.TRAIN_OPTIONS; class-conditional when the data has
-    labels); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
+    labels) with 2 residual blocks per resolution instead of 4 (NBLOCK_DIGITS); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
     EMA 0.5 Mimg, dropout 0.13, augmentation 0.12: train.py's defaults)."""
     if resolution == 16:
         options = {k: v for k, v in quickstart.TRAIN_OPTIONS.items() if k not in ('pfgmpp', 'aug_dim', 'seed', 'snap', 'dump')}
         options['cres'] = cli.parse_int_list(options['cres'])
+        options['nblock'] = NBLOCK_DIGITS
         options['cond'] = int(label_dim > 0)
         return options
     if resolution == 32:
@@ -642,7 +650,7 @@ def run_d_study(
                 pending['generate'] += grid.num_samples * setting_nfe(grid, overrides)
             if read_score(cell_dir, score_key(cell_dir, blocks, scorer)) is None:
                 pending['score'] += grid.num_samples
-    bar = Progress(pending, total_stages=len(models) * (2 + len(grid.settings)), enabled=progress)
+    bar = Progress(pending, total_stages=3 * len(models), enabled=progress)
     if progress:
         print(f'D study in {outdir}: {len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds '
               f'{cli.format_int_list(grid.seeds)}; {target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples '
@@ -652,9 +660,7 @@ def run_d_study(
     for m in models:
         log_path = os.path.join(log_dir, f'{m.name}.txt')
         network = train_model(m, grid, recipe, data_path, device, bar, log_path)
-        for study in grid.settings:
-            study_cells = [c for c in cells if c[0] == study]
-            generate_study(m, network, study, study_cells, blocks, grid, dev, bar, log_path)
+        generate_model(m, network, cells, blocks, grid, dev, bar, log_path)
         scores.update(score_model(m, cells, blocks, grid.num_samples, scorer, bar, log_path))
         write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=False)
     return write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=True)
@@ -687,23 +693,22 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
     return network
 
 
-def generate_study(m: Model, network: str, study: str, cells: list, blocks: list, grid: Grid,
-                   device: torch.device, bar: Progress, log_path: str) -> None:
-    """generate.run_study() for each block of seeds (one class each when conditional) with the study's
-    settings into RUN/<study>/<setting>/<class>/; complete folders are left alone."""
-    study_dir = os.path.join(m.run_dir, study)
-    todo = [c for c in cells if not folder_complete(os.path.join(study_dir, c[2]), blocks)]
-    units = sum(grid.num_samples * setting_nfe(grid, c[3]) for c in todo)
+def generate_model(m: Model, network: str, cells: list, blocks: list, grid: Grid, device: torch.device,
+                   bar: Progress, log_path: str) -> None:
+    """generate.run_study() once for each block of seeds (one class each when conditional) with the
+    settings of every study, into RUN/<study>/<setting>/<class>/ (one network load per block); complete
+    folders are left alone, partial ones completed."""
+    todo = [c for c in cells if not folder_complete(os.path.join(m.run_dir, c[0], c[2]), blocks)]
     if not todo:
-        bar.stage('generate', f'{m.label} {study}', sum(grid.num_samples * setting_nfe(grid, c[3]) for c in cells))
+        bar.stage('generate', m.label, sum(grid.num_samples * setting_nfe(grid, c[3]) for c in cells))
         return
     start, cpu = time.time(), time.process_time()
     with captured(log_path):
         for class_idx, seeds, sub in blocks:
-            settings = [(os.path.join(folder, sub) if sub else folder, overrides, transform) for _s, _v, folder, overrides, transform in todo]
-            generate.run_study(network, study_dir, settings, seeds, sampler_kwargs=grid.sampler_kwargs, device=device, batch_size=min(len(seeds), 64),
-                               class_idx=class_idx, progress=False)
-    bar.stage('generate', f'{m.label} {study}', units, time.time() - start, time.process_time() - cpu)
+            settings = [(os.path.join(study, folder, *([sub] if sub else [])), overrides, transform) for study, _v, folder, overrides, transform in todo]
+            generate.run_study(network, m.run_dir, settings, seeds, sampler_kwargs=grid.sampler_kwargs, device=device,
+                               batch_size=min(len(seeds), 64), class_idx=class_idx, progress=False)
+    bar.stage('generate', m.label, sum(grid.num_samples * setting_nfe(grid, c[3]) for c in todo), time.time() - start, time.process_time() - cpu)
 
 
 def score_model(m: Model, cells: list, blocks: list, num_samples: int, scorer: Scorer, bar: Progress, log_path: str) -> dict:
@@ -900,14 +905,14 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
 @click.option('--outdir',      help='Where the study goes', metavar='DIR', type=str, default='d-study')
 @click.option('--data',        help='Dataset ZIP or folder  [default: the quick start\'s digits, built if missing]', metavar='ZIP|DIR', type=str)
 @click.option('--D', 'D_list', help='PFGM++ D values; inf is diffusion  [default: 16,128,2048,inf; --quick: 16,inf]', metavar='LIST', type=str)
-@click.option('--kimg',        help='Training budget per model  [default: 20; --quick: 8]', metavar='KIMG', type=float)
+@click.option('--kimg',        help='Training budget per model  [default: 12; --quick: 5; Inception: 200000]', metavar='KIMG', type=float)
 @click.option('--seeds',       help='Training seeds, one model per D and seed  [default: 0-2; --quick: 0-1]', metavar='LIST', type=str)
 @click.option('--studies',     help='Which studies', metavar='LIST', type=str, default='alpha,steps,quant')
 @click.option('--alphas',      help='Noise injection alphas  [default: 0,0.1,0.2; --quick: 0,0.2]', metavar='LIST', type=str)
-@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 4,6,9; --quick: 4,9]', metavar='LIST', type=str)
-@click.option('--bits',        help='Weight bits, published rule  [default: 5,6,8; --quick: 5,8]', metavar='LIST', type=str)
-@click.option('--steps',       'num_steps', help='Sampling steps of the alpha and quant studies', metavar='INT', type=int)
-@click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 200; --quick: 50; Inception: 10000]', metavar='INT', type=int)
+@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 3,4,6; --quick: 3,6]', metavar='LIST', type=str)
+@click.option('--bits',        help='Weight bits, published rule  [default: 4,5,6; --quick: 4,6]', metavar='LIST', type=str)
+@click.option('--steps',       'num_steps', help='Heun steps of the alpha and quant studies (18: the paper\'s 35 evaluations)  [default: 9]', metavar='INT', type=int)
+@click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 200; --quick: 100; Inception: 10000]', metavar='INT', type=int)
 @click.option('--detector',    help='Detector file for fid.py  [default: the digits detector, or Inception-v3 for other data]', metavar='PATH', type=str)
 @cli.device_option(help='Where to train, sample and score')
 @click.option('--quick',       help='The smaller grid, for a smoke test (options given still win)', is_flag=True)
