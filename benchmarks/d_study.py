@@ -110,9 +110,9 @@ class Grid:
 # 2 D x 2 seeds = 4 models of 5 kimg, 2 settings per study, 100 samples per cell.
 DEFAULT_STEPS = 9       # The paper samples with 18 (35 evaluations); on the digits 9 scored as well, at half the cost.
 DEFAULTS = dict(D_list=(16, 128, 2048, None), seeds=(0, 1, 2), kimg=12, num_samples=200,
-                settings=dict(alpha=[0, 0.1, 0.2], steps=[3, 4, 6], quant=[4, 5, 6]))
+                settings=dict(alpha=[0, 0.1, 0.2], steps=[4, 5, 7], quant=[3, 4, 6]))
 QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=5, num_samples=100,
-             settings=dict(alpha=[0, 0.2], steps=[3, 6], quant=[4, 6]))
+             settings=dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6]))
 # Inception-v3 FID needs thousands of samples; EDM's CIFAR-10 recipe trains for 200 Mimg (set --kimg).
 INCEPTION_NUM_SAMPLES = dict(default=10000, quick=1000)
 INCEPTION_KIMG = dict(default=200000, quick=2000)
@@ -581,6 +581,10 @@ def check_config(outdir: str, config: dict) -> None:
     dnnlib.util.write_atomic(path, lambda f: f.write((json.dumps(config, indent=2) + '\n').encode()))
 
 
+# train.train() options that train_model() sets for each model.
+RESERVED_TRAIN_OPTIONS = ('outdir', 'name', 'data', 'pfgmpp', 'aug_dim', 'seed', 'duration', 'tick', 'snap', 'dump', 'device', 'resume')
+
+
 def setting_nfe(grid: Grid, overrides: dict) -> int:
     """Network evaluations per image of a setting (generate.nfe of the grid's sampler with the setting's overrides)."""
     return generate.nfe({**grid.sampler_kwargs, **overrides})
@@ -597,7 +601,7 @@ def run_d_study(
     steps_list: Any = None,                  # Sampling step counts.
     bits: Any = None,                        # Quantisation bit widths (published rule).
     num_samples: Optional[int] = None,       # Samples per cell (a multiple of the classes when conditional).
-    num_steps: Optional[int] = None,         # Heun steps of the alpha and quant studies; default 18.
+    num_steps: Optional[int] = None,         # Heun steps of the alpha and quant studies; default 9 (DEFAULT_STEPS).
     train_options: Optional[dict] = None,    # train.train() options that replace the recipe's (e.g. a tiny network for tests).
     detector: Optional[str] = None,          # Detector file for fid.py; None: digits detector or Inception-v3.
     device: str = 'auto',                    # auto | cuda | cpu.
@@ -620,6 +624,9 @@ def run_d_study(
     data_info = describe_data(data_path)
     kind = choose_scoring(detector, is_digits_like(data_info.resolution, data_info.channels, data_info.label_dim))
     grid = resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, scoring=kind)
+    reserved = sorted(set(train_options or {}) & set(RESERVED_TRAIN_OPTIONS))
+    if reserved:
+        raise ValueError(f'train_options may not set {", ".join(reserved)}: the study sets them for each model.')
     recipe = dict(train_recipe(data_info.resolution, data_info.label_dim), **(train_options or {}))
     num_classes = data_info.label_dim if recipe['cond'] else 0
     blocks = sample_blocks(grid.num_samples, num_classes)
@@ -909,8 +916,8 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
 @click.option('--seeds',       help='Training seeds, one model per D and seed  [default: 0-2; --quick: 0-1]', metavar='LIST', type=str)
 @click.option('--studies',     help='Which studies', metavar='LIST', type=str, default='alpha,steps,quant')
 @click.option('--alphas',      help='Noise injection alphas  [default: 0,0.1,0.2; --quick: 0,0.2]', metavar='LIST', type=str)
-@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 3,4,6; --quick: 3,6]', metavar='LIST', type=str)
-@click.option('--bits',        help='Weight bits, published rule  [default: 4,5,6; --quick: 4,6]', metavar='LIST', type=str)
+@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 4,5,7; --quick: 4,7]', metavar='LIST', type=str)
+@click.option('--bits',        help='Weight bits, published rule  [default: 3,4,6; --quick: 3,6]', metavar='LIST', type=str)
 @click.option('--steps',       'num_steps', help='Heun steps of the alpha and quant studies (18: the paper\'s 35 evaluations)  [default: 9]', metavar='INT', type=int)
 @click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 200; --quick: 100; Inception: 10000]', metavar='INT', type=int)
 @click.option('--detector',    help='Detector file for fid.py  [default: the digits detector, or Inception-v3 for other data]', metavar='PATH', type=str)

@@ -248,7 +248,9 @@ def test_scoring_and_recipe_follow_the_data():
     assert grid.num_samples == 10000 and grid.kimg == 200000 and grid.D_list == (16, 128, 2048, None) and grid.seeds == (0, 1, 2)
     quick = d_study.resolve_grid(quick=True)
     assert quick.num_samples == 100 and quick.D_list == (16, None) and quick.kimg == 5 and quick.num_steps == 9
-    assert quick.settings == dict(alpha=[0, 0.2], steps=[3, 6], quant=[4, 6])
+    assert quick.settings == dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6])
+    default = d_study.resolve_grid()
+    assert default.num_samples == 200 and default.kimg == 12 and default.num_steps == 9 and len(default.seeds) >= 3
     assert d_study.sample_blocks(4, 0) == [(None, [0, 1, 2, 3], '')]
     assert d_study.sample_blocks(20, 10)[3] == (3, [6, 7], '3')
     with pytest.raises(ValueError, match='multiple of the 10 classes'):
@@ -328,3 +330,21 @@ def test_a_detector_that_is_not_one_is_refused(kind, study, tmp_path, monkeypatc
     assert result.exit_code == 1 and result.output.startswith(expected), result.output
     assert len(result.output.splitlines()) == 1 and 'Traceback' not in result.output
     assert sorted(os.listdir(tmp_path)) == ['det.pt']
+
+
+def test_stopped_training_exits_75_and_continues(study, tmp_path, monkeypatch):
+    """train.train() stopped by a signal (status 'stopped', its state saved): one line, exit status 75
+    as train.py's, and nothing scored; the study's own train_options may not set what it sets per model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'out').mkdir()
+    for name in ('digits-detector.pt', 'digits-detector.json'):  # Reused: same data, seed and version.
+        (tmp_path / 'out' / name).write_bytes((study['outdir'] / name).read_bytes())
+    monkeypatch.setattr(train, 'train', lambda **kwargs: dict(status='stopped', run_dir='', cur_nimg=0))
+    result = CliRunner().invoke(d_study.cmdline, ['--outdir=out', '--device=cpu', f'--data={study["data"]}', '--D=inf', '--seeds=0',
+                                                  '--kimg=1', '--studies=steps', '--steps-list=1', '--num-samples=10'])
+    assert result.exit_code == 75 and result.output.startswith('D study in out: 1 models'), result.output
+    assert result.output.splitlines()[1:] == ['Error: Training of Dinf-seed0 was stopped after saving its state; '
+                                              'run the same command again to continue.']
+    assert not (tmp_path / 'out' / 'results.json').exists()
+    with pytest.raises(ValueError, match='train_options may not set seed'):
+        d_study.run_d_study(str(tmp_path / 'out'), data=str(study['data']), train_options=dict(seed=3), device='cpu')
