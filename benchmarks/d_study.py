@@ -332,7 +332,7 @@ class Progress:
     (train: kimg, generate: images x network evaluations, score: images) measured so far in this run,
     or PRIOR_SECONDS before the first of a kind."""
 
-    def __init__(self, pending: dict, total_stages: int, enabled: bool = True):
+    def __init__(self, pending: dict, total_stages: int, enabled: bool = True, log_path: Optional[str] = None):
         self.pending = dict(pending)        # kind -> units of work still to do.
         self.total = total_stages
         self.count = 0
@@ -341,6 +341,7 @@ class Progress:
         self.start = time.time()
         self.enabled = enabled
         self.records = []
+        self.log_path = log_path            # Every stage that ran, one JSON line each, across reruns.
 
     def rate(self, kind: str) -> float:
         return self.spent[kind] / self.done[kind] if self.done[kind] > 0 else PRIOR_SECONDS[kind]
@@ -355,7 +356,12 @@ class Progress:
             self.pending[kind] = max(self.pending[kind] - units, 0.0)
             self.spent[kind] += seconds
             self.done[kind] += units
-            self.records.append(dict(kind=kind, stage=label, units=units, unit=UNITS[kind], seconds=seconds, cpu_seconds=cpu_seconds))
+            record = dict(kind=kind, stage=label, units=units, unit=UNITS[kind], seconds=seconds, cpu_seconds=cpu_seconds,
+                          time=datetime.datetime.now().isoformat(timespec='seconds'))
+            self.records.append(record)
+            if self.log_path is not None:
+                with open(self.log_path, 'a', encoding='utf-8') as f:
+                    f.write(json.dumps(record) + '\n')
             what = f'{format_seconds(seconds)} ({units:g} {UNITS[kind]})'
         else:
             what = 'done earlier'
@@ -657,7 +663,7 @@ def run_d_study(
                 pending['generate'] += grid.num_samples * setting_nfe(grid, overrides)
             if read_score(cell_dir, score_key(cell_dir, blocks, scorer)) is None:
                 pending['score'] += grid.num_samples
-    bar = Progress(pending, total_stages=3 * len(models), enabled=progress)
+    bar = Progress(pending, total_stages=3 * len(models), enabled=progress, log_path=os.path.join(outdir, 'timing.jsonl'))
     if progress:
         print(f'D study in {outdir}: {len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds '
               f'{cli.format_int_list(grid.seeds)}; {target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples '
@@ -872,24 +878,32 @@ def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
     dnnlib.util.write_atomic(path, lambda f: f.write(buf.getvalue()))
 
 
+def timing_summary(records: list[dict]) -> dict:
+    """Per kind of stage: units of work, seconds (wall and CPU) and seconds per unit."""
+    summary = {}
+    for kind in UNITS:
+        recs = [r for r in records if r['kind'] == kind]
+        if recs:
+            units, seconds = sum(r['units'] for r in recs), sum(r['seconds'] for r in recs)
+            summary[kind] = dict(unit=UNITS[kind], units=units, seconds=seconds, cpu_seconds=sum(r['cpu_seconds'] for r in recs),
+                                 seconds_per_unit=seconds / units if units else None)
+    return summary
+
+
 def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dict, scoring: dict, data: str, recipe: dict,
                  bar: Progress, final: bool) -> dict:
     """results.json and results.md (after every model), and d_study.png (final=True)."""
     collected = collect_cells(grid, models, cells, scores, scoring)
-    timing = {}
-    for kind in UNITS:
-        recs = [r for r in bar.records if r['kind'] == kind]
-        if recs:
-            units = sum(r['units'] for r in recs)
-            timing[kind] = dict(unit=UNITS[kind], units=units, seconds=sum(r['seconds'] for r in recs),
-                                cpu_seconds=sum(r['cpu_seconds'] for r in recs),
-                                seconds_per_unit=sum(r['seconds'] for r in recs) / units if units else None)
+    stages = []
+    if bar.log_path is not None and os.path.isfile(bar.log_path):
+        with open(bar.log_path, encoding='utf-8') as f:
+            stages = [json.loads(line) for line in f if line.strip()]
     results = dict(format=RESULTS_FORMAT, version=RESULTS_VERSION, complete=final and all(
                        c[k]['n'] == len(grid.seeds) for c in collected for k, _t in metric_names(scoring)),
                    grid=dict(D=[D_key(D) for D in grid.D_list], seeds=list(grid.seeds), kimg=target_kimg(grid.kimg),
                              num_samples=grid.num_samples, num_steps=grid.num_steps, settings=grid.settings),
                    data=os.path.abspath(data), recipe=recipe, scoring=scoring, metrics=[k for k, _t in metric_names(scoring)],
-                   cells=collected, timing=dict(this_run=timing, stages=bar.records,
+                   cells=collected, timing=dict(this_run=timing_summary(bar.records), all_runs=timing_summary(stages), stages=stages,
                                                 threads=torch.get_num_threads(), cpu_count=os.cpu_count()),
                    code=provenance.code_version(), torch=torch.__version__,
                    time=datetime.datetime.now().isoformat(timespec='seconds'))

@@ -56,7 +56,7 @@ OUTLIER_WEIGHT = 0.5        # Weight of the outlier-exposure term against the cr
 class DigitsNet(torch.nn.Module):
     """A 3x3 convolution (16 channels) and 2x2 average pooling to 8x8, two 3x3 convolutions (32
     channels) and pooling to 4x4, a linear layer to FEATURES features and a linear classifier on
-    those; SiLU after every layer but the last (24k parameters).
+    those; SiLU after every layer but the last (31k parameters).
     forward(x uint8 [N, C, 16, 16], return_features) -> features [N, FEATURES] or softmax
     probabilities [N, 10]; pixel values are mapped to [-1, 1] and the channels averaged."""
 

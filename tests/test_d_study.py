@@ -101,7 +101,8 @@ def test_results_json_cells(study):
             assert model['provenance']['study']['folder'] == f'{cell["study"]}/{cell["folder"]}/0'
             assert model['score']['detector_sha256'] == results['scoring']['detector_sha256']
     assert results['scoring']['kind'] == 'digits' and results['scoring']['detector'].endswith('digits-detector.pt')
-    assert results['code']['source_sha256'] and set(results['timing']['this_run']) == {'train', 'generate', 'score'}
+    assert results['code']['source_sha256'] and set(results['timing']['all_runs']) == {'train', 'generate', 'score'}
+    assert results['timing']['all_runs']['train']['units'] == 4 and len(results['timing']['stages']) == 12
 
 
 def test_results_md_tables(study):
@@ -148,13 +149,15 @@ def test_scores_match_fid_calc_and_an_independent_count(study):
 def test_rerun_does_no_work(study, monkeypatch):
     outdir = study['outdir']
     before = json.loads((outdir / 'results.json').read_text())
-    mtimes = {p: p.stat().st_mtime_ns for p in outdir.rglob('*') if p.is_file() and p.name not in ('results.json', 'results.md', 'd_study.png')}
+    written = ('results.json', 'results.md', 'd_study.png')
+    mtimes = {p: p.stat().st_mtime_ns for p in outdir.rglob('*') if p.is_file() and p.name not in written}
     monkeypatch.chdir(study['root'])
     calls = Calls(monkeypatch)
     after = d_study.run_d_study(str(outdir), **TINY)
     assert calls.counts == dict(train=0, generate=0, score=0)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    assert after['cells'] == before['cells']
+    assert after['cells'] == before['cells'] and after['timing']['this_run'] == {}
+    assert after['timing']['all_runs'] == before['timing']['all_runs']  # Kept from the first run (timing.jsonl).
 
 
 def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
