@@ -1,0 +1,353 @@
+"""benchmarks/d_study.py and benchmarks/digits_detector.py: the D study end to end at a tiny budget
+(2 D x 2 training seeds of 1 kimg on a tiny network, all three studies with 2 settings each, 10
+samples per cell) with the structure of its outputs, its scores against fid.py's own command and an
+independent count, a rerun that does no work; the digits detector's held-out accuracy; the standard
+errors against independent computations; the Inception path with a stand-in detector; and every bad
+input as one line. Needs scikit-learn and matplotlib (requirements-demo.txt)."""
+
+import json
+import math
+import os
+import statistics
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dnnlib
+import fid
+import generate
+import train
+from benchmarks import d_study, digits_detector
+from conftest import bars_images, write_dataset_zip
+from training import checkpoint
+
+TINY_NET = dict(cbase=8, cres=[1], nblock=1)  # Replaces the quick start's network: seconds per model.
+TINY = dict(D_list=(16, None), kimg=1, seeds=(0, 1), alphas=(0, 0.5), steps_list=(1, 2), bits=(4, 8), num_samples=10,
+            num_steps=2, device='cpu', train_options=TINY_NET)
+
+
+class Calls:
+    """Counts the calls of the stages' functions: train.train, generate.run_study and the scorer."""
+
+    def __init__(self, monkeypatch):
+        self.counts = dict(train=0, generate=0, score=0)
+        for key, owner, name in [('train', train, 'train'), ('generate', generate, 'run_study'), ('score', d_study.Scorer, 'score')]:
+            original = getattr(owner, name)
+            def counted(*args, _original=original, _key=key, **kwargs):
+                self.counts[_key] += 1
+                return _original(*args, **kwargs)
+            monkeypatch.setattr(owner, name, counted)
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    """The tiny study run in a fresh working directory, with the digits dataset built there (the
+    default --data), and the stage calls it made."""
+    root = tmp_path_factory.mktemp('d_study')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        calls = Calls(mp)
+        results = d_study.run_d_study(str(root / 'study'), **TINY)
+    return dict(root=root, outdir=root / 'study', results=results, calls=dict(calls.counts),
+                data=root / d_study.DEFAULT_DATA)
+
+#----------------------------------------------------------------------------
+# The tiny study end to end.
+
+def test_every_stage_ran_through_the_project_functions(study):
+    # 4 models; per model one run_study call per digit (all settings of the three studies); 6 cells per model.
+    assert study['calls'] == dict(train=4, generate=4 * 10, score=4 * 6)
+    assert os.path.isfile(study['data']) and zipfile.is_zipfile(study['data'])
+    for D in ('16', 'inf'):
+        for seed in (0, 1):
+            run = study['outdir'] / 'runs' / f'D{D}-seed{seed}'
+            assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'network')] == [1]
+            options = json.loads((run / 'training_options.json').read_text())
+            assert options['seed'] == seed and options['pfgmpp'] == (D != 'inf') and options['cbase'] == 8
+            if D != 'inf':
+                assert options['aug_dim'] == 16
+            for folder in ('alpha/alpha_0', 'alpha/alpha_0.5', 'steps/steps_1', 'steps/steps_2', 'quant/bits_4', 'quant/bits_8'):
+                for c in range(10):  # One sample per digit, seed c, generated for digit c.
+                    manifest = json.loads((run / folder / str(c) / 'generate.json').read_text())
+                    assert manifest['class_idx'] == c and manifest['seeds']['ranges'] == str(c)
+                    assert sorted(p.name for p in (run / folder / str(c)).glob('*.png')) == [f'{c:06d}.png']
+
+
+def test_results_json_cells(study):
+    results = json.loads((study['outdir'] / 'results.json').read_text())
+    assert results['format'] == 'pfgmpp-d-study' and results['complete'] is True
+    assert results['grid']['D'] == [16, 'inf'] and results['metrics'] == ['fd', 'share']
+    cells = results['cells']
+    assert len(cells) == 3 * 2 * 2
+    assert {(c['study'], c['setting'], c['D']) for c in cells} == {
+        (s, v, D) for s, vs in [('alpha', (0, 0.5)), ('steps', (1, 2)), ('quant', (4, 8))] for v in vs for D in (16, 'inf')}
+    for cell in cells:
+        assert cell['seeds'] == [0, 1]
+        assert cell['nfe'] == (2 * cell['setting'] - 1 if cell['study'] == 'steps' else 3)
+        for key in ('fd', 'share'):
+            values = cell[key]['per_seed']
+            assert len(values) == 2 and cell[key]['n'] == 2
+            assert cell[key]['mean'] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert cell[key]['se'] == pytest.approx(statistics.stdev(values) / math.sqrt(2), abs=1e-12)
+        for model, fd in zip(cell['models'], cell['fd']['per_seed']):
+            run = d_study.run_name(None if cell["D"] == "inf" else cell["D"], model["seed"])
+            network = study['outdir'] / 'runs' / run / 'network-snapshot-000001.pt'
+            assert model['score']['fd'] == fd and model['provenance']['network'] == str(network)
+            assert model['provenance']['network_sha256'] == dnnlib.util.file_sha256(str(network))
+            assert model['provenance']['study']['folder'] == f'{cell["study"]}/{cell["folder"]}/0'
+            assert model['score']['detector_sha256'] == results['scoring']['detector_sha256']
+    assert results['scoring']['kind'] == 'digits' and results['scoring']['detector'].endswith('digits-detector.pt')
+    assert results['code']['source_sha256'] and set(results['timing']['all_runs']) == {'train', 'generate', 'score'}
+    assert results['timing']['all_runs']['train']['units'] == 4 and len(results['timing']['stages']) == 12
+
+
+def test_results_md_tables(study):
+    text = (study['outdir'] / 'results.md').read_text()
+    cells = json.loads((study['outdir'] / 'results.json').read_text())['cells']
+    for study_name, title, header in [('alpha', 'Noise injection', '| D | 0 | 0.5 |'), ('steps', 'Sampling steps', '| D | 1 | 2 |'),
+                                      ('quant', 'Weight quantisation (published rule)', '| D | 4 | 8 |')]:
+        for key, score in [('fd', 'FD-digits (lower is better)'), ('share', 'recognised share (higher is better)')]:
+            section = text.split(f'## {title}: {score}\n')[1].split('\n## ')[0]
+            lines = [line for line in section.splitlines() if line.startswith('|')]
+            assert lines[0] == header and len(lines) == 4  # Header, rule, D=16, D=inf.
+            for line, D in zip(lines[2:], (16, 'inf')):
+                row = [c for c in cells if c['study'] == study_name and c['D'] == D]
+                expected = [d_study.format_cell(c[key]['mean'], c[key]['se'], key) for c in row]
+                assert line == f'| {D} | ' + ' | '.join(expected) + ' |'
+                assert ' ± ' in line
+
+
+def test_figure_is_a_png(study):
+    path = study['outdir'] / 'd_study.png'
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 10000
+    with PIL.Image.open(path) as image:
+        assert image.size[0] > image.size[1] > 300  # Three panels side by side, two rows.
+
+
+def test_scores_match_fid_calc_and_an_independent_count(study):
+    outdir = study['outdir']
+    results = json.loads((outdir / 'results.json').read_text())
+    cell = next(c for c in results['cells'] if c['study'] == 'steps' and c['setting'] == 2 and c['D'] == 16)
+    folder = outdir / 'runs' / 'D16-seed0' / 'steps' / 'steps_2'
+    record = fid.calc(images=str(folder), ref=results['scoring']['ref'], num=10, detector=results['scoring']['detector'],
+                      workers=0, device='cpu')
+    assert cell['fd']['per_seed'][0] == pytest.approx(record['metrics']['fid'], rel=1e-9)
+    # Recognised: top class probability >= 0.8 and equal to the digit the sample was generated for.
+    net = torch.jit.load(results['scoring']['detector'])
+    count = 0
+    for c in range(10):
+        image = np.array(PIL.Image.open(folder / str(c) / f"{c:06d}.png"))
+        probs = net(torch.from_numpy(image)[None, None].expand(1, 3, -1, -1).contiguous())[0]
+        count += int(probs.max() >= 0.8 and int(probs.argmax()) == c)
+    assert cell['share']['per_seed'][0] == count / 10
+
+
+def test_rerun_does_no_work(study, monkeypatch):
+    outdir = study['outdir']
+    before = json.loads((outdir / 'results.json').read_text())
+    written = ('results.json', 'results.md', 'd_study.png')
+    mtimes = {p: p.stat().st_mtime_ns for p in outdir.rglob('*') if p.is_file() and p.name not in written}
+    monkeypatch.chdir(study['root'])
+    calls = Calls(monkeypatch)
+    after = d_study.run_d_study(str(outdir), **TINY)
+    assert calls.counts == dict(train=0, generate=0, score=0)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert after['cells'] == before['cells'] and after['timing']['this_run'] == {}
+    assert after['timing']['all_runs'] == before['timing']['all_runs']  # Kept from the first run (timing.jsonl).
+
+
+def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
+    monkeypatch.chdir(study['root'])
+    calls = Calls(monkeypatch)
+    with pytest.raises(ValueError, match='holds a D study with other settings .*kimg: 1.0 -> 2.0'):
+        d_study.run_d_study(str(study['outdir']), **dict(TINY, kimg=2))
+    assert calls.counts == dict(train=0, generate=0, score=0)
+
+#----------------------------------------------------------------------------
+# The digits detector.
+
+def test_digits_detector_heldout_accuracy(study):
+    """The detector the study trained, measured again here on the held-out digits from its file."""
+    info = json.loads((study['outdir'] / 'digits-detector.json').read_text())
+    images, labels = digits_detector.load_digits_dataset(str(study['data']))
+    _train, heldout = digits_detector.split_heldout(labels, seed=0)
+    assert len(heldout) == info['heldout_images'] == 450 and np.bincount(labels[heldout]).min() >= 44
+    net = torch.jit.load(str(study['outdir'] / 'digits-detector.pt'))
+    x = torch.from_numpy(images[heldout])[:, None].expand(-1, 3, -1, -1).contiguous()
+    with torch.no_grad():
+        probs = net(x).numpy()
+        features = net(x, return_features=True)
+    accuracy = float((probs.argmax(axis=1) == labels[heldout]).mean())
+    assert accuracy >= 0.95 and accuracy == pytest.approx(info['heldout_accuracy'], abs=1e-12)
+    assert features.shape == (450, digits_detector.FEATURES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert info['heldout_recognised'] >= 0.9 and info['outliers_recognised'] <= 0.02
+    assert fid.load_detector(str(study['outdir'] / 'digits-detector.pt')).sha256 == info['sha256']
+
+
+def test_digits_detector_training_is_deterministic(study):
+    images, labels = digits_detector.load_digits_dataset(str(study['data']))
+    nets = [digits_detector.train_detector(images[:128], labels[:128], seed=3, epochs=1) for _ in range(2)]
+    other = digits_detector.train_detector(images[:128], labels[:128], seed=4, epochs=1)
+    for (name, a), b, c in zip(nets[0].state_dict().items(), nets[1].state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(nets[0].fc.weight, other.fc.weight)
+
+
+def test_recognised_rule():
+    probs = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.1, 0.05, 0.85], [0.8, 0.2, 0.0]])
+    np.testing.assert_array_equal(digits_detector.recognised(probs), [True, False, True, True])
+    np.testing.assert_array_equal(digits_detector.recognised(probs, np.array([0, 0, 1, 0])), [True, False, False, True])
+
+#----------------------------------------------------------------------------
+# Statistics.
+
+def test_mean_and_se_against_independent_computations():
+    mean, se = d_study.mean_and_se([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3) and se == pytest.approx(math.sqrt(7) / 3)  # sd = sqrt(7/3), / sqrt(3).
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7):
+        x = rng.normal(5, 2, n).tolist()
+        mean, se = d_study.mean_and_se(x)
+        assert mean == pytest.approx(statistics.fmean(x)) and se == pytest.approx(statistics.stdev(x) / math.sqrt(n))
+    assert d_study.mean_and_se([0.72]) == (0.72, None) and d_study.mean_and_se([]) == (None, None)
+    assert d_study.mean_and_se([0.5, None, 0.7])[0] == pytest.approx(0.6)
+
+
+def test_bootstrap_se_follows_the_delta_method():
+    """Over resamples of n samples, the standard error of a share tends to sqrt(p (1 - p) / n), and
+    that of the Frechet distance of features far from the reference mean (offset m along one axis,
+    unit covariance) to that of |mean|^2, 2 |m| s / sqrt(n) (the covariance term varies far less)."""
+    n, p = 400, 0.3
+    ok = np.arange(n) < p * n
+    features = np.random.default_rng(1).normal(size=[n, 2]) + [3, 0]
+    ref = dict(mu=np.zeros(2), sigma=np.eye(2))
+    boot = d_study.bootstrap_se(features, ok, ref, rounds=2000)
+    assert boot['share'] == pytest.approx(math.sqrt(p * (1 - p) / n), rel=0.06)
+    x = features[:, 0]
+    assert boot['fd'] == pytest.approx(2 * abs(x.mean()) * x.std() / math.sqrt(n), rel=0.06)
+    assert d_study.bootstrap_se(features, None, ref, rounds=10)['share'] is None
+
+
+#----------------------------------------------------------------------------
+# Choices made from the data, and the Inception path with a stand-in detector.
+
+def test_scoring_and_recipe_follow_the_data():
+    assert d_study.choose_scoring(None, d_study.is_digits_like(16, 1, 10)) == 'digits'
+    assert d_study.choose_scoring(None, d_study.is_digits_like(32, 3, 10)) == 'inception'  # CIFAR-10.
+    assert d_study.choose_scoring(None, d_study.is_digits_like(16, 3, 10)) == 'inception'
+    assert d_study.choose_scoring('det.pt', True) == 'file'
+    cifar = d_study.train_recipe(32, 10)
+    assert cifar['cond'] == 0 and cifar['batch'] == 512 and cifar['arch'] == 'ddpmpp' and cifar['augment'] == 0.12
+    digits = d_study.train_recipe(16, 10)
+    assert digits['cond'] == 1 and digits['cbase'] == 16 and digits['cres'] == [1, 2, 2] and digits['nblock'] == 2 and 'seed' not in digits
+    with pytest.raises(ValueError, match='not for 64x64'):
+        d_study.train_recipe(64, 0)
+    grid = d_study.resolve_grid(scoring='inception')
+    assert grid.num_samples == 10000 and grid.kimg == 200000 and grid.D_list == (16, 128, 2048, None) and grid.seeds == (0, 1, 2)
+    quick = d_study.resolve_grid(quick=True)
+    assert quick.num_samples == 100 and quick.D_list == (16, None) and quick.kimg == 5 and quick.num_steps == 9
+    assert quick.settings == dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6])
+    default = d_study.resolve_grid()
+    assert default.num_samples == 200 and default.kimg == 12 and default.num_steps == 9 and len(default.seeds) >= 3
+    assert d_study.sample_blocks(4, 0) == [(None, [0, 1, 2, 3], '')]
+    assert d_study.sample_blocks(20, 10)[3] == (3, [6, 7], '3')
+    with pytest.raises(ValueError, match='multiple of the 10 classes'):
+        d_study.sample_blocks(25, 10)
+
+
+class StandInInception(torch.nn.Module):
+    """Inception-v3's call signature at small size: 6 features, 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.w = torch.nn.Parameter(torch.randn([6, 3], generator=gen))
+        self.fc = torch.nn.Parameter(torch.randn([4, 6], generator=gen))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        f = torch.tanh(x.to(torch.float32).mean(dim=[2, 3]) / 127.5 - 1) @ self.w.T
+        return f if return_features else torch.softmax(f @ self.fc.T, dim=1)
+
+
+def test_inception_path_with_a_stand_in(tmp_path, monkeypatch):
+    """Data that is not the digits (16x16 RGB bars, 2 classes) and no --detector: fid.py's default
+    detector scores the samples (here a stand-in at the default's place): a Frechet distance, no share."""
+    detector = tmp_path / 'standin.pt'
+    torch.jit.save(torch.jit.script(StandInInception()), str(detector))
+    monkeypatch.setattr(fid, 'DETECTOR_URL', str(detector))
+    images, labels = bars_images(64, seed=2)
+    data = write_dataset_zip(tmp_path / 'bars-16x16.zip', images, labels)
+    results = d_study.run_d_study(str(tmp_path / 'study'), data=data, D_list=(None,), kimg=1, seeds=(0,), studies='steps',
+                                  steps_list=(1,), num_samples=4, device='cpu', train_options=TINY_NET, progress=False)
+    assert results['scoring']['kind'] == 'inception' and results['scoring']['detector'] == str(detector)
+    assert results['metrics'] == ['fd'] and results['recipe']['cond'] == 1
+    (cell,) = results['cells']
+    assert cell['fd']['n'] == 1 and cell['fd']['se'] is None and math.isfinite(cell['fd']['mean'])
+    assert '| inf | ' + d_study.format_cell(cell['fd']['mean'], None, 'fd') + ' |' in (tmp_path / 'study' / 'results.md').read_text()
+    assert sorted(os.listdir(tmp_path / 'study' / 'runs' / 'Dinf-seed0' / 'steps' / 'steps_1')) == ['0', '1', 'score.json']
+
+#----------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, nothing written.
+
+def _invoke(*args):
+    return CliRunner().invoke(d_study.cmdline, [*args, '--outdir=out', '--device=cpu'])
+
+
+class NotADetector(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--studies=alpha,noise'], "Error: Unknown study 'noise'; choose from alpha, steps, quant."),
+    (['--D='], 'Error: The list of D is empty; pass at least one, e.g. --D=16,inf.'),
+    (['--D=16,0'], 'Error: D=0 is not a valid PFGM++ D; each D must be > 0 (or inf for diffusion).'),
+    (['--D=-4,inf'], 'Error: D=-4 is not a valid PFGM++ D; each D must be > 0 (or inf for diffusion).'),
+    (['--kimg=0.5'], 'Error: The training budget must be a whole number of kimg >= 1 (train.py counts whole kimg), got 0.5.'),
+    (['--bits=1'], "Error: The quant study's settings: '1' must hold bit widths from 2 to 16."),
+    (['--detector=missing.pt'], 'Error: --detector missing.pt does not exist; pass a TorchScript or pickle detector file, or leave it out.'),
+])
+def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(*args)
+    assert result.exit_code == 1 and result.output == message + '\n', result.output
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('kind', ['text', 'torchscript'])
+def test_a_detector_that_is_not_one_is_refused(kind, study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'det.pt'
+    if kind == 'text':
+        path.write_text('not a network')
+        expected = f'Error: {path.name} is neither a TorchScript file (torch.jit.save) nor a pickle'
+    else:
+        torch.jit.save(torch.jit.script(NotADetector()), str(path))
+        expected = f'Error: --detector {path.name} is not a detector for 16x16 images: The detector {path.name} failed'
+    result = _invoke(f'--data={study["data"]}', f'--detector={path.name}')
+    assert result.exit_code == 1 and result.output.startswith(expected), result.output
+    assert len(result.output.splitlines()) == 1 and 'Traceback' not in result.output
+    assert sorted(os.listdir(tmp_path)) == ['det.pt']
+
+
+def test_stopped_training_exits_75_and_continues(study, tmp_path, monkeypatch):
+    """train.train() stopped by a signal (status 'stopped', its state saved): one line, exit status 75
+    as train.py's, and nothing scored; the study's own train_options may not set what it sets per model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'out').mkdir()
+    for name in ('digits-detector.pt', 'digits-detector.json'):  # Reused: same data, seed and version.
+        (tmp_path / 'out' / name).write_bytes((study['outdir'] / name).read_bytes())
+    monkeypatch.setattr(train, 'train', lambda **kwargs: dict(status='stopped', run_dir='', cur_nimg=0))
+    result = CliRunner().invoke(d_study.cmdline, ['--outdir=out', '--device=cpu', f'--data={study["data"]}', '--D=inf', '--seeds=0',
+                                                  '--kimg=1', '--studies=steps', '--steps-list=1', '--num-samples=10'])
+    assert result.exit_code == 75 and result.output.startswith('D study in out: 1 models'), result.output
+    assert result.output.splitlines()[1:] == ['Error: Training of Dinf-seed0 was stopped after saving its state; '
+                                              'run the same command again to continue.']
+    assert not (tmp_path / 'out' / 'results.json').exists()
+    with pytest.raises(ValueError, match='train_options may not set seed'):
+        d_study.run_d_study(str(tmp_path / 'out'), data=str(study['data']), train_options=dict(seed=3), device='cpu')
