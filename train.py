@@ -146,7 +146,7 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
                                 scale=1, rotate_frac=1, aniso=1, translate_frac=1)
         c.network_kwargs['augment_dim'] = 9
     batch_gpu = check_batch(opts, world_size)
-    c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(opts.duration * 1000), 1),
+    c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(round(opts.duration * 1000, 6)), 1),  # round: 1.001 * 1000 is 1000.999...
              ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=ema_rampup_ratio(opts), lr_rampup_kimg=opts.lr_rampup,
              phema_stds=check_phema(opts.phema),
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,

@@ -689,12 +689,11 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
         return network
     start, cpu = time.time(), time.process_time()
     # Five ticks with a training state each (for --resume=auto after a crash), one network snapshot at
-    # the end. train.py takes the duration in Mimg and counts int(duration * 1000) kimg: the quarter
-    # kimg keeps the float product from rounding down.
+    # the end; train.py takes the duration in Mimg.
     with captured(log_path):
         result = train.train(outdir=os.path.dirname(m.run_dir), name=m.name, data=data, pfgmpp=m.D is not None,
                              aug_dim=m.D if m.D is not None else train.DEFAULTS['aug_dim'], seed=m.seed,
-                             duration=(kimg + 0.25) / 1000, tick=kimg / 5, snap=1000, dump=1, device=device, resume='auto', **recipe)
+                             duration=kimg / 1000, tick=kimg / 5, snap=1000, dump=1, device=device, resume='auto', **recipe)
     if result['status'] == 'stopped':
         raise Stopped(f'Training of {m.name} was stopped after saving its state; run the same command again to continue.')
     network = final_network(m, grid.kimg)

@@ -554,3 +554,10 @@ def test_cond_drop_needs_a_conditional_model(bars_zip, tmp_path):
     assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--cond-drop=0.1']), 'unconditional', out)
     result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=1', '--cond-drop=0.1', '--dry-run'])
     assert result.exit_code == 0 and 'labels dropped with probability 0.1' in result.output
+
+
+@pytest.mark.parametrize('duration,kimg', [(0.001, 1), (1.001, 1001), (0.0015, 1), (200, 200000), (0.0291, 29)])
+def test_duration_in_whole_kimg_despite_float_rounding(bars_zip, tmp_path, duration, kimg):
+    # 1.001 * 1000 is 1000.9999999999999 in floating point: the duration must not lose a kimg.
+    opts = train.TrainOptions(outdir=str(tmp_path), data=bars_zip, duration=duration)
+    assert train.setup_training_config(opts, world_size=1).total_kimg == kimg
