@@ -57,7 +57,7 @@ DEFAULT_DURATION = 0.03  # Mimg: about 3 to 4 minutes of training on 2 idle CPU 
 TRAIN_OPTIONS = dict(
     cond=1, arch='ddpmpp', precond='edm', pfgmpp=1, aug_dim=128,
     cbase=16, cres='1,2,2', batch=64, lr=2e-3, lr_rampup=1, ema=0.002, ema_rampup=0.05,
-    dropout=0, augment=0, snap=4, dump=4, seed=0, workers=0,
+    dropout=0, augment=0, snap=4, dump=4, workers=0,
 )
 
 # For train.py and generate.py. Spinning OpenMP threads (GNU OpenMP's default) stall each other when
@@ -207,7 +207,7 @@ def convert_step(paths: dnnlib.EasyDict) -> str:
     return f'converted {result.written:,} of them with dataset_tool.py to the 16x16 dataset {paths.dataset}'
 
 
-def train_step(paths: dnnlib.EasyDict, device: str, duration: float) -> str:
+def train_step(paths: dnnlib.EasyDict, device: str, duration: float, seed: int = 0) -> str:
     """3. Training with train.py; --resume=auto continues (or just re-confirms) an earlier run of the
     same name. Sets paths.network to the newest snapshot."""
     run_dir = paths.run_dir
@@ -215,9 +215,9 @@ def train_step(paths: dnnlib.EasyDict, device: str, duration: float) -> str:
     tick = max(round(duration * 1000 / 10, 3), 0.001)  # About ten progress lines.
     run_command([sys.executable, script('train.py'), f'--outdir={paths.outdir}', f'--name={paths.name}', f'--data={paths.dataset}',
                  *cli_options(TRAIN_OPTIONS), f'--duration={duration:g}', f'--tick={tick:g}', f'--device={device}',
-                 '--resume=auto'], 'train.py', env=CHILD_ENV)
+                 f'--seed={seed}', '--resume=auto'], 'train.py', env=CHILD_ENV)
     paths.network = newest_snapshot(run_dir)
-    target_kimg = max(int(duration * 1000), 1)  # train.py's total_kimg.
+    target_kimg = max(int(round(duration * 1000, 6)), 1)  # train.py's total_kimg.
     if paths.network is None or checkpoint.kimg_from_name(paths.network) < target_kimg:
         raise StepError(f'train.py stopped before {target_kimg} kimg (newest snapshot: {paths.network}); run the quick start again to continue.')
     model = f'class-conditional PFGM++ model (D={TRAIN_OPTIONS["aug_dim"]}, DDPM++ with --cbase={TRAIN_OPTIONS["cbase"]} --cres={TRAIN_OPTIONS["cres"]})'
@@ -291,6 +291,7 @@ def run_quickstart(
     device: str = 'auto',                   # auto | cuda | cpu, for training and sampling.
     duration: float = DEFAULT_DURATION,     # Training duration, Mimg.
     per_class: int = PER_CLASS,             # Samples of each digit.
+    seed: int = 0,                          # Training seed (train.py --seed).
     fresh: bool = False,                    # Delete the exported digits, the dataset and the run first.
     min_score: float = 0.8,                 # Fail if fewer samples are recognised as digits.
 ) -> dict:
@@ -314,7 +315,7 @@ def run_quickstart(
         return result
     done.append(timed('export', export_step))
     done.append(timed('convert', convert_step))
-    done.append(timed('train', train_step, device, duration))
+    done.append(timed('train', train_step, device, duration, seed))
     done.append(timed('generate', generate_step, device, per_class))
     quality, problems = timed('score', score_step, min_score)
     done.append('scored them with a classifier trained on the real digits')
@@ -333,6 +334,7 @@ def run_quickstart(
 @cli.device_option(help='Where to train and sample')
 @click.option('--duration',   help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True), default=DEFAULT_DURATION)
 @click.option('--per-class',  help='Samples of each digit', metavar='INT', type=click.IntRange(min=1), default=PER_CLASS)
+@click.option('--seed',       help='Training seed (train.py --seed)', metavar='INT', type=click.IntRange(min=0), default=0)
 @click.option('--fresh',      help='Start over: delete the exported digits, the dataset and the run first', is_flag=True)
 @click.option('--min-score',  help='Fail unless this fraction of samples is recognised', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.8)
 @cli.debug_option
