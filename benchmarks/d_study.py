@@ -53,7 +53,7 @@ import generate_steps  # noqa: E402
 import quickstart  # noqa: E402
 import train  # noqa: E402
 from benchmarks import digits_detector  # noqa: E402
-from torch_utils import cli, misc  # noqa: E402
+from torch_utils import cli, image_io, misc  # noqa: E402
 from training import checkpoint, provenance  # noqa: E402
 from training.dataset import ImageFolderDataset  # noqa: E402
 
@@ -218,21 +218,14 @@ def choose_scoring(detector: Optional[str], digits_like: bool) -> str:
     return 'digits' if digits_like else 'inception'
 
 
-# Half the quick start's blocks: twice the speed of training and sampling, and at an equal budget the
-# better model. Measured on 2 CPU cores (D=128, 200 samples): 16 kimg with 2 blocks, 172 s of training,
-# 63% of the samples recognised; 8 kimg with 4 blocks, 113 s, 20%.
-NBLOCK_DIGITS = 2
-
-
 def train_recipe(resolution: int, label_dim: int) -> dict:
     """train.train() options (beyond data, D, seed, duration and the I/O options) for the data:
     16x16, the quick start's recipe (quickstart.TRAIN_OPTIONS; class-conditional when the data has
-    labels) with 2 residual blocks per resolution instead of 4 (NBLOCK_DIGITS); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
+    labels); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
     EMA 0.5 Mimg, dropout 0.13, augmentation 0.12: train.py's defaults)."""
     if resolution == 16:
         options = {k: v for k, v in quickstart.TRAIN_OPTIONS.items() if k not in ('pfgmpp', 'aug_dim', 'seed', 'snap', 'dump')}
         options['cres'] = cli.parse_int_list(options['cres'])
-        options['nblock'] = NBLOCK_DIGITS
         options['cond'] = int(label_dim > 0)
         return options
     if resolution == 32:
@@ -526,6 +519,42 @@ def labels_of(folder: str, blocks: list) -> Optional[np.ndarray]:
     return np.asarray([int(name.split('/')[0]) for name in fid.ImageFiles(folder).names], dtype=np.int64)
 
 
+REAL_DRAWS = 10  # Random real subsets for the Frechet distance's floor.
+
+
+def real_labels(data: str, num_classes: int) -> Optional[np.ndarray]:
+    """The class of every real image, in fid.py's (sorted name) order; None for unconditional studies."""
+    if num_classes == 0:
+        return None
+    source = image_io.ImageSource(data)  # What fid.ImageFiles lists, in the same order.
+    values = source.read_labels(source.image_names)
+    if values is None:
+        raise ValueError(f'{data} has no labels (dataset.json), but the study samples each class.')
+    labels = image_io.labels_array(values, data)
+    return labels if labels.ndim == 1 else labels.argmax(axis=1)  # Class indices, or one-hot vectors.
+
+
+def real_floor(features: np.ndarray, labels: Optional[np.ndarray], ref: dict, num_samples: int, num_classes: int,
+               draws: int = REAL_DRAWS) -> dict:
+    """What a perfect generator scores at the study's sample count: the Frechet distance to the
+    reference of `draws` random subsets of the real images, each as large as a cell and, for
+    class-conditional studies, with as many images of each class as a cell has (sample_blocks); the
+    mean and the standard deviation over the draws. At 200 samples class balance matters: on the digits
+    balanced subsets score about half of what unbalanced ones do."""
+    values = []
+    for seed in range(draws):
+        rnd = np.random.RandomState(seed)
+        if labels is None:
+            idx = rnd.choice(len(features), min(num_samples, len(features)), replace=False)
+        else:
+            per_class = num_samples // num_classes
+            pools = [np.flatnonzero(labels == c) for c in range(num_classes)]
+            idx = np.concatenate([rnd.choice(pool, per_class, replace=len(pool) < per_class) for pool in pools])
+        values.append(frechet_distance(features[idx], ref))
+    return dict(real_num=int(len(idx)), real_balanced=labels is not None, real_draws=draws,
+                real_fd=float(np.mean(values)), real_fd_sd=float(np.std(values, ddof=1)) if draws > 1 else 0.0)
+
+
 def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str], device: torch.device,
                 num_samples: int, num_classes: int, log_path: Optional[str]) -> tuple[Scorer, dict]:
     """The detector (trained on the digits for 'digits'), the reference statistics of the data
@@ -543,6 +572,7 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
     ref_path = os.path.join(outdir, f'fid-ref-{det.sha256[:12]}.npz')
     ref_info_path = os.path.splitext(ref_path)[0] + '.json'
     ref_key = dict(data_sha256=data.sha256, data=os.path.abspath(data.path), detector_sha256=det.sha256)
+    ref_key.update(floor_samples=num_samples, real_balanced=num_classes > 0, real_draws=REAL_DRAWS)
     ref_info = None
     if os.path.isfile(ref_info_path) and os.path.isfile(ref_path):
         with open(ref_info_path, encoding='utf-8') as f:
@@ -550,18 +580,17 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
     if ref_info is None or any(ref_info.get(k) != v for k, v in ref_key.items()):
         with captured(log_path):
             fid.ref(data=data.path, dest=ref_path, detector=path, workers=0, device=str(device.type))
-            # A random subset of the real images as large as a cell: the Frechet distance's floor at this sample count.
-            real = fid.calculate_inception_stats(data.path, det, num_expected=min(num_samples, _count_images(data.path)), seed=0,
-                                                 num_workers=0, progress=False)
+            real = fid.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
         ref_stats = fid.load_ref_stats(ref_path)
-        ref_info = dict(ref_key, sha256=dnnlib.util.file_sha256(ref_path), real_num=int(real['num']),
-                        real_fd=fid.calculate_fid_from_inception_stats(real['mu'], real['sigma'], ref_stats['mu'], ref_stats['sigma']))
+        floor = real_floor(real['features'], real_labels(data.path, num_classes), ref_stats, num_samples, num_classes)
+        ref_info = dict(ref_key, sha256=dnnlib.util.file_sha256(ref_path), **floor)
         dnnlib.util.write_atomic(ref_info_path, lambda f: f.write((json.dumps(ref_info, indent=2) + '\n').encode()))
     scorer = Scorer(kind=kind, detector=det, detector_path=path, detector_sha256=det.sha256, ref_path=ref_path,
                     ref_sha256=ref_info['sha256'], ref=fid.load_ref_stats(ref_path), num_classes_probs=num_classes_probs,
                     label_dim=num_classes)
     info.update(detector=path or fid.DETECTOR_URL, detector_sha256=det.sha256, ref=ref_path, ref_sha256=ref_info['sha256'],
-                real_num=ref_info['real_num'], real_fd=ref_info['real_fd'], with_share=scorer.with_share,
+                real_num=ref_info['real_num'], real_fd=ref_info['real_fd'], real_fd_sd=ref_info['real_fd_sd'],
+                real_balanced=ref_info['real_balanced'], real_draws=ref_info['real_draws'], with_share=scorer.with_share,
                 threshold=scorer.threshold if scorer.with_share else None)
     return scorer, info
 
@@ -821,8 +850,10 @@ def markdown(grid: Grid, cells: list[dict], scoring: dict, data: str, recipe: di
              f'{cli.format_int_list(grid.seeds)}; {grid.num_samples} samples per cell; Heun sampler, {grid.num_steps} steps unless '
              f'the study sets them.', '',
              f'Scoring: {describe_scoring(scoring)}. Every cell: mean ± standard error over the training seeds '
-             f'(sample standard deviation / sqrt(n)). A random set of {scoring["real_num"]} real images scores '
-             f'{scoring["real_fd"]:.3g} against the reference (the floor at this sample count).']
+             f'(sample standard deviation / sqrt(n)). Random sets of {scoring["real_num"]} real images'
+             f'{" with as many of each class as a cell has" if scoring.get("real_balanced") else ""} score '
+             f'{scoring["real_fd"]:.3g} ± {scoring.get("real_fd_sd", 0):.2g} (mean ± SD over {scoring.get("real_draws", 1)} draws) '
+             f'against the reference: the floor at this sample count.']
     for study, values in grid.settings.items():
         for key, title in metric_names(scoring):
             lines += ['', f'## {STUDIES[study].title}: {title}', '',

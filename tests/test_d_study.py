@@ -146,6 +146,44 @@ def test_scores_match_fid_calc_and_an_independent_count(study):
     assert cell['share']['per_seed'][0] == count / 10
 
 
+def test_real_floor_draws_balanced_subsets_of_the_real_features(study):
+    # results.json's floor: 10 random sets of real digits, each with one image of every digit (as a
+    # 10-sample cell has), scored by fid.py's Frechet distance; recomputed here from the detector's
+    # features of the real images, the labels in dataset.json, and draws of our own.
+    results = json.loads((study['outdir'] / 'results.json').read_text())
+    scoring = results['scoring']
+    assert scoring['real_num'] == 10 and scoring['real_balanced'] is True and scoring['real_draws'] == d_study.REAL_DRAWS
+    det = fid.load_detector(scoring['detector'], device=torch.device('cpu'))
+    real = fid.calculate_inception_stats(str(study['data']), det, with_features=True, num_workers=0, progress=False)
+    labels_json = dict(json.loads(zipfile.ZipFile(study['data']).read('dataset.json'))['labels'])
+    labels = np.array([labels_json[name] for name in fid.ImageFiles(str(study['data'])).names])
+    ref = fid.load_ref_stats(scoring['ref'])
+    values = []
+    for seed in range(d_study.REAL_DRAWS):
+        rnd = np.random.RandomState(seed)
+        idx = np.concatenate([rnd.choice(np.flatnonzero(labels == c), 1, replace=False) for c in range(10)])
+        subset = real['features'][idx].astype(np.float64)
+        assert sorted(labels[idx]) == list(range(10))
+        values.append(fid.calculate_fid_from_inception_stats(subset.mean(0), np.cov(subset, rowvar=False), ref['mu'], ref['sigma']))
+    assert scoring['real_fd'] == pytest.approx(statistics.mean(values), rel=1e-9)
+    assert scoring['real_fd_sd'] == pytest.approx(statistics.stdev(values), rel=1e-9)
+    assert f"{scoring['real_fd']:.3g} ± " in (study['outdir'] / 'results.md').read_text()
+
+
+def test_class_balance_lowers_the_floor_on_unbalanced_data():
+    # Features that are the class (one-hot, plus noise), 90% of the real images of class 0, and a
+    # reference of balanced classes: balanced draws land near the reference, plain random draws do not.
+    rnd = np.random.RandomState(0)
+    labels = np.concatenate([np.zeros(900, dtype=np.int64), np.repeat(np.arange(1, 10), 12)])
+    features = np.eye(10)[labels] * 5 + rnd.randn(len(labels), 10) * 0.1
+    balanced_pop = np.eye(10)[np.repeat(np.arange(10), 100)] * 5 + rnd.randn(1000, 10) * 0.1
+    ref = dict(mu=balanced_pop.mean(0), sigma=np.cov(balanced_pop, rowvar=False))
+    balanced = d_study.real_floor(features, labels, ref, num_samples=100, num_classes=10)
+    plain = d_study.real_floor(features, None, ref, num_samples=100, num_classes=10)
+    assert balanced['real_num'] == plain['real_num'] == 100 and balanced['real_balanced'] and not plain['real_balanced']
+    assert balanced['real_fd'] < 1 < 10 < plain['real_fd']
+
+
 def test_rerun_does_no_work(study, monkeypatch):
     outdir = study['outdir']
     before = json.loads((outdir / 'results.json').read_text())
