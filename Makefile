@@ -40,8 +40,9 @@ $(DEMO_STAMP): requirements-demo.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-demo.txt
 	@touch $(DEMO_STAMP)
 
+# The 20 slowest tests are listed at the end, to keep the suite's time in view.
 test: check-python $(DEMO_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # `make test` in a fresh virtual environment for each supported interpreter on this machine, one
 # line per version (tools/test_pythons.sh; pass versions as PYTHONS="3.10 3.13").
