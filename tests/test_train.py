@@ -276,17 +276,20 @@ def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run):
 #----------------------------------------------------------------------------
 # Precision.
 
-def test_bf16_losses_track_fp32(tiny_run):
-    # The same 2 kimg as tiny_run under bf16 autocast: per-tick mean losses within 3% of fp32's
-    # (measured: equal to 4 digits at 1 kimg, 0.3% apart at 2 kimg).
-    args = [a for a in tiny_run['args'] if not a.startswith('--name=')] + ['--name=bf16', '--precision=bf16', '--snap=0', '--dump=0']
-    result = run_train(args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    fp32 = [s['Loss/loss']['mean'] for s in read_stats(tiny_run['run_dir'])]
-    bf16 = [s['Loss/loss']['mean'] for s in read_stats(os.path.join(tiny_run['outdir'], 'bf16'))]
-    assert len(bf16) == len(fp32) == 2
-    assert all(abs(b - f) <= 0.03 * f for b, f in zip(bf16, fp32)), (bf16, fp32)
-    assert bf16 != fp32  # bf16 really ran.
+def test_bf16_losses_track_fp32(bars_zip, tmp_path):
+    # tiny_run's PFGM++ (D=128) with augmentation under bf16 autocast against fp32: 32 steps in 2 ticks,
+    # per-tick mean losses within 0.1% (measured: 1.3e-5 and 1.3e-4 apart). In-process, because train.py
+    # counts whole kimg.
+    losses = {}
+    for name, args in [('fp32', []), ('bf16', ['--precision=bf16'])]:
+        config = loop_config(tmp_path, bars_zip, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', *args)
+        (tmp_path / name).mkdir()
+        training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=0.512, kimg_per_tick=0.256,
+                                           state_dump_ticks=None))
+        losses[name] = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / name))]
+    assert len(losses['bf16']) == len(losses['fp32']) == 2
+    assert all(abs(b - f) <= 1e-3 * f for b, f in zip(losses['bf16'], losses['fp32'])), losses
+    assert losses['bf16'] != losses['fp32']  # bf16 really ran.
 
 
 def loop_config(tmp_path, bars_zip, *args) -> dnnlib.EasyDict:
@@ -301,11 +304,11 @@ def loop_config(tmp_path, bars_zip, *args) -> dnnlib.EasyDict:
 
 def test_fast_configuration_losses_track_fp32(bars_zip, tmp_path):
     # bf16 + channels-last + torch.compile against fp32 eager, 4 steps: each step's loss within 0.1%
-    # (measured: 1e-8 at the first step, where the zero-initialised output layer hides the precision,
-    # growing to 7e-5 at the fourth).
+    # (measured: 5e-9 at the first step, where the zero-initialised output layer hides the precision,
+    # 2e-5 at most after). One block per resolution: compiling is most of this test's time.
     losses = {}
     for name, args in [('eager', []), ('fast', ['--precision=bf16', '--channels-last=1', '--compile=1'])]:
-        config = loop_config(tmp_path, bars_zip, '--augment=0.12', *args)
+        config = loop_config(tmp_path, bars_zip, '--augment=0.12', '--nblock=1', *args)
         (tmp_path / name).mkdir()
         training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=0.064, state_dump_ticks=None))
         losses[name] = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / name))]
