@@ -1,13 +1,9 @@
 """Shared fixtures: small datasets in the layout dataset_tool.py writes; CUDA tests skipped without CUDA."""
 
-import io
-import json
-import zipfile
-
-import numpy as np
-import PIL.Image
 import pytest
 import torch
+
+from helpers import bars_images, write_dataset_zip
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,37 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_dataset_zip(path, images: np.ndarray, labels=None) -> str:
-    """images uint8 [N, H, W, C] (or [N, H, W]) -> an uncompressed dataset ZIP with dataset.json."""
-    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
-        names = []
-        for i, img in enumerate(images):
-            name = f'{i // 1000:05d}/img{i:08d}.png'
-            buf = io.BytesIO()
-            PIL.Image.fromarray(img.squeeze() if img.ndim == 3 and img.shape[2] == 1 else img).save(buf, format='png', compress_level=0)
-            z.writestr(name, buf.getvalue())
-            names.append(name)
-        meta = {'labels': None if labels is None else [[n, int(c)] for n, c in zip(names, labels)]}
-        z.writestr('dataset.json', json.dumps(meta))
-    return str(path)
-
-
-def bars_images(num: int, resolution: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Structured RGB images: class 0 a horizontal bar, class 1 a vertical bar, at random positions
-    and colours on a dark background. Returns (uint8 [N, H, W, 3], labels [N])."""
-    rng = np.random.default_rng(seed)
-    images = np.full([num, resolution, resolution, 3], 16, dtype=np.uint8)
-    labels = rng.integers(0, 2, size=num)
-    for i in range(num):
-        pos = rng.integers(2, resolution - 4)
-        colour = rng.integers(128, 256, size=3)
-        if labels[i] == 0:
-            images[i, pos:pos + 3, :, :] = colour
-        else:
-            images[i, :, pos:pos + 3, :] = colour
-    return images, labels
 
 
 @pytest.fixture(scope='session')

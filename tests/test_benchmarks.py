@@ -19,23 +19,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import gpu_check, throughput
 from training.networks import EDMPrecond
 
+from helpers import save_standin_detector
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_CONFIGS = ['fp32', 'published', 'bf16']
 PEAK_TFLOPS = 2.0
 BATCH = 4
-
-#----------------------------------------------------------------------------
-# A stand-in detector with Inception-v3's call signature: 8 features.
-
-class StandInDetector(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Parameter(torch.randn([8, 3, 3, 3], generator=torch.Generator().manual_seed(0)))
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32) / 127.5 - 1
-        return torch.tanh(torch.nn.functional.conv2d(x, self.conv, padding=1)).mean(dim=[2, 3])
-
 
 def _invoke(*args):
     """Run the CLI in-process with one thread; returns click's Result."""
@@ -52,7 +41,7 @@ def smoke(tmp_path_factory):
     """The CPU smoke run of the brief, with --peak-tflops so that MFU is reported: (JSON record, output)."""
     root = tmp_path_factory.mktemp('throughput')
     detector = root / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInDetector()), str(detector))
+    save_standin_detector(detector)
     out = root / 'out.json'
     result = _invoke('--small', '--device=cpu', f'--configs={",".join(SMOKE_CONFIGS)}', f'--batch={BATCH}', '--iters=2',
                      '--warmup=1', '--workers=0', f'--peak-tflops={PEAK_TFLOPS}', '--detector', detector, '--out', out)
@@ -266,7 +255,7 @@ def test_gpu_check_records_tests_and_throughput(tmp_path, monkeypatch):
     (tmp_path / 'test_fake.py').write_text(FAKE_TESTS)
     (tmp_path / 'pytest.ini').write_text('[pytest]\nmarkers =\n    cuda: fake\n')
     detector = tmp_path / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInDetector()), str(detector))
+    save_standin_detector(detector)
     out = tmp_path / 'record.json'
     small = ['--small', '--configs=fp32,published', '--batch=2', '--iters=1', '--warmup=0', '--sample-batch=2',
              '--sample-runs=1', '--fid-batch=4', '--fid-images=4', '--workers=0']

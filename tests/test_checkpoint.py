@@ -1,15 +1,8 @@
 """training/checkpoint.py: our plain-data files, and load_network() for them and for the legacy EDM and
-PFGM++ pickles, which are refused without allow_pickle and converted into our classes with it.
+PFGM++ pickles, which are refused without allow_pickle and converted into our classes with it."""
 
-The helpers here (tiny networks, a legacy module in EDM's persistent-pickle format) are shared with
-tests/test_generate.py."""
-
-import importlib
 import os
 import pickle
-import sys
-import textwrap
-import uuid
 
 import pytest
 import torch
@@ -17,110 +10,10 @@ import torch
 from torch_utils import persistence
 from training import checkpoint, networks
 
-#----------------------------------------------------------------------------
-# Tiny networks.
-
-TINY = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
-            num_blocks=1, attn_resolutions=[], dropout=0)
-
-
-def tiny_net(D=None, label_dim=0, seed=0, cls=networks.EDMPrecond, **kwargs):
-    """A tiny EDMPrecond (8x8 RGB, 8 channels) whose weights are all visibly non-zero, so its
-    output depends on every layer."""
-    torch.manual_seed(seed)
-    net = cls(**dict(TINY, label_dim=label_dim, D=D, **kwargs))
-    with torch.no_grad():
-        for param in net.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    return net.eval().requires_grad_(False)
-
-
-def save_state(path, net, kimg):
-    """A training state in our format, as far as load_network() reads it."""
-    data = dict(format=checkpoint.STATE_FORMAT, version=1, net=checkpoint.network_to_dict(net),
-                ema=checkpoint.network_to_dict(net), optimizer={}, kimg=kimg)
-    checkpoint.save_atomic(data, str(path))
-
+from helpers import import_legacy_module, legacy_net, tiny_net, write_edm_pickle, write_pfgmpp_state
 
 #----------------------------------------------------------------------------
-# A legacy module in EDM's persistent-pickle format: its classes pickle with the module's source, and
-# loading runs that source. The architecture comes from training.networks (a real EDM file embeds its
-# whole networks.py); the preconditioner is EDM's, written out, with PFGM++'s extra arguments.
-
-LEGACY_SRC = textwrap.dedent('''\
-    # {tag}
-    import torch
-    from torch_utils import persistence
-    from training import networks as _ours
-
-    @persistence.persistent_class
-    class SongUNet(_ours.SongUNet):
-        pass
-
-    @persistence.persistent_class
-    class EDMPrecond(torch.nn.Module):
-        def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0,
-                     sigma_max=float('inf'), sigma_data=0.5, model_type='SongUNet', pfgmpp=False, D=128,
-                     **model_kwargs):
-            super().__init__()
-            self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
-            self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
-            self.model = globals()[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                               out_channels=img_channels, label_dim=label_dim, **model_kwargs)
-
-        def forward(self, x, sigma, class_labels=None):
-            x = x.to(torch.float32)
-            sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1, 1, 1)
-            if self.label_dim == 0:
-                class_labels = None
-            elif class_labels is None:
-                class_labels = torch.zeros([1, self.label_dim])
-            c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
-            c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
-            c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
-            F_x = self.model(c_in * x, (sigma.log() / 4).flatten(), class_labels=class_labels)
-            return c_skip * x + c_out * F_x.to(torch.float32)
-
-        def round_sigma(self, sigma):
-            return torch.as_tensor(sigma)
-
-    @persistence.persistent_class
-    class EDMLoss:
-        def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
-            self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
-    ''')
-
-
-def import_legacy_module(folder, monkeypatch):
-    """Write LEGACY_SRC (with a unique tag, so every test has its own source) and import it."""
-    name = f'legacy_networks_{uuid.uuid4().hex[:8]}'
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f'{name}.py'), 'w') as f:
-        f.write(LEGACY_SRC.format(tag=name))
-    monkeypatch.syspath_prepend(str(folder))
-    module = importlib.import_module(name)
-    monkeypatch.setitem(sys.modules, name, module)  # Removed again after the test.
-    return module
-
-
-def legacy_net(module, seed=0, label_dim=0, **kwargs):
-    """A legacy EDMPrecond with the weights of tiny_net(seed=seed)."""
-    ours = tiny_net(seed=seed, label_dim=label_dim)
-    net = module.EDMPrecond(**dict({k: v for k, v in TINY.items()}, label_dim=label_dim, **kwargs))
-    net.load_state_dict(ours.state_dict())
-    return net.eval().requires_grad_(False)
-
-
-def write_edm_pickle(path, net, module):
-    """EDM's network-snapshot-*.pkl: a pickle of a dict with the EMA network and friends."""
-    with open(path, 'wb') as f:
-        pickle.dump(dict(ema=net, loss_fn=module.EDMLoss(), augment_pipe=None, dataset_kwargs={}), f)
-
-
-def write_pfgmpp_state(path, net):
-    """PFGM++'s training-state-*.pt: torch.save() of the pickled network and the optimizer state."""
-    torch.save(dict(net=net, optimizer_state={}), path)
-
+# Helpers.
 
 def outputs(net, seed=0, label_dim=0):
     x = torch.randn([2, 3, 8, 8], generator=torch.Generator().manual_seed(seed)) * 3
@@ -157,7 +50,7 @@ def test_training_state_uses_the_ema(tmp_path):
 
 
 def test_file_url_and_other_preconditioners(tmp_path):
-    net = tiny_net(cls=networks.VPPrecond)
+    net = tiny_net(networks.VPPrecond)
     path = tmp_path / 'net.pt'
     checkpoint.save_network_snapshot(str(path), net)
     loaded, info = checkpoint.load_network(path.as_uri())
@@ -246,15 +139,10 @@ def test_state_architecture_check():
         checkpoint.check_same_architecture(state, networks.VEPrecond(**kwargs), 'x.pt')
 
 
-def small_net(**overrides):
-    kwargs = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1],
-                  num_blocks=1, attn_resolutions=[], dropout=0.0)
-    return networks.EDMPrecond(**dict(kwargs, **overrides))
-
-
 def test_transfer_copies_shared_weights_and_refuses_what_does_not_fit():
-    torch.manual_seed(0)
-    source, target = small_net(), small_net(label_dim=3)  # The target has a class embedding the source lacks.
+    # Other seeds, so that a copy that did nothing shows; the target has a class embedding the source lacks.
+    source, target = tiny_net(weights='init', seed=0), tiny_net(weights='init', seed=1, label_dim=3)
+    assert not torch.equal(source.state_dict()['model.enc.8x8_conv.weight'], target.state_dict()['model.enc.8x8_conv.weight'])
     kept = {k: v.clone() for k, v in target.state_dict().items() if k not in source.state_dict()}
     copied = checkpoint.copy_matching_weights(source, target)
     assert copied == len(source.state_dict()) and kept
@@ -263,7 +151,7 @@ def test_transfer_copies_shared_weights_and_refuses_what_does_not_fit():
     for k, v in kept.items():
         assert torch.equal(target.state_dict()[k], v)
     with torch.device('meta'):
-        wider = small_net(model_channels=16)
+        wider = tiny_net(weights='init', model_channels=16)
     with pytest.raises(checkpoint.CheckpointError, match='does not fit.*differ in shape'):
         checkpoint.check_transfer_fits(source, wider, 'src.pt')
     with pytest.raises(checkpoint.CheckpointError, match='no names in common'):

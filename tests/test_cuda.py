@@ -46,16 +46,12 @@ from torch_utils import precision
 from training import checkpoint, sampling, training_loop
 from training.loss import EDMLoss
 
-from test_checkpoint import tiny_net
-from test_fid import StandInDetector, _make_images
-from test_networks import TINY_ADM, TINY_SONG, inputs, tiny
-from test_train import REPO, TINY, loop_config, read_stats
+from helpers import (REPO, TINY_ADM, TINY_NCSNPP, TINY_SONG, TINY_TRAIN, inputs, loop_config, noise_images, random_net, read_stats,
+                     rel_l2, rel_max, save_standin_detector, tiny_net)
 
 pytestmark = pytest.mark.cuda
 
-TINY_NCSNPP = dict(TINY_SONG, embedding_type='fourier', encoder_type='residual', decoder_type='standard',
-                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
-ARCHS = {'ddpmpp': {}, 'ncsnpp': TINY_NCSNPP, 'adm': TINY_ADM}
+ARCHS = {'ddpmpp': TINY_SONG, 'ncsnpp': TINY_NCSNPP, 'adm': TINY_ADM}
 ADAM = dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8)
 
 
@@ -67,18 +63,6 @@ def cuda():
     precision.configure_backends('fp32', cudnn_benchmark=False)
     yield torch.device('cuda')
     torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark = saved
-
-
-def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|, in float64 on the CPU."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).abs().max() / b.abs().max())
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """|a - b| / |b| (L2 norms), in float64 on the CPU."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm())
 
 
 def flat_grads(net: torch.nn.Module) -> torch.Tensor:
@@ -93,7 +77,7 @@ def flat_params(net: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize('arch', sorted(ARCHS))
 def test_network_output_and_gradients_match_cpu(arch, cuda, record_property):
-    net = tiny(label_dim=2 if arch == 'adm' else 0, **ARCHS[arch])
+    net = random_net(label_dim=2 if arch == 'adm' else 0, arch=ARCHS[arch])
     x, sigma = inputs()
     labels = torch.eye(2)[[0, 1, 1, 0]] if arch == 'adm' else None
     outputs, grads = {}, {}
@@ -124,7 +108,7 @@ def train_steps(device: torch.device, num_steps: int = 4) -> dict:
     """num_steps optimizer steps of training_loop()'s step (accumulate_gradients with EDMLoss(D=128),
     sanitize_gradients, Adam with optimizer_options for `device`, EMA) on a tiny randomised network;
     every random draw comes from CPU generators, so both devices see the same sigmas and noise."""
-    net = tiny().train().requires_grad_(True).to(device)
+    net = random_net().train().requires_grad_(True).to(device)
     start = flat_params(net)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     options = training_loop.optimizer_options(ADAM, device)
@@ -225,7 +209,7 @@ def test_torchrun_two_ranks_resume_bitwise(bars_zip, tmp_path, record_property):
     record_property('backend', 'nccl, 2 GPUs' if nccl else 'gloo on the CPU (one GPU: NCCL needs one GPU per rank)')
     # 1 kimg in ticks of half a kimg (16-image steps: ticks end at 512 and 1008 images), a training
     # state at each; then the same run resumed from the state at 512 images.
-    tiny_args = [a for a in TINY if not a.startswith(('--device=', '--workers=', '--duration=', '--tick='))]
+    tiny_args = [a for a in TINY_TRAIN if not a.startswith(('--device=', '--workers=', '--duration=', '--tick='))]
     common = [f'--outdir={tmp_path}', f'--data={bars_zip}', *tiny_args, f'--device={device}', '--workers=1',
               '--augment=0', '--bench=0', '--tick=0.5', '--snap=0', '--dump=1', '--duration=0.001']
     full = run_deterministic_train([*common, '--name=full'])
@@ -272,7 +256,7 @@ def test_generation_and_fid_features_on_cuda(tmp_path, cuda, record_property):
 
     # FID statistics of the fp32 images: fid.py ref on CUDA (one worker) against the CPU.
     detector = tmp_path / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInDetector()), str(detector))
+    save_standin_detector(detector)
     dest = tmp_path / 'cuda.npz'
     result = CliRunner().invoke(fid.main, ['ref', f'--data={tmp_path / "fp32"}', f'--dest={dest}', f'--detector={detector}',
                                            '--device=cuda', '--workers=1', '--batch=8'])
@@ -284,7 +268,7 @@ def test_generation_and_fid_features_on_cuda(tmp_path, cuda, record_property):
     assert max(errors) <= 1e-5, errors
 
     # The detector itself on CUDA: features of uint8 batches as on the CPU.
-    images = torch.from_numpy(_make_images(tmp_path / 'random', 9, np.random.default_rng(0), (40, 215)))
+    images = torch.from_numpy(noise_images(tmp_path / 'random', 9, np.random.default_rng(0), (40, 215)))
     feats = fid.load_detector(str(detector), device=cuda).features(images)
     assert feats.device.type == 'cuda'
     assert rel_max(feats, fid.load_detector(str(detector)).features(images)) <= 1e-5

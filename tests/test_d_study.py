@@ -22,12 +22,13 @@ import fid
 import generate
 import train
 from benchmarks import d_study, digits_detector
-from conftest import bars_images, write_dataset_zip
 from training import checkpoint
 
-TINY_NET = dict(cbase=8, cres=[1], nblock=1)  # Replaces the quick start's network: seconds per model.
-TINY = dict(D_list=(16, None), kimg=1, seeds=(0, 1), alphas=(0, 0.5), steps_list=(1, 2), bits=(4, 8), num_samples=10,
-            num_steps=2, device='cpu', train_options=TINY_NET)
+from helpers import bars_images, save_standin_detector, write_dataset_zip
+
+TINY_STUDY_NET = dict(cbase=8, cres=[1], nblock=1)  # Replaces the quick start's network: seconds per model.
+TINY_STUDY = dict(D_list=(16, None), kimg=1, seeds=(0, 1), alphas=(0, 0.5), steps_list=(1, 2), bits=(4, 8), num_samples=10,
+                  num_steps=2, device='cpu', train_options=TINY_STUDY_NET)
 
 
 class Calls:
@@ -51,7 +52,7 @@ def study(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         calls = Calls(mp)
-        results = d_study.run_d_study(str(root / 'study'), **TINY)
+        results = d_study.run_d_study(str(root / 'study'), **TINY_STUDY)
     return dict(root=root, outdir=root / 'study', results=results, calls=dict(calls.counts),
                 data=root / d_study.DEFAULT_DATA)
 
@@ -191,7 +192,7 @@ def test_rerun_does_no_work(study, monkeypatch):
     mtimes = {p: p.stat().st_mtime_ns for p in outdir.rglob('*') if p.is_file() and p.name not in written}
     monkeypatch.chdir(study['root'])
     calls = Calls(monkeypatch)
-    after = d_study.run_d_study(str(outdir), **TINY)
+    after = d_study.run_d_study(str(outdir), **TINY_STUDY)
     assert calls.counts == dict(train=0, generate=0, score=0)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert after['cells'] == before['cells'] and after['timing']['this_run'] == {}
@@ -202,7 +203,7 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
     monkeypatch.chdir(study['root'])
     calls = Calls(monkeypatch)
     with pytest.raises(ValueError, match='holds a D study with other settings .*kimg: 1.0 -> 2.0'):
-        d_study.run_d_study(str(study['outdir']), **dict(TINY, kimg=2))
+        d_study.run_d_study(str(study['outdir']), **dict(TINY_STUDY, kimg=2))
     assert calls.counts == dict(train=0, generate=0, score=0)
 
 #----------------------------------------------------------------------------
@@ -298,30 +299,16 @@ def test_scoring_and_recipe_follow_the_data():
         d_study.sample_blocks(25, 10)
 
 
-class StandInInception(torch.nn.Module):
-    """Inception-v3's call signature at small size: 6 features, 4 classes."""
-
-    def __init__(self):
-        super().__init__()
-        gen = torch.Generator().manual_seed(5)
-        self.w = torch.nn.Parameter(torch.randn([6, 3], generator=gen))
-        self.fc = torch.nn.Parameter(torch.randn([4, 6], generator=gen))
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        f = torch.tanh(x.to(torch.float32).mean(dim=[2, 3]) / 127.5 - 1) @ self.w.T
-        return f if return_features else torch.softmax(f @ self.fc.T, dim=1)
-
-
 def test_inception_path_with_a_stand_in(tmp_path, monkeypatch):
     """Data that is not the digits (16x16 RGB bars, 2 classes) and no --detector: fid.py's default
     detector scores the samples (here a stand-in at the default's place): a Frechet distance, no share."""
     detector = tmp_path / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInInception()), str(detector))
+    save_standin_detector(detector)
     monkeypatch.setattr(fid, 'DETECTOR_URL', str(detector))
     images, labels = bars_images(64, seed=2)
     data = write_dataset_zip(tmp_path / 'bars-16x16.zip', images, labels)
     results = d_study.run_d_study(str(tmp_path / 'study'), data=data, D_list=(None,), kimg=1, seeds=(0,), studies='steps',
-                                  steps_list=(1,), num_samples=4, device='cpu', train_options=TINY_NET, progress=False)
+                                  steps_list=(1,), num_samples=4, device='cpu', train_options=TINY_STUDY_NET, progress=False)
     assert results['scoring']['kind'] == 'inception' and results['scoring']['detector'] == str(detector)
     assert results['metrics'] == ['fd'] and results['recipe']['cond'] == 1
     (cell,) = results['cells']

@@ -17,35 +17,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import fid
 from training import provenance
-import generate
-from test_checkpoint import tiny_net
-from torch_utils import persistence
+
+from helpers import REPO, StandInDetector, noise_images, save_standin_detector, tiny_net
+
+ROOT = Path(REPO)
 
 NUM_IMAGES = 25  # Odd, so that two processes get unequal shares.
 RESOLUTION = 8
 
 #----------------------------------------------------------------------------
-# A stand-in detector with Inception-v3's call signature: 8 features, 5 classes.
-
-@persistence.persistent_class
-class StandInDetector(torch.nn.Module):
-    def __init__(self, feature_dim: int = 8, num_classes: int = 5):
-        super().__init__()
-        gen = torch.Generator().manual_seed(123)
-        self.conv = torch.nn.Parameter(torch.randn([feature_dim, 3, 3, 3], generator=gen) * 0.5)
-        self.fc = torch.nn.Parameter(torch.randn([num_classes, feature_dim], generator=gen))
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32) / 127.5 - 1
-        features = torch.tanh(torch.nn.functional.conv2d(x, self.conv, padding=1)).mean(dim=[2, 3])
-        if return_features:
-            return features
-        return torch.softmax(features @ self.fc.T * 4, dim=1)
-
+# Helpers.
 
 def _expected_features(images: np.ndarray, return_features: bool = True) -> np.ndarray:
     """Detector output for uint8 images [N, 3, H, W], one image at a time, float64."""
@@ -54,41 +37,22 @@ def _expected_features(images: np.ndarray, return_features: bool = True) -> np.n
         return np.concatenate([net(torch.from_numpy(x[np.newaxis]), return_features=return_features).double().numpy() for x in images])
 
 
-def _make_images(folder: Path, num: int, gen: np.random.Generator, brightness: tuple) -> np.ndarray:
-    """Random PNGs in nested folders, every fourth one grayscale; returns what the detector must see,
-    uint8 [N, 3, H, W] in file-name order."""
-    expected = []
-    for i in range(num):
-        base = gen.uniform(*brightness)
-        if i % 4 == 0:
-            gray = np.clip(base + gen.normal(0, 60, [RESOLUTION, RESOLUTION]), 0, 255).astype(np.uint8)
-            image, seen = PIL.Image.fromarray(gray, 'L'), np.stack([gray] * 3)
-        else:
-            rgb = np.clip(base + gen.normal(0, 60, [RESOLUTION, RESOLUTION, 3]), 0, 255).astype(np.uint8)
-            image, seen = PIL.Image.fromarray(rgb, 'RGB'), rgb.transpose(2, 0, 1)
-        path = folder / f'{i - i % 10:06d}' / f'{i:06d}.png'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        expected.append(seen)
-    return np.stack(expected)
-
-
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     """Detector files, an image folder, the same images zipped, and reference statistics."""
     root = tmp_path_factory.mktemp('fid')
     gen = np.random.default_rng(0)
     d = dict(root=root, images=root / 'images')
-    d['arrays'] = _make_images(d['images'], NUM_IMAGES, gen, (40, 215))
+    d['arrays'] = noise_images(d['images'], NUM_IMAGES, gen, (40, 215))
     d['zip'] = root / 'images.zip'
     with zipfile.ZipFile(d['zip'], 'w') as z:
         z.writestr('dataset.json', '{"labels": null}')
         for path in sorted(d['images'].rglob('*.png')):
             z.write(path, path.relative_to(d['images']).as_posix())
     d['other'] = root / 'other'
-    d['other_arrays'] = _make_images(d['other'], NUM_IMAGES, gen, (0, 60))
+    d['other_arrays'] = noise_images(d['other'], NUM_IMAGES, gen, (0, 60))
     d['detector'] = root / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInDetector()), str(d['detector']))
+    save_standin_detector(d['detector'])
     d['detector_pkl'] = root / 'standin.pkl'
     d['detector_pkl'].write_bytes(pickle.dumps(StandInDetector()))
     d['ref'] = root / 'ref.npz'

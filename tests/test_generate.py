@@ -18,11 +18,11 @@ import generate
 import generate_alpha
 import generate_quant
 import generate_steps
-from test_checkpoint import (import_legacy_module, legacy_net, save_state, tiny_net, write_edm_pickle,
-                             write_pfgmpp_state)
-from test_sampling import WEIGHTS, OracleNet, check_lands_on_data, make_data
 from torch_utils import image_io
 from training import checkpoint, provenance, sampling
+
+from helpers import (WEIGHTS, OracleNet, check_lands_on_data, import_legacy_module, legacy_net, make_data, save_state,
+                     tiny_net, write_edm_pickle, write_pfgmpp_state)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--steps=4', '--device=cpu']  # Tiny runs: 4 Heun steps (7 network evaluations).

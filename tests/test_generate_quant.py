@@ -11,8 +11,9 @@ import torch
 from click.testing import CliRunner
 
 import generate_quant
-from test_checkpoint import tiny_net
 from training import checkpoint, networks
+
+from helpers import tiny_net
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'pfgmpp_quant')
 EDM_MANIFESTS = os.path.join(os.path.dirname(__file__), 'fixtures', 'edm_compat', 'manifests.json')

@@ -4,12 +4,12 @@ exact denoisers of a small labelled data set as the network (per class and over 
 import math
 
 import pytest
-import scipy.stats
 import torch
 
-from test_restart import SeedStreams, one_sentence, trajectory
-from test_sampling import OracleNet, check_lands_on_data, make_data, nearest_points
+import generate
 from training import guidance, pfgmpp, sampling
+
+from helpers import OracleNet, check_lands_on_data, make_data, nearest_points, one_sentence, trajectory
 
 #----------------------------------------------------------------------------
 # An exact labelled "network".
@@ -243,7 +243,7 @@ def test_guided_and_restart_samples_do_not_depend_on_the_batch(D):
 
     def run(batch_seeds):
         guided = guidance.guided_network(net, 2.0, interval=(0.2, 10))
-        rnd = SeedStreams('cpu', batch_seeds)
+        rnd = generate.StackedRandomGenerator('cpu', batch_seeds)
         latents = rnd.prior([2, 4, 4], sampling.first_sigma(guided), D)
         labels = torch.eye(2, dtype=torch.float64)[rnd.randint(2, size=[len(batch_seeds)])]
         return trajectory(sampling.restart_sampler, guided, latents, labels, randn_like=rnd.randn_like, gamma_log_like=rnd.gamma_log_like,

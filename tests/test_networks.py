@@ -11,15 +11,13 @@ import torch
 
 from training import networks
 
+from helpers import TINY_ADM, TINY_SONG, inputs, random_net
+
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'edm_compat')
 with open(os.path.join(FIXTURE_DIR, 'manifests.json')) as f:
     MANIFESTS = json.load(f)
 FIXTURE_NAMES = sorted(name[:-len('.io.npz')] for name in os.listdir(FIXTURE_DIR) if name.endswith('.io.npz'))
 PRECONDS = [networks.VPPrecond, networks.VEPrecond, networks.iDDPMPrecond, networks.EDMPrecond]
-
-# Small enough to run in milliseconds; attention at 4x4 and a resampling level keep every layer type in play.
-TINY_SONG = dict(model_type='SongUNet', model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0)
-TINY_ADM = dict(model_type='DhariwalUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0)
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -28,25 +26,6 @@ def build(cfg: dict) -> torch.nn.Module:
     """Network described by a fixture/manifest entry: precond class name, resolution, channels, labels, kwargs."""
     precond = getattr(networks, cfg['precond'])
     return precond(img_resolution=cfg['img_resolution'], img_channels=cfg['img_channels'], label_dim=cfg['label_dim'], **cfg['network_kwargs'])
-
-def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Replace every parameter with N(0, 0.2^2) so that zero-initialised output layers don't hide effects."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return net
-
-def tiny(precond=networks.EDMPrecond, label_dim: int = 0, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """8x8 RGB preconditioned net in eval mode with random weights; kwargs override TINY_SONG."""
-    torch.manual_seed(seed)
-    kwargs = dict(TINY_SONG, **kwargs)
-    return randomize(precond(img_resolution=8, img_channels=3, label_dim=label_dim, **kwargs), seed).eval()
-
-def inputs(batch: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [batch, 3, 8, 8] ~ N(0, I) and sigma [batch] spanning low to high noise."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn([batch, 3, 8, 8], generator=gen), torch.tensor([0.01, 0.5, 2.0, 40.0])[:batch]
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     """max |ours - ref| / (1 + |ref|), the bound stated in tests/fixtures/README.md."""
@@ -129,8 +108,8 @@ def test_bad_D_raises(precond, D):
 @pytest.mark.parametrize('precond', PRECONDS)
 def test_D_does_not_change_output(precond):
     x, sigma = inputs()
-    diffusion = tiny(precond, D=None)
-    pfgmpp = tiny(precond, D=128)
+    diffusion = random_net(precond, D=None)
+    pfgmpp = random_net(precond, D=128)
     pfgmpp.load_state_dict(diffusion.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(diffusion(x, sigma), pfgmpp(x, sigma))
@@ -158,7 +137,7 @@ def test_bad_init_mode():
 @pytest.mark.parametrize('precond', PRECONDS)
 @pytest.mark.parametrize('arch', ['song', 'adm'])
 def test_sigma_forms_broadcast(precond, arch):
-    net = tiny(precond, **(TINY_SONG if arch == 'song' else TINY_ADM))
+    net = random_net(precond, arch=TINY_SONG if arch == 'song' else TINY_ADM)
     x, _ = inputs()
     with torch.no_grad():
         ref = net(x, torch.full([x.shape[0]], 0.7))
@@ -168,7 +147,7 @@ def test_sigma_forms_broadcast(precond, arch):
 
 @pytest.mark.parametrize('precond', PRECONDS)
 def test_per_sample_sigma(precond):
-    net = tiny(precond)
+    net = random_net(precond)
     x, sigma = inputs()
     with torch.no_grad():
         batched = net(x, sigma)
@@ -178,7 +157,7 @@ def test_per_sample_sigma(precond):
 @pytest.mark.parametrize('arch', ['song', 'adm'])
 def test_missing_class_labels_mean_zero_labels(arch):
     # EDM feeds zeros [1, label_dim], i.e. the unconditional branch of classifier-free guidance.
-    net = tiny(label_dim=5, **(TINY_SONG if arch == 'song' else TINY_ADM))
+    net = random_net(label_dim=5, arch=TINY_SONG if arch == 'song' else TINY_ADM)
     x, sigma = inputs()
     with torch.no_grad():
         none = net(x, sigma)
@@ -188,14 +167,14 @@ def test_missing_class_labels_mean_zero_labels(arch):
     assert not torch.allclose(none, onehot, rtol=1e-3, atol=1e-3)
 
 def test_class_labels_ignored_when_unconditional():
-    net = tiny(label_dim=0)
+    net = random_net(label_dim=0)
     x, sigma = inputs()
     with torch.no_grad():
         assert torch.equal(net(x, sigma), net(x, sigma, torch.eye(5)[:x.shape[0]]))
 
 @pytest.mark.parametrize('arch', ['song', 'adm'])
 def test_label_dropout_only_in_training(arch):
-    net = tiny(label_dim=5, label_dropout=1.0, **(TINY_SONG if arch == 'song' else TINY_ADM))
+    net = random_net(label_dim=5, label_dropout=1.0, arch=TINY_SONG if arch == 'song' else TINY_ADM)
     x, sigma = inputs()
     labels = torch.eye(5)[:x.shape[0]]
     with torch.no_grad():
@@ -205,7 +184,7 @@ def test_label_dropout_only_in_training(arch):
         assert not torch.allclose(net(x, sigma, labels), net(x, sigma, torch.zeros_like(labels)), rtol=1e-3, atol=1e-3)
 
 def test_augment_labels_reach_the_model():
-    net = tiny(augment_dim=9)
+    net = random_net(augment_dim=9)
     x, sigma = inputs()
     with torch.no_grad():
         plain = net(x, sigma)
@@ -214,8 +193,8 @@ def test_augment_labels_reach_the_model():
 
 def test_use_fp16_is_float32_on_cpu():
     x, sigma = inputs()
-    fp32 = tiny(use_fp16=False)
-    fp16 = tiny(use_fp16=True)
+    fp32 = random_net(use_fp16=False)
+    fp16 = random_net(use_fp16=True)
     with torch.no_grad():
         assert torch.equal(fp16(x, sigma), fp32(x, sigma))
         assert torch.equal(fp16(x, sigma, force_fp32=True), fp32(x, sigma))
@@ -306,7 +285,7 @@ def test_precond_attributes():
 @pytest.mark.parametrize('decoder_type', ['standard', 'skip'])
 @pytest.mark.parametrize('embedding_type', ['positional', 'fourier'])
 def test_song_unet_variants_run(encoder_type, decoder_type, embedding_type):
-    net = tiny(encoder_type=encoder_type, decoder_type=decoder_type, embedding_type=embedding_type,
+    net = random_net(encoder_type=encoder_type, decoder_type=decoder_type, embedding_type=embedding_type,
                resample_filter=[1, 3, 3, 1], channel_mult=[1, 2, 2])
     x, sigma = inputs()
     with torch.no_grad():

@@ -23,19 +23,9 @@ import generate
 from torch_utils import precision
 from training import networks
 
-from test_networks import TINY_ADM, inputs, tiny
+from helpers import TINY_ADM, TINY_SONG, inputs, random_net, rel_l2, rel_max
 
-CONFIGS = {'ddpmpp': {}, 'adm': TINY_ADM}
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm())
-
-
-def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max())
+CONFIGS = {'ddpmpp': TINY_SONG, 'adm': TINY_ADM}
 
 
 def model_output(net, x, sigma, prec: str) -> torch.Tensor:
@@ -90,7 +80,7 @@ def test_group_norm_statistics_are_float32(dtype):
 
 @pytest.mark.parametrize('prec', ['bf16', 'fp16'])
 def test_embedding_and_preconditioning_stay_float32(prec):
-    net = tiny()
+    net = random_net()
     seen = {}
     def record(name):
         def hook(module, args, output):
@@ -108,7 +98,7 @@ def test_embedding_and_preconditioning_stay_float32(prec):
 
 
 def test_force_fp32_turns_autocast_off():
-    net = tiny()
+    net = random_net()
     x, sigma = inputs()
     ref = net(x, sigma)
     precision.set_network_precision(net, 'bf16')
@@ -117,7 +107,7 @@ def test_force_fp32_turns_autocast_off():
 
 
 def test_set_network_precision_turns_off_edm_use_fp16():
-    net = tiny(use_fp16=True)
+    net = random_net(use_fp16=True)
     precision.set_network_precision(net, 'bf16')
     assert net.use_fp16 is False and net.amp_dtype == torch.bfloat16
     assert net.init_kwargs['use_fp16'] is True  # The checkpoint's record is untouched.
@@ -128,7 +118,7 @@ def test_set_network_precision_turns_off_edm_use_fp16():
 @pytest.mark.parametrize('arch', sorted(CONFIGS))
 @pytest.mark.parametrize('prec, bound', [('bf16', 2e-2), ('fp16', 5e-3)])
 def test_mixed_precision_output_close_to_fp32(arch, prec, bound):
-    net = tiny(**CONFIGS[arch])
+    net = random_net(arch=CONFIGS[arch])
     x, sigma = inputs()
     ref = model_output(net, x, sigma, 'fp32')
     out = model_output(net, x, sigma, prec)
@@ -137,7 +127,7 @@ def test_mixed_precision_output_close_to_fp32(arch, prec, bound):
 
 @pytest.mark.parametrize('prec', ['bf16', 'fp16'])
 def test_mixed_precision_gradients_close_to_fp32(prec):
-    net = tiny()
+    net = random_net()
     x, sigma = inputs()
 
     def gradient(p):
@@ -155,7 +145,7 @@ def test_mixed_precision_gradients_close_to_fp32(prec):
 
 @pytest.mark.parametrize('arch', sorted(CONFIGS))
 def test_sdpa_attention_matches_einsum_formulation(arch):
-    net = tiny(**CONFIGS[arch])
+    net = random_net(arch=CONFIGS[arch])
     x, sigma = inputs()
     out = net(x, sigma)
     ref = networks.set_attention_backend(net, 'einsum')(x, sigma)
@@ -174,7 +164,7 @@ def test_attention_function_against_explicit_softmax():
 
 
 def test_channels_last_matches_contiguous():
-    net = tiny()
+    net = random_net()
     x, sigma = inputs()
     ref = net(x, sigma)
     precision.prepare_network(net, 'fp32', channels_last=True)
@@ -183,7 +173,7 @@ def test_channels_last_matches_contiguous():
 
 
 def test_compiled_network_matches_eager():
-    net = tiny()
+    net = random_net()
     x, sigma = inputs()
     ref = net(x, sigma)
     compiled = precision.prepare_network(net, 'fp32', compile=True)
@@ -194,7 +184,7 @@ def test_compiled_network_matches_eager():
 
 @pytest.mark.parametrize('prec, min_psnr', [('bf16', 40), ('fp16', 50)])
 def test_sampling_psnr_against_fp32(prec, min_psnr):
-    net = tiny()
+    net = random_net()
     net.D = 128.0  # The prior of PFGM++ with D=128.
 
     def sample(p):

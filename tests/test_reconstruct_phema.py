@@ -13,9 +13,9 @@ from click.testing import CliRunner
 import fid
 import generate
 import reconstruct_phema
-from test_fid import StandInDetector
-from test_train import TINY, assert_same_states, run_train
 from training import checkpoint, phema
+
+from helpers import TINY_TRAIN, assert_same_states, run_train, save_standin_detector
 
 # 4 kimg of 40 images per step (100 steps), a tick, a snapshot and a state every kimg (every 25 steps,
 # so that a run resumed at any whole kimg meets the same tick boundaries).
@@ -25,7 +25,7 @@ PHEMA = ['--batch=40', '--duration=0.004', '--snap=1', '--dump=1', '--phema=0.05
 @pytest.fixture(scope='module')
 def phema_run(bars_zip, tmp_path_factory):
     outdir = tmp_path_factory.mktemp('phema')
-    args = [f'--outdir={outdir}', '--name=full', f'--data={bars_zip}', *TINY, *PHEMA]
+    args = [f'--outdir={outdir}', '--name=full', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
     result = run_train(args)
     assert result.returncode == 0, result.stdout + result.stderr
     return dict(outdir=outdir, run=outdir / 'full', args=args, stdout=result.stdout)
@@ -47,7 +47,7 @@ def test_snapshots_hold_every_profile_and_memory_is_reported(phema_run):
 
 def test_resume_is_bitwise_with_profiles(phema_run, bars_zip):
     outdir = phema_run['outdir']
-    base = [f'--outdir={outdir}', '--name=resumed', f'--data={bars_zip}', *TINY, *PHEMA]
+    base = [f'--outdir={outdir}', '--name=resumed', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
     # 1 kimg, then a resume to 2 kimg: the state at 2 kimg is the 4-kimg run's (nothing in training
     # depends on the run's length).
     assert run_train([*base, '--duration=0.001']).returncode == 0
@@ -107,7 +107,7 @@ def test_the_documented_pipeline(phema_run, tmp_path):
         assert result.exit_code == 0, result.output
         assert len([n for n in os.listdir(run / folder / 'ckpt_000004') if n.endswith('.png')]) == 6
     detector = tmp_path / 'standin.pt'
-    torch.jit.save(torch.jit.script(StandInDetector()), str(detector))
+    save_standin_detector(detector)
     common = ['--device=cpu', '--workers=0', f'--detector={detector}']
     ref = tmp_path / 'ref.npz'
     assert CliRunner().invoke(fid.main, ['ref', f'--data={run / "phema_0.1" / "ckpt_000004"}', f'--dest={ref}', *common]).exit_code == 0

@@ -10,8 +10,9 @@ import scipy.stats
 import torch
 
 import generate
-from test_sampling import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data
 from training import pfgmpp, sampling
+
+from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, one_sentence, trajectory
 
 P_MIN = 1e-3  # KS tests with fixed seeds: a correct law gives p far above this.
 
@@ -29,25 +30,6 @@ def seeded_gamma_log_like(seed):
     g = gen(seed)
     return lambda x, alpha: pfgmpp.sample_gamma_log(alpha, x.shape[0], generator=g)
 
-
-class SeedStreams(generate.StackedRandomGenerator):
-    """generate.StackedRandomGenerator plus the one method the Restart jump needs for finite D: one
-    log Gamma(alpha, 1) draw per seed from that seed's generator, float64 [B]."""
-
-    def gamma_log_like(self, input, alpha):
-        return torch.cat([pfgmpp.sample_gamma_log(alpha, 1, generator=g, device=self.device) for g in self.generators]).to(input.device)
-
-
-def trajectory(sampler, *args, **kwargs):
-    """The sampler's main states x_0..x_N, stacked [N + 1, B, ...]: the end points of the exact
-    denoiser's samplers are data points, which would hide most differences."""
-    states = []
-    sampler(*args, callback=lambda i, t, x: states.append(x), **kwargs)
-    return torch.stack(states)
-
-
-def one_sentence(message):
-    return '\n' not in message and message.endswith('.') and '. ' not in message.replace('e.g. ', '')
 
 #----------------------------------------------------------------------------
 # The jump.
@@ -340,7 +322,7 @@ def test_per_seed_images_do_not_depend_on_the_batch(D):
     kwargs = dict(num_steps=10, restart=CONFIG, D=D, S_churn=5, S_min=0.05, S_max=10, restart_gamma=0.05)
 
     def run(batch_seeds):
-        rnd = SeedStreams('cpu', batch_seeds)
+        rnd = generate.StackedRandomGenerator('cpu', batch_seeds)
         latents = rnd.prior([2, 4, 4], sampling.first_sigma(net), D)
         return trajectory(sampling.restart_sampler, net, latents, randn_like=rnd.randn_like, gamma_log_like=rnd.gamma_log_like, **kwargs)
 

@@ -10,61 +10,7 @@ import torch
 
 from training import pfgmpp, sampling
 
-#----------------------------------------------------------------------------
-# An exact "network": the posterior mean of a small weighted data set under the PFGM++ kernel.
-
-class OracleNet:
-    """net(x, sigma, class_labels) = pfgmpp.ideal_denoiser(x, sigma, data, D, weights), with the
-    attributes the samplers and generate.py use. Records the class labels it was called with."""
-
-    def __init__(self, data, D=None, weights=None, label_dim=0, sigma_min=0.0, sigma_max=float('inf')):
-        self.data, self.D, self.weights = data, D, weights
-        self.img_channels, self.img_resolution = data.shape[1], data.shape[2]
-        self.label_dim = label_dim
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.seen_labels = []
-
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
-
-    def __call__(self, x, sigma, class_labels=None):
-        self.seen_labels.append(class_labels)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
-        return pfgmpp.ideal_denoiser(x, sigma, self.data, self.D, self.weights)
-
-    def to(self, *args, **kwargs):
-        return self
-
-
-def make_data(num_points=4, shape=(2, 4, 4), seed=0):
-    """num_points points [K, C, H, W] of unit-variance noise: pairwise distances ~ sqrt(2N), far apart."""
-    return torch.randn([num_points, *shape], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-WEIGHTS = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
-
-
-def nearest_points(x, data):
-    """(distance to the nearest data point [B], its index [B])."""
-    return torch.cdist(x.reshape(len(x), -1), data.reshape(len(data), -1)).min(1)
-
-
-def check_lands_on_data(x, data, weights, min_hit=0.99, min_p=1e-3):
-    """>= min_hit of the samples within 1e-2 sqrt(N) of a point, hit counts consistent with the weights."""
-    N = data[0].numel()
-    dist, index = nearest_points(x, data)
-    hit = dist < 1e-2 * math.sqrt(N)
-    assert hit.double().mean() >= min_hit, f'only {hit.double().mean():.3f} of the samples landed on a data point'
-    counts = torch.bincount(index[hit], minlength=len(data)).double()
-    expected = weights / weights.sum() * counts.sum()
-    p = scipy.stats.chisquare(counts.numpy(), expected.numpy()).pvalue
-    assert p > min_p, f'hit counts {counts.tolist()} do not match the weights (chi-square p = {p:.2e})'
-
-
-def draw_prior(net, D, num, sampler='edm', seed=1, **kwargs):
-    sigma = sampling.first_sigma(net, sampler, **kwargs)
-    shape = [num, net.img_channels, net.img_resolution, net.img_resolution]
-    return pfgmpp.sample_prior(shape, sigma, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, nearest_points
 
 #----------------------------------------------------------------------------
 # The oracle: prior + schedule + solver land on the data with the right frequencies.

@@ -18,31 +18,13 @@ import dnnlib
 import train
 from training import checkpoint, training_loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A tiny configuration: 16x16 data, 8 base channels, one resolution level, 16 images per step.
-TINY = ['--cond=1', '--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--tick=1', '--lr=2e-3',
-        '--lr-rampup=0', '--ema=0.0005', '--dropout=0', '--workers=0', '--device=cpu', '--seed=3',
-        '--duration=0.001']  # Every test that trains longer says so; a mistake never trains for 200 Mimg.
-
-
-def run_train(args, timeout=240, torchrun=False):
-    cmd = [sys.executable, 'train.py', *args]
-    if torchrun:
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py', *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS='1'))
-
-
-def read_stats(run_dir):
-    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
+from helpers import REPO, TINY_TRAIN, assert_same_states, loop_config, read_stats, run_train
 
 @pytest.fixture(scope='module')
 def tiny_run(bars_zip, tmp_path_factory):
     """2 kimg of PFGM++ (D=128) with augmentation; snapshots and states every tick (1 kimg)."""
     outdir = tmp_path_factory.mktemp('runs')
-    args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128',
+    args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128',
             '--augment=0.12', '--duration=0.002', '--snap=1', '--dump=1']
     result = run_train(args)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -102,7 +84,7 @@ def test_resume_is_exact(tiny_run):
 
 def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
     snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(2))
-    args = [f'--outdir={tmp_path}', '--name=ft', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128',
+    args = [f'--outdir={tmp_path}', '--name=ft', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128',
             '--augment=0.12', f'--transfer={snapshot}', '--duration=0.001', '--snap=1', '--dump=0']
     result = run_train(args)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -110,12 +92,12 @@ def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
     assert f'Transfer: copied {num_tensors} tensors from {snapshot}' in result.stdout
     # A network whose tensors differ in shape is refused before anything is written.
     out = str(tmp_path / 'other')
-    bad = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cbase=16', '--duration=0.001', f'--transfer={snapshot}'])
+    bad = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--cbase=16', '--duration=0.001', f'--transfer={snapshot}'])
     assert_clean_failure(bad, 'does not fit this network', out)
 
 
 def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
-    args = [f'--outdir={tmp_path}', '--name=ddp', f'--data={bars_zip}', *TINY, '--batch=16', '--batch-gpu=4',
+    args = [f'--outdir={tmp_path}', '--name=ddp', f'--data={bars_zip}', *TINY_TRAIN, '--batch=16', '--batch-gpu=4',
             '--augment=0', '--duration=0.001', '--snap=1', '--dump=1', '--phema=0.05,0.1']
     result = run_train(args, torchrun=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -133,7 +115,7 @@ def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
 
 
 def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path):
-    args = [f'--outdir={tmp_path}', '--name=pre', f'--data={bars_zip}', *TINY, '--augment=0', '--snap=0', '--dump=0']
+    args = [f'--outdir={tmp_path}', '--name=pre', f'--data={bars_zip}', *TINY_TRAIN, '--augment=0', '--snap=0', '--dump=0']
     proc = subprocess.Popen([sys.executable, 'train.py', *args, '--duration=1'], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     log_path = tmp_path / 'pre' / 'log.txt'
@@ -192,31 +174,31 @@ def assert_clean_failure(result, match, outdir):
 
 def test_missing_data(tmp_path):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={tmp_path / "nope.zip"}', *TINY]), '--data', out)
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={tmp_path / "nope.zip"}', *TINY_TRAIN]), '--data', out)
 
 
 def test_cond_without_labels(bars_zip_unlabelled, tmp_path):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip_unlabelled}', *TINY]), 'no labels', out)
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip_unlabelled}', *TINY_TRAIN]), 'no labels', out)
 
 
 def test_batch_not_divisible(bars_zip, tmp_path):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--batch=16', '--batch-gpu=5']),
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--batch=16', '--batch-gpu=5']),
                          'multiple of --batch-gpu', out)
 
 
 @pytest.mark.parametrize('aug_dim', ['0', '-3', 'nan', 'inf'])
 def test_bad_aug_dim(bars_zip, tmp_path, aug_dim):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--pfgmpp=1', f'--aug_dim={aug_dim}']),
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', f'--aug_dim={aug_dim}']),
                          '--aug_dim', out)
 
 
 def test_outdir_is_a_file(bars_zip, tmp_path):
     out = tmp_path / 'file'
     out.write_text('x')
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY])
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN])
     assert result.exit_code != 0 and 'is a file' in result.output and 'Traceback' not in result.output
     assert out.read_text() == 'x'
 
@@ -224,30 +206,30 @@ def test_outdir_is_a_file(bars_zip, tmp_path):
 def test_resume_not_a_training_state(bars_zip, tiny_run, tmp_path):
     out = str(tmp_path / 'out')
     snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(1))
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, f'--resume={snapshot}']),
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, f'--resume={snapshot}']),
                          'not a pfgmpp-training-state', out)
     garbage = tmp_path / 'garbage.pt'
     garbage.write_bytes(b'not a checkpoint')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, f'--resume={garbage}']),
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, f'--resume={garbage}']),
                          'not a readable checkpoint', out)
 
 
 def test_resume_other_architecture(bars_zip, tiny_run, tmp_path):
     out = str(tmp_path / 'out')
     state = os.path.join(tiny_run['run_dir'], checkpoint.state_name(1))
-    args = [f'--outdir={out}', f'--data={bars_zip}', *TINY, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', f'--resume={state}']
+    args = [f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', f'--resume={state}']
     assert_clean_failure(invoke(args + ['--cbase=16']), 'another architecture', out)
     assert_clean_failure(invoke(args + ['--arch=ncsnpp']), 'another architecture', out)
 
 
 def test_existing_named_run_needs_resume(bars_zip, tiny_run):
-    result = invoke([f'--outdir={tiny_run["outdir"]}', '--name=tiny', f'--data={bars_zip}', *TINY])
+    result = invoke([f'--outdir={tiny_run["outdir"]}', '--name=tiny', f'--data={bars_zip}', *TINY_TRAIN])
     assert result.exit_code != 0 and '--resume=auto' in result.output
 
 
 def test_dry_run_writes_nothing(bars_zip, tmp_path):
     out = tmp_path / 'out'
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--dry-run'])
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--dry-run'])
     assert result.exit_code == 0 and 'Dry run' in result.output and not out.exists()
 
 
@@ -292,16 +274,6 @@ def test_bf16_losses_track_fp32(bars_zip, tmp_path):
     assert losses['bf16'] != losses['fp32']  # bf16 really ran.
 
 
-def loop_config(tmp_path, bars_zip, *args) -> dnnlib.EasyDict:
-    """training_loop() arguments for TINY plus args, one tick per 16-image step, states every tick;
-    for runs shorter than train.py's 1-kimg unit, called in-process."""
-    ctx = train.main.make_context('train.py', [f'--outdir={tmp_path}', f'--data={bars_zip}', *TINY, *args])
-    params = {k: v for k, v in ctx.params.items() if k != 'debug'}
-    config = train.setup_training_config(train.TrainOptions(**params), world_size=1)
-    config.update(kimg_per_tick=0.016, snapshot_ticks=None, state_dump_ticks=1, device=torch.device('cpu'))
-    return config
-
-
 def test_fast_configuration_losses_track_fp32(bars_zip, tmp_path):
     # bf16 + channels-last + torch.compile against fp32 eager, 4 steps: each step's loss within 0.1%
     # (measured: 5e-9 at the first step, where the zero-initialised output layer hides the precision,
@@ -344,23 +316,12 @@ def test_fp16_loss_scaler_is_saved_and_resume_is_exact(bars_zip, tmp_path):
 
 def test_fp16_alias_and_precision_must_agree(bars_zip, tmp_path):
     out = tmp_path / 'out'
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--fp16=1', '--precision=bf16']), '--fp16', out)
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--fp16=1', '--dry-run'])
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--fp16=1', '--precision=bf16']), '--fp16', out)
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--fp16=1', '--dry-run'])
     assert result.exit_code == 0 and 'Precision:               fp16' in result.output
 
 #----------------------------------------------------------------------------
 # Stable target field with augmentation, --transfer's EMA, --nblock, non-finite losses.
-
-def assert_same_states(path_a, path_b):
-    a, b = (torch.load(p, weights_only=True) for p in (path_a, path_b))
-    assert a['cur_nimg'] == b['cur_nimg'] and a['cur_tick'] == b['cur_tick']
-    for key in ('net', 'ema'):
-        for name, tensor in a[key]['state_dict'].items():
-            assert torch.equal(tensor, b[key]['state_dict'][name]), (key, name)
-    assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
-    for pa, pb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
-
 
 def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_path):
     # --stf=1 --augment=0.12, 4 steps of 16 images with 24 references per round (8 beyond the batch):
@@ -397,11 +358,11 @@ def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_
 
 def test_stf_options(bars_zip, tmp_path):
     out = tmp_path / 'out'
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--stf=1', '--augment=0.12', '--dry-run'])
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--cond=0', '--stf=1', '--augment=0.12', '--dry-run'])
     assert result.exit_code == 0, result.output
     assert 'STF reference batch:     4096 per rank and round (augmented)' in result.output  # The published default.
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--stf=1']), '--cond=0', out)
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--stf=1', '--rbatch=16']),
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--stf=1']), '--cond=0', out)
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--cond=0', '--stf=1', '--rbatch=16']),
                          '--rbatch=16 must exceed', out)
 
 
@@ -415,7 +376,7 @@ def test_transfer_turns_the_ema_rampup_off(bars_zip, tmp_path):
     checkpoint.save_network_snapshot(source_path, source, kimg=0, cur_nimg=0, training_options={})
     config = loop_config(tmp_path, bars_zip, '--augment=0', f'--transfer={source_path}')
     assert config.ema_rampup_ratio is None
-    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY, f'--transfer={source_path}', '--dry-run'])
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY_TRAIN, f'--transfer={source_path}', '--dry-run'])
     assert 'EMA ramp-up:             off (--transfer)' in result.output, result.output
 
     # Two steps from transferred weights w0 (the first at learning rate 0 leaves them, and the EMA, at
@@ -452,7 +413,7 @@ def test_nblock_sets_the_residual_blocks_per_resolution(bars_zip, tmp_path, arch
         expected = nblock or default
         assert (count_blocks(net, 'enc'), count_blocks(net, 'dec')) == (expected, expected + 1)
         params[nblock] = sum(p.numel() for p in net.parameters())
-        result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY, f'--arch={arch}', '--dry-run',
+        result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY_TRAIN, f'--arch={arch}', '--dry-run',
                          *([f'--nblock={nblock}'] if nblock else [])])
         assert f'Blocks per resolution:   {expected}' in result.output
     # With one level every block has the same shape, so each extra block adds the same parameters.
@@ -554,8 +515,8 @@ def train_network(config):
 
 def test_cond_drop_needs_a_conditional_model(bars_zip, tmp_path):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=0', '--cond-drop=0.1']), 'unconditional', out)
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY, '--cond=1', '--cond-drop=0.1', '--dry-run'])
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--cond=0', '--cond-drop=0.1']), 'unconditional', out)
+    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--cond=1', '--cond-drop=0.1', '--dry-run'])
     assert result.exit_code == 0 and 'labels dropped with probability 0.1' in result.output
 
 

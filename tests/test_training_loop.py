@@ -10,10 +10,10 @@ import torch
 
 import dnnlib
 from torch_utils import training_stats
-from training import checkpoint, networks, training_loop as tl
+from training import networks, training_loop as tl
 from training.loss import EDMLoss
 
-from test_networks import tiny
+from helpers import random_net
 
 
 def test_ema_beta_follows_half_life_and_rampup():
@@ -143,7 +143,7 @@ def test_fused_adam_on_cuda_matches_unfused(record_property):
     # L2. The two differ only in the float32 rounding of each step; measured with the CPU's fused
     # kernel in place of CUDA's: 3.6e-8 x max |p|, 1.3e-7 and 1.7e-7.
     device = torch.device('cuda')
-    reference = tiny().train().requires_grad_(True).to(device)
+    reference = random_net().train().requires_grad_(True).to(device)
     fused = copy.deepcopy(reference)
     start = flat(reference.parameters())
     opt_ref = torch.optim.Adam(reference.parameters(), lr=ADAM['lr'], betas=ADAM['betas'], eps=ADAM['eps'], foreach=False)
