@@ -1,4 +1,7 @@
-"""Shared fixtures: small datasets in the layout dataset_tool.py writes; CUDA tests skipped without CUDA."""
+"""Shared fixtures: small datasets in the layout dataset_tool.py writes, a URL that refuses connections;
+CUDA tests skipped without CUDA."""
+
+import socket
 
 import pytest
 import torch
@@ -37,3 +40,15 @@ def bars_zip(tmp_path_factory):
 def bars_zip_unlabelled(tmp_path_factory):
     images, _ = bars_images(64, seed=1)
     return write_dataset_zip(tmp_path_factory.mktemp('data') / 'bars-unlabelled-16x16.zip', images, None)
+
+
+@pytest.fixture
+def refused_url(monkeypatch):
+    """url(path): an http URL on 127.0.0.1 whose port is bound but not listening, so that a download
+    fails at once with 'connection refused': no DNS look-up, no network, no proxy, and no other
+    process can take the port while the test runs."""
+    monkeypatch.setenv('NO_PROXY', '*')
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+        yield lambda path: f'http://127.0.0.1:{port}/{path}'

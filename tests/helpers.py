@@ -15,7 +15,9 @@ import uuid
 import zipfile
 
 import numpy as np
+import PIL.features
 import PIL.Image
+import pytest
 import scipy.stats
 import torch
 
@@ -33,6 +35,10 @@ def one_sentence(message: str) -> bool:
 
 #----------------------------------------------------------------------------
 # Small datasets in the layout dataset_tool.py writes.
+
+# WebP is an optional part of Pillow's build; the tests that write WebP files need it.
+needs_webp = pytest.mark.skipif(not PIL.features.check('webp'), reason='Pillow was built without WebP support')
+
 
 def write_dataset_zip(path, images: np.ndarray, labels=None) -> str:
     """images uint8 [N, H, W, C] (or [N, H, W]) -> an uncompressed dataset ZIP with dataset.json."""

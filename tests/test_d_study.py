@@ -8,6 +8,7 @@ input as one line. Needs scikit-learn and matplotlib (requirements-demo.txt)."""
 import json
 import math
 import os
+import shutil
 import statistics
 import zipfile
 
@@ -185,8 +186,10 @@ def test_class_balance_lowers_the_floor_on_unbalanced_data():
     assert balanced['real_fd'] < 1 < 10 < plain['real_fd']
 
 
-def test_rerun_does_no_work(study, monkeypatch):
-    outdir = study['outdir']
+def test_rerun_does_no_work(study, monkeypatch, tmp_path):
+    # On a copy of the study folder: a rerun rewrites results.json, which other tests read.
+    outdir = tmp_path / 'study'
+    shutil.copytree(study['outdir'], outdir)
     before = json.loads((outdir / 'results.json').read_text())
     written = ('results.json', 'results.md', 'd_study.png')
     mtimes = {p: p.stat().st_mtime_ns for p in outdir.rglob('*') if p.is_file() and p.name not in written}

@@ -19,9 +19,9 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import dataset_tool  # noqa: E402
+import dataset_tool
+
+from helpers import REPO as ROOT, needs_webp
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -431,6 +431,7 @@ def fake_lmdb(records: list) -> types.ModuleType:
     module.open = lambda path, readonly, lock: Env()
     return module
 
+@needs_webp  # LSUN's records are WebP images.
 def test_lsun_source(tmp_path, monkeypatch):
     rng = np.random.default_rng(12)
     arrays = [random_image(rng, 8, 8) for _ in range(3)]

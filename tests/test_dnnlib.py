@@ -41,13 +41,13 @@ def test_open_local_file_and_file_url(tmp_path):
         dnnlib.open_url(str(tmp_path / 'missing.pkl'))
 
 
-def test_offline_url_names_url_cache_and_local_alternative(tmp_path, monkeypatch):
+def test_offline_url_names_url_cache_and_local_alternative(tmp_path, monkeypatch, refused_url):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    url = 'https://example.invalid/weights/net.pkl'
+    url = refused_url('weights/net.pkl')
     with pytest.raises(dnnlib.DownloadError) as info:
         dnnlib.open_url(url, num_attempts=1, verbose=False, timeout=5)
     msg = str(info.value)
-    assert url in msg and str(tmp_path / 'cache') in msg and 'local path' in msg
+    assert url in msg and 'ConnectionError' in msg and str(tmp_path / 'cache') in msg and 'local path' in msg
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

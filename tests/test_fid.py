@@ -301,9 +301,9 @@ def test_sweep(data, tmp_path):
 #----------------------------------------------------------------------------
 # Bad input: one line, exit code 1, no traceback, no output file.
 
-def _bad_files(data):
-    root = data['root'] / 'bad'
-    root.mkdir(exist_ok=True)
+def _bad_files(folder):
+    root = folder / 'bad'
+    root.mkdir()
     np.savez(root / 'nomu.npz', means=np.zeros(8))
     (root / 'text.npz').write_text('mu, sigma')
     (root / 'text.pt').write_text('not a network')
@@ -330,8 +330,8 @@ def _bad_files(data):
     ('corrupt_image', 'Cannot read image 3.png'),
     ('mixed_sizes', 'differ in size'),
 ])
-def test_bad_input(data, tmp_path, case, message):
-    bad = _bad_files(data)
+def test_bad_input(data, tmp_path, refused_url, case, message):
+    bad = _bad_files(tmp_path)
     out = tmp_path / 'out.json'
     images, ref, num, detector, extra, env = data['images'], data['ref'], NUM_IMAGES, data['detector'], [], None
     if case == 'missing_images':
@@ -354,7 +354,7 @@ def test_bad_input(data, tmp_path, case, message):
     elif case in ('corrupt_image', 'mixed_sizes'):
         images, num = bad / case.split('_')[0], 3
     elif case == 'detector_offline':
-        detector = 'https://example.invalid/metrics/inception-2015-12-05.pkl'
+        detector = refused_url('metrics/inception-2015-12-05.pkl')
         env = dict(DNNLIB_CACHE_DIR=str(tmp_path / 'empty-cache'))
     result = _invoke('calc', '--images', images, '--ref', ref, '--num', num, '--json', out, *extra, detector=detector, env=env)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output

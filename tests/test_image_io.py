@@ -11,6 +11,7 @@ import zipfile
 import zlib
 
 import numpy as np
+import PIL.features
 import PIL.Image
 import pytest
 import torch
@@ -18,6 +19,8 @@ import torch
 import fid
 from torch_utils import image_io
 from training.dataset import ImageFolderDataset
+
+from helpers import needs_webp
 
 
 def encode(image: PIL.Image.Image, fmt: str = 'png', **kwargs) -> bytes:
@@ -53,25 +56,38 @@ def png_16bit(width: int, height: int, color_type: int, raw_rows: list) -> bytes
 
 def test_training_and_fid_read_the_same_files(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {name: rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for name in ['a.png', 'b.webp', 'c.bmp', 'd/e.tif', 'f.JPG']}
-    files = {name: encode(PIL.Image.fromarray(arr), {'.webp': 'webp', '.bmp': 'bmp', '.tif': 'tiff', '.jpg': 'jpeg'}.get(os.path.splitext(name)[1].lower(), 'png'),
-                          **({'lossless': True} if name.endswith('.webp') else {}))
+    expected = ['a.png', 'c.bmp', 'd/e.tif', 'f.JPG']  # WebP: the next test.
+    arrays = {name: rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for name in expected}
+    formats = {'.webp': 'webp', '.bmp': 'bmp', '.tif': 'tiff', '.jpg': 'jpeg', '.png': 'png'}
+    files = {name: encode(PIL.Image.fromarray(arr), formats[os.path.splitext(name)[1].lower()], **({'lossless': True} if name.endswith('.webp') else {}))
              for name, arr in arrays.items()}
     files.update({'.hidden.png': files['a.png'], '__MACOSX/._a.png': b'AppleDouble', 'notes.txt': b'text',
                   'trajectory.gif': encode(PIL.Image.fromarray(arrays['a.png']), 'gif'), 'generate.json': b'{}'})
     path = write_files(tmp_path / 'images', files)
-    expected = ['a.png', 'b.webp', 'c.bmp', 'd/e.tif', 'f.JPG']
 
     dataset = ImageFolderDataset(path)
     images = fid.ImageFiles(path)
     assert [dataset.image_name(i) for i in range(len(dataset))] == expected
     assert images.names == expected
-    for i, name in enumerate(expected[:4]):  # Lossless formats: pixel for pixel.
+    for i, name in enumerate(expected[:-1]):  # Lossless formats: pixel for pixel.
         np.testing.assert_array_equal(dataset[i][0], arrays[name].transpose(2, 0, 1))
         index, image = images[i]
         assert index == i and image.dtype == torch.uint8
         np.testing.assert_array_equal(image.numpy(), arrays[name].transpose(2, 0, 1))
-    assert dataset[4][0].shape == (3, 8, 8) and images[4][1].shape == (3, 8, 8)
+    assert dataset[3][0].shape == (3, 8, 8) and images[3][1].shape == (3, 8, 8)
+
+
+@needs_webp
+def test_training_and_fid_read_lossless_webp_pixel_for_pixel(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {name: rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for name in ['a.png', 'b.webp']}
+    path = write_files(tmp_path / 'images', {'a.png': encode(PIL.Image.fromarray(arrays['a.png'])),
+                                             'b.webp': encode(PIL.Image.fromarray(arrays['b.webp']), 'webp', lossless=True)})
+    dataset, images = ImageFolderDataset(path), fid.ImageFiles(path)
+    assert [dataset.image_name(i) for i in range(2)] == images.names == ['a.png', 'b.webp']
+    for i, name in enumerate(images.names):
+        np.testing.assert_array_equal(dataset[i][0], arrays[name].transpose(2, 0, 1))
+        np.testing.assert_array_equal(images[i][1].numpy(), arrays[name].transpose(2, 0, 1))
 
 
 def test_fid_repeats_grayscale_to_three_channels(tmp_path):
@@ -116,14 +132,14 @@ def mode_cases():
         'LA': (encode(PIL.Image.fromarray(np.stack([gray, alpha], axis=2), 'LA')), gray[np.newaxis]),
         'RGB': (encode(PIL.Image.fromarray(rgb, 'RGB')), rgb.transpose(2, 0, 1)),
         'RGBA': (encode(PIL.Image.fromarray(np.dstack([rgb, alpha]), 'RGBA')), rgb.transpose(2, 0, 1)),
-        'RGBA.webp': (encode(PIL.Image.fromarray(np.dstack([rgb, alpha]), 'RGBA'), 'webp', lossless=True, exact=True), rgb.transpose(2, 0, 1)),
         'P': (encode(palette), palette_rgb),
         'P+transparency': (encode(palette, transparency=3), palette_rgb),
         'LA16': (png_16bit(8, 8, 4, [row.tobytes() for row in raw16]), np.stack([gray_hi] * 3)),
-    }
+    } | ({'RGBA.webp': (encode(PIL.Image.fromarray(np.dstack([rgb, alpha]), 'RGBA'), 'webp', lossless=True, exact=True),
+                        rgb.transpose(2, 0, 1))} if PIL.features.check('webp') else {})
 
 
-@pytest.mark.parametrize('case', list(mode_cases()))
+@pytest.mark.parametrize('case', ['1', 'L', 'LA', 'RGB', 'RGBA', pytest.param('RGBA.webp', marks=needs_webp), 'P', 'P+transparency', 'LA16'])
 def test_decoding_rule(tmp_path, case):
     data, expected = mode_cases()[case]
     np.testing.assert_array_equal(image_io.decode_image(data, case), expected)

@@ -45,8 +45,8 @@ def test_snapshots_hold_every_profile_and_memory_is_reported(phema_run):
     assert f'{2 * size / 2 ** 20:.1f} MiB more memory' in phema_run['stdout']
 
 
-def test_resume_is_bitwise_with_profiles(phema_run, bars_zip):
-    outdir = phema_run['outdir']
+def test_resume_is_bitwise_with_profiles(phema_run, bars_zip, tmp_path):
+    outdir = tmp_path
     base = [f'--outdir={outdir}', '--name=resumed', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
     # 1 kimg, then a resume to 2 kimg: the state at 2 kimg is the 4-kimg run's (nothing in training
     # depends on the run's length).

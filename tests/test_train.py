@@ -5,10 +5,11 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 import torch
@@ -66,20 +67,13 @@ def test_loss_goes_down(tiny_run):
     assert stats[-1]['Loss/loss']['mean'] < 0.85 * stats[0]['Loss/loss']['mean']
 
 
-def test_resume_is_exact(tiny_run):
+def test_resume_is_exact(tiny_run, tmp_path):
     # Continue the run's 1-kimg state in a new run directory; the 2-kimg states must be identical.
-    args = [a for a in tiny_run['args'] if not a.startswith('--name=')] + ['--name=resumed',
-            f'--resume={os.path.join(tiny_run["run_dir"], checkpoint.state_name(1))}']
+    args = [a for a in tiny_run['args'] if not a.startswith(('--name=', '--outdir='))] + [
+        f'--outdir={tmp_path}', '--name=resumed', f'--resume={os.path.join(tiny_run["run_dir"], checkpoint.state_name(1))}']
     result = run_train(args)
     assert result.returncode == 0, result.stdout + result.stderr
-    a = torch.load(os.path.join(tiny_run['run_dir'], checkpoint.state_name(2)), weights_only=True)
-    b = torch.load(os.path.join(tiny_run['outdir'], 'resumed', checkpoint.state_name(2)), weights_only=True)
-    assert a['cur_nimg'] == b['cur_nimg'] and a['cur_tick'] == b['cur_tick']
-    for key in ('net', 'ema'):
-        for name, tensor in a[key]['state_dict'].items():
-            assert torch.equal(tensor, b[key]['state_dict'][name]), (key, name)
-    for pa, pb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert_same_states(os.path.join(tiny_run['run_dir'], checkpoint.state_name(2)), str(tmp_path / 'resumed' / checkpoint.state_name(2)))
 
 
 def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
@@ -114,42 +108,45 @@ def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
     assert stats[-1]['Loss/loss']['num'] == 1008 * 3 * 16 * 16
 
 
-def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path):
+def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path, monkeypatch):
+    # SIGTERM arrives during the third optimisation step, raised from the step itself (in-process, so
+    # the moment does not depend on the machine's speed): the loop finishes that step, writes a
+    # training state at 48 images and exits with status 75; --resume=auto continues from it.
+    assert threading.current_thread() is threading.main_thread()  # Signal handlers live in the main thread.
     args = [f'--outdir={tmp_path}', '--name=pre', f'--data={bars_zip}', *TINY_TRAIN, '--augment=0', '--snap=0', '--dump=0']
-    proc = subprocess.Popen([sys.executable, 'train.py', *args, '--duration=1'], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    log_path = tmp_path / 'pre' / 'log.txt'
-    deadline = time.time() + 120
-    while not (log_path.exists() and 'Training for' in log_path.read_text()):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else 'timeout'
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == train.EXIT_STOPPED == 75, out  # Stopped early: not 0, so a job script can requeue.
-    assert 'Received SIGTERM' in out and '--resume=auto' in out
-    states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
-    assert len(states) == 1
-    stopped_at = torch.load(tmp_path / 'pre' / states[0], weights_only=True)['cur_nimg']
-    assert 0 < stopped_at < 1000
+    step, handler = training_loop.Training.optimization_step, signal.getsignal(signal.SIGTERM)
+    steps = []
 
-    result = run_train(args + ['--duration=0.001', '--resume=auto', '--dump=1'])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f'continuing from {tmp_path / "pre" / states[0]}' in result.stdout
-    assert f'Resuming from {tmp_path / "pre" / states[0]} at {stopped_at / 1000:.3f} kimg' in result.stdout
+    def step_with_sigterm(self):
+        steps.append(None)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        step(self)
+    with monkeypatch.context() as patch:
+        patch.setattr(training_loop.Training, 'optimization_step', step_with_sigterm)
+        result = invoke([*args, '--duration=1'])
+    assert result.exit_code == train.EXIT_STOPPED == 75, result.output  # Stopped early: not 0, so a job script can requeue.
+    assert 'Received SIGTERM' in result.output and '--resume=auto' in result.output
+    assert len(steps) == 3 and signal.getsignal(signal.SIGTERM) is handler  # The loop's handler is gone again.
+    states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
+    assert states == [checkpoint.state_name(0)]
+    assert torch.load(tmp_path / 'pre' / states[0], weights_only=True)['cur_nimg'] == 48
+
+    result = invoke([*args, '--duration=0.001', '--resume=auto', '--dump=1'])
+    assert result.exit_code == 0, result.output
+    assert f'continuing from {tmp_path / "pre" / states[0]}' in result.output
+    assert f'Resuming from {tmp_path / "pre" / states[0]} at 0.048 kimg' in result.output
     final_path = tmp_path / 'pre' / checkpoint.state_name(1)
-    final = torch.load(final_path, weights_only=True)
-    assert final['cur_nimg'] == 1008
+    assert torch.load(final_path, weights_only=True)['cur_nimg'] == 1008
     # The same command again: the run is finished, nothing is trained or rewritten.
     mtime = final_path.stat().st_mtime_ns
-    result = run_train(args + ['--duration=0.001', '--resume=auto', '--dump=1'])
-    assert result.returncode == 0 and 'nothing to do' in result.stdout, result.stdout + result.stderr
+    result = invoke([*args, '--duration=0.001', '--resume=auto', '--dump=1'])
+    assert result.exit_code == 0 and 'nothing to do' in result.output, result.output
     assert final_path.stat().st_mtime_ns == mtime
 
 
 def test_resume_auto_skips_a_truncated_state(tmp_path, tiny_run):
     # Copy the run, then truncate its newest state: auto must fall back to the 1-kimg one.
-    import shutil
     run_dir = tmp_path / 'tiny'
     shutil.copytree(tiny_run['run_dir'], run_dir)
     newest = run_dir / checkpoint.state_name(2)
@@ -241,9 +238,11 @@ def test_help_lists_every_default():
         assert text in result.output, text
 
 
-def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run):
+def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run, tmp_path):
     # generate.py's run-directory mode on the run train.py wrote: one folder per snapshot, D from it.
-    run_dir = tiny_run['run_dir']
+    # (On a copy: generate.py writes into the run directory, and other tests read the fixture's.)
+    run_dir = str(tmp_path / 'tiny')
+    shutil.copytree(tiny_run['run_dir'], run_dir)
     result = subprocess.run([sys.executable, 'generate.py', f'--outdir={run_dir}', '--seeds=0-3', '--batch=2',
                              '--steps=4', '--device=cpu'], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
