@@ -7,8 +7,8 @@ Bounds (measured on this file's tiny networks with random N(0, 0.2^2) weights, t
 - gradients: cosine similarity to fp32 >= 0.999 (bf16 0.999995, fp16 with loss scaling 0.9999999);
 - SDPA vs the einsum formulation, channels-last vs contiguous, torch.compile vs eager, all float32:
   max |difference| <= 1e-5 x max |reference| (measured below 1e-6);
-- 18-step Heun sampling (35 evaluations, D=128): PSNR of bf16 images against fp32 >= 40 dB (70.7 dB),
-  fp16 >= 50 dB (88.5 dB), images in [-1, 1].
+- 18-step Heun sampling (35 evaluations, D=128): PSNR of the images against fp32 within 6 dB of the
+  measured 70.7 dB (bf16) and 88.5 dB (fp16), images in [-1, 1].
 - group normalisation of bfloat16 / float16 input: within 4 ulps of a float64 computation on the same
   input (measured 0.5 ulp for bfloat16, 3 for float16 on the CPU); statistics accumulated in
   bfloat16 would be about 250 ulps off.
@@ -182,8 +182,8 @@ def test_compiled_network_matches_eager():
         assert rel_max(compiled(x, sigma), ref) <= 1e-5
 
 
-@pytest.mark.parametrize('prec, min_psnr', [('bf16', 40), ('fp16', 50)])
-def test_sampling_psnr_against_fp32(prec, min_psnr):
+@pytest.mark.parametrize('prec, measured', [('bf16', 70.7), ('fp16', 88.5)])
+def test_sampling_psnr_against_fp32(prec, measured):
     net = random_net()
     net.D = 128.0  # The prior of PFGM++ with D=128.
 
@@ -194,4 +194,5 @@ def test_sampling_psnr_against_fp32(prec, min_psnr):
 
     ref, out = sample('fp32'), sample(prec)
     mse = float((out - ref).square().mean())
-    assert mse > 0 and 10 * math.log10(2 ** 2 / mse) >= min_psnr
+    # Within 6 dB of the measurement: not fp32 (mse 0), and not the other reduced precision.
+    assert mse > 0 and abs(10 * math.log10(2 ** 2 / mse) - measured) <= 6, mse
