@@ -8,19 +8,25 @@ Bounds (float32 means TF32 off, as precision 'fp32' sets; "rel_max" is max |a - 
   parameters: relative L2 error <= 1e-4. Rounding of float32 kernels differs by about 1e-6; TF32
   (10-bit mantissa) would be about 1e-3, so a TF32 leak fails.
 - 18-step Heun sampling CPU vs CUDA from the same latents, float32: rel_max <= 1e-4.
-- one training step CPU vs CUDA (same draws, from a CPU generator), float32: first-step loss within
+- one training step CPU vs CUDA (same draws, from a CPU generator), float32, for PFGM++ with D=128
+  and for diffusion: first-step loss within
   1e-5 relative and gradients within 1e-4 relative L2; after 4 Adam steps (fused on CUDA), losses
   within 1e-4 and the parameter updates within 1e-2 relative L2. Adam divides by sqrt(v), so entries
   whose gradient is at rounding level can move by up to lr; a 1e-6 relative perturbation of the
   gradients on the CPU moves the 4-step updates by 1e-4 to 4e-4 relative L2, hence the bound.
+- under bf16 and fp16 autocast on CUDA, the mapping network, the preconditioning, the output and the
+  loss stay float32 while convolutions and group norms run in the autocast type; group-norm
+  statistics of bf16/fp16 input within 4 ulps of float64 (as on the CPU).
+- the prior drawn with per-seed CUDA generators follows the kernel: KS test of (R/r)^2 against
+  BetaPrime(N/2, D/2) for D = 1, 128, 2048, p > 1e-3.
 - per-seed sampling on CUDA: prior draws bitwise identical for any batch composition; images within
   rel_max 1e-4 across batch sizes (cuDNN may choose other kernels per batch size).
-- bf16 + channels-last + torch.compile training on CUDA against fp32 eager, 4 steps: each step's
-  loss within 0.1%, the bound tests/test_train.py uses on the CPU.
-- two-process torchrun training (NCCL with 2 or more GPUs; gloo on the CPU with fewer, since NCCL
-  refuses two ranks on one GPU): 1 kimg in one go, and the same run resumed from its state at 512
-  images, end with bitwise identical weights, EMA and Adam state (deterministic kernels:
-  tests/deterministic_train.py).
+- bf16 + channels-last + torch.compile training of PFGM++ (D=128) on CUDA against fp32 eager, 4 steps:
+  each step's loss within 0.1%, the bound tests/test_train.py uses on the CPU.
+- two-process torchrun training of PFGM++ (D=128) with NCCL, when there are two GPUs (NCCL takes one
+  per rank; tests/test_train.py runs the same check on gloo on the CPU): 1 kimg in one go, and the
+  same run resumed from its state at 512 images, end with bitwise identical weights, EMA and Adam
+  state (deterministic kernels: tests/deterministic_train.py).
 - generation on CUDA: bf16 + channels-last PNGs differ from fp32's, by >= 45 dB PSNR (54 dB on the CPU); FID
   statistics of those PNGs with a stand-in detector on CUDA against the CPU: mu and sigma within
   1e-5 x their largest entry.
@@ -29,12 +35,14 @@ tests/test_dataset.py).
 """
 
 import copy
+import math
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from click.testing import CliRunner
 
@@ -43,8 +51,7 @@ import fid
 import generate
 from torch_utils import image_io
 from torch_utils import precision
-from training import checkpoint, sampling, training_loop
-from training.loss import EDMLoss
+from training import checkpoint, networks, sampling, training_loop
 
 from helpers import (REPO, TINY_ADM, TINY_NCSNPP, TINY_SONG, TINY_TRAIN, inputs, loop_config, noise_images, random_net, read_stats,
                      rel_l2, rel_max, save_standin_detector, tiny_net)
@@ -104,18 +111,19 @@ def test_sampler_matches_cpu_for_the_same_latents(cuda, record_property):
     assert out.device.type == 'cuda' and err <= 1e-4, err
 
 
-def train_steps(device: torch.device, num_steps: int = 4) -> dict:
-    """num_steps optimizer steps of training_loop()'s step (accumulate_gradients with EDMLoss(D=128),
-    sanitize_gradients, Adam with optimizer_options for `device`, EMA) on a tiny randomised network;
-    every random draw comes from CPU generators, so both devices see the same sigmas and noise."""
-    net = random_net().train().requires_grad_(True).to(device)
+def train_steps(device: torch.device, D, num_steps: int = 4) -> dict:
+    """num_steps optimizer steps of training_loop()'s step (accumulate_gradients with the loss
+    make_loss builds for the network's D, sanitize_gradients, Adam with optimizer_options for
+    `device`, EMA) on a tiny randomised network; every random draw comes from CPU generators, so both
+    devices see the same sigmas and noise."""
+    net = random_net(D=D).train().requires_grad_(True).to(device)
     start = flat_params(net)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     options = training_loop.optimizer_options(ADAM, device)
     optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **options)
     images = (torch.rand([8, 3, 8, 8], generator=torch.Generator().manual_seed(3)) * 2 - 1).to(device)
     generator = torch.Generator().manual_seed(5)
-    loss_fn, losses, first_grads = EDMLoss(D=128), [], None
+    loss_fn, losses, first_grads = training_loop.make_loss(dict(class_name='training.loss.EDMLoss'), net), [], None
 
     def recorded_loss(*args, **kwargs):
         loss = loss_fn(*args, **kwargs)
@@ -134,8 +142,10 @@ def train_steps(device: torch.device, num_steps: int = 4) -> dict:
                 ema_update=flat_params(ema) - start, fused=options.get('fused', False))
 
 
-def test_training_step_matches_cpu(cuda, record_property):
-    cpu, gpu = train_steps(torch.device('cpu')), train_steps(cuda)
+@pytest.mark.parametrize('D', [128.0, None])
+def test_training_step_matches_cpu(cuda, record_property, D):
+    # PFGM++ with a finite D and diffusion: the same losses, gradients and updates on both devices.
+    cpu, gpu = train_steps(torch.device('cpu'), D), train_steps(cuda, D)
     assert gpu['fused'] and not cpu['fused']  # CUDA takes the fused Adam kernel, as training does.
     first_loss = abs(gpu['losses'][0] - cpu['losses'][0]) / cpu['losses'][0]
     losses = max(abs(g - c) / c for g, c in zip(gpu['losses'], cpu['losses']))
@@ -148,6 +158,57 @@ def test_training_step_matches_cpu(cuda, record_property):
     assert losses <= 1e-4, (cpu['losses'], gpu['losses'])
     assert update <= 1e-2 and ema_update <= 1e-2, (update, ema_update)
     assert float(cpu['update'].abs().max()) > 1e-4  # The steps really moved the weights.
+
+#----------------------------------------------------------------------------
+# What stays float32 under autocast on CUDA (tests/test_precision.py checks the CPU).
+
+@pytest.mark.parametrize('prec', ['bf16', 'fp16'])
+def test_embedding_preconditioning_and_loss_stay_float32(cuda, prec):
+    net = random_net(D=128.0).to(cuda)
+    seen = {}
+    def record(name):
+        def hook(module, args, output):
+            seen.setdefault(name, output.dtype)
+        return hook
+    net.model.map_layer1.register_forward_hook(record('emb'))
+    net.model.enc['8x8_block0'].conv0.register_forward_hook(record('conv'))
+    net.model.enc['8x8_block0'].norm1.register_forward_hook(record('norm'))
+    precision.set_network_precision(net, prec)
+    x, sigma = inputs()
+    out = net(x.to(cuda), sigma.to(cuda))
+    amp = precision.autocast_dtype(prec)
+    assert seen == {'emb': torch.float32, 'conv': amp, 'norm': amp}
+    assert out.dtype == torch.float32 and out.device.type == 'cuda'
+    # The loss of PFGM++ (D=128) is float32 too, with the noise drawn from a CPU generator.
+    loss_fn = training_loop.make_loss(dict(class_name='training.loss.EDMLoss'), net)
+    loss = loss_fn(net, x.to(cuda), generator=torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float32 and loss.device.type == 'cuda' and bool(torch.isfinite(loss).all())
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_group_norm_statistics_are_float32(cuda, dtype):
+    # A large common offset: the mean must be subtracted with float32 accuracy or the output is ruined.
+    x = (100 + torch.randn([2, 64, 32, 32], generator=torch.Generator().manual_seed(0))).to(dtype).to(cuda)
+    norm = networks.GroupNorm(64).to(cuda)
+    with torch.autocast('cuda', dtype=dtype):
+        y = norm(x)
+    assert y.dtype == dtype
+    ref = torch.nn.functional.group_norm(x.double().cpu(), norm.num_groups, eps=norm.eps)
+    mantissa_bits = 7 if dtype == torch.bfloat16 else 10
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-30))) - mantissa_bits)
+    assert float(((y.detach().double().cpu() - ref).abs() / ulp).max()) <= 4.0
+
+
+@pytest.mark.parametrize('D', [1.0, 128.0, 2048.0])
+def test_prior_drawn_on_cuda_follows_the_kernel(cuda, D):
+    # Per-seed CUDA generators (as generate.py draws the prior): (R / r)^2 ~ BetaPrime(N/2, D/2) with
+    # r = sigma_max sqrt(D), N = 3 x 8 x 8.
+    sigma_max, N = 80.0, 3 * 8 * 8
+    x = generate.StackedRandomGenerator(cuda, range(2000)).prior([3, 8, 8], sigma_max, D)
+    assert x.device.type == 'cuda' and x.dtype == torch.float64
+    ratio = (x.flatten(1).norm(dim=1) / (sigma_max * math.sqrt(D))).square().cpu().numpy()
+    p = scipy.stats.kstest(ratio, scipy.stats.betaprime(N / 2, D / 2).cdf).pvalue
+    assert p > 1e-3, p
 
 #----------------------------------------------------------------------------
 # Sampling: every image depends only on its seed.
@@ -174,11 +235,12 @@ def test_per_seed_sampling_does_not_depend_on_the_batch(cuda, record_property):
 # The fast configuration tracks fp32 on CUDA.
 
 def test_fast_configuration_losses_track_fp32(bars_zip, tmp_path, cuda, record_property):
-    # training_loop() on CUDA, 4 steps of 16 images, one DataLoader worker (pinned memory): bf16 +
-    # channels-last + torch.compile (inductor) against fp32 eager; the bound of tests/test_train.py.
+    # training_loop() on CUDA, PFGM++ with D=128, 4 steps of 16 images, one DataLoader worker (pinned
+    # memory): bf16 + channels-last + torch.compile (inductor) against fp32 eager; the bound of
+    # tests/test_train.py.
     losses = {}
     for name, args in [('eager', []), ('fast', ['--precision=bf16', '--channels-last=1', '--compile=1'])]:
-        config = loop_config(tmp_path, bars_zip, '--augment=0.12', '--workers=1', *args)
+        config = loop_config(tmp_path, bars_zip, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', '--workers=1', *args)
         config.update(device=cuda, run_dir=str(tmp_path / name), total_kimg=0.064, state_dump_ticks=None)
         (tmp_path / name).mkdir()
         training_loop.training_loop(**config)
@@ -203,14 +265,15 @@ def run_deterministic_train(args: list[str], nproc: int = 2) -> subprocess.Compl
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two GPUs (NCCL takes one per rank); '
+                    'tests/test_train.py resumes two ranks on gloo on the CPU')
 def test_torchrun_two_ranks_resume_bitwise(bars_zip, tmp_path, record_property):
-    nccl = torch.cuda.device_count() >= 2
-    device = 'cuda' if nccl else 'cpu'
-    record_property('backend', 'nccl, 2 GPUs' if nccl else 'gloo on the CPU (one GPU: NCCL needs one GPU per rank)')
+    device = 'cuda'
+    record_property('backend', 'nccl, 2 GPUs')
     # 1 kimg in ticks of half a kimg (16-image steps: ticks end at 512 and 1008 images), a training
     # state at each; then the same run resumed from the state at 512 images.
     tiny_args = [a for a in TINY_TRAIN if not a.startswith(('--device=', '--workers=', '--duration=', '--tick='))]
-    common = [f'--outdir={tmp_path}', f'--data={bars_zip}', *tiny_args, f'--device={device}', '--workers=1',
+    common = [f'--outdir={tmp_path}', f'--data={bars_zip}', *tiny_args, f'--device={device}', '--workers=1', '--pfgmpp=1', '--aug_dim=128',
               '--augment=0', '--bench=0', '--tick=0.5', '--snap=0', '--dump=1', '--duration=0.001']
     full = run_deterministic_train([*common, '--name=full'])
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]

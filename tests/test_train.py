@@ -90,22 +90,34 @@ def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
     assert_clean_failure(bad, 'does not fit this network', out)
 
 
-def test_torchrun_two_ranks_on_gloo(bars_zip, tmp_path):
-    args = [f'--outdir={tmp_path}', '--name=ddp', f'--data={bars_zip}', *TINY_TRAIN, '--batch=16', '--batch-gpu=4',
-            '--augment=0', '--duration=0.001', '--snap=1', '--dump=1', '--phema=0.05,0.1']
-    result = run_train(args, torchrun=True)
+def test_torchrun_two_ranks_on_gloo_resume_bitwise(bars_zip, tmp_path):
+    # Two ranks with two accumulation rounds each and post-hoc EMA, 1 kimg in ticks of half a kimg
+    # (states at 512 and 1008 images); then the same run resumed from its state at 512 images.
+    args = [f'--data={bars_zip}', *TINY_TRAIN, '--batch=16', '--batch-gpu=4', '--augment=0', '--tick=0.5',
+            '--duration=0.001', '--snap=2', '--dump=1', '--phema=0.05,0.1']
+    result = run_train([f'--outdir={tmp_path}', '--name=ddp', *args], torchrun=True)
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = tmp_path / 'ddp'
-    # Rank 0 alone writes the post-hoc EMA snapshot; its profiles moved away from the initial weights.
-    assert (run_dir / checkpoint.phema_name(1)).is_file()
-    phema_state = torch.load(run_dir / checkpoint.state_name(1), weights_only=True)['phema']
-    assert phema_state['stds'] == [0.05, 0.1]
     assert 'Number of ranks:         2' in result.stdout
     assert '8 per rank' not in result.stdout and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout
-    assert (run_dir / checkpoint.snapshot_name(1)).is_file() and (run_dir / checkpoint.state_name(1)).is_file()
-    stats = read_stats(run_dir)
-    # Statistics gathered from both ranks: every image of the 1008 seen contributes 3*16*16 losses.
-    assert stats[-1]['Loss/loss']['num'] == 1008 * 3 * 16 * 16
+    # Rank 0 alone writes the snapshots, the post-hoc EMA snapshot with them, and the states.
+    assert sorted(os.listdir(run_dir)) == sorted([checkpoint.snapshot_name(1), checkpoint.phema_name(1), checkpoint.state_name(0),
+                                                  checkpoint.state_name(1), 'log.txt', 'stats.jsonl', 'training_options.json'])
+    half = torch.load(run_dir / checkpoint.state_name(0), weights_only=True)
+    assert half['cur_nimg'] == 512 and half['phema']['stds'] == [0.05, 0.1]
+    # Statistics gathered from both ranks: each of the 496 images of the last tick contributes 3*16*16 losses.
+    assert read_stats(run_dir)[-1]['Loss/loss']['num'] == 496 * 3 * 16 * 16
+
+    resumed = run_train([f'--outdir={tmp_path}', '--name=resumed', *args, f'--resume={run_dir / checkpoint.state_name(0)}'],
+                        torchrun=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f'Resuming from {run_dir / checkpoint.state_name(0)} at 0.512 kimg' in resumed.stdout
+    assert_same_states(run_dir / checkpoint.state_name(1), tmp_path / 'resumed' / checkpoint.state_name(1))
+    a, b = (torch.load(d / checkpoint.state_name(1), weights_only=True)['phema'] for d in (run_dir, tmp_path / 'resumed'))
+    for x, y in zip(a['emas'], b['emas'], strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert any(not torch.equal(t, half['net']['state_dict'][k]) for k, t in
+               torch.load(run_dir / checkpoint.state_name(1), weights_only=True)['net']['state_dict'].items())  # It trained on.
 
 
 def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path, monkeypatch):
