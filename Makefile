@@ -18,7 +18,7 @@ SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
 CHECKED_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 CHECKED_VERSION = $(shell $(CHECKED_PY) -c 'import sys; sys.stdout.write("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 
-.PHONY: install test quickstart docs check-python test-pythons gpu-check
+.PHONY: install test test-fast quickstart docs check-python test-pythons gpu-check
 
 install: $(STAMP)
 
@@ -40,14 +40,24 @@ $(DEMO_STAMP): requirements-demo.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-demo.txt
 	@touch $(DEMO_STAMP)
 
-# The 20 slowest tests are listed at the end, to keep the suite's time in view.
+# The suite runs on two pytest-xdist workers (PYTEST_WORKERS), one test module at a time each, so that a
+# module's shared fixtures (a training run, a study) are built once. `make test` runs every test and
+# lists the 20 slowest; `make test-fast` leaves out the tests marked slow (trainings, torch.compile,
+# torchrun, the D study, the quick start) and those that need CUDA.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS = -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: check-python $(DEMO_STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest $(PYTEST_ARGS) --durations=20
+
+test-fast: check-python $(DEMO_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow and not cuda" --durations=10
 
 # `make test` in a fresh virtual environment for each supported interpreter on this machine, one
-# line per version (tools/test_pythons.sh; pass versions as PYTHONS="3.10 3.13").
+# line per version (tools/test_pythons.sh; pass versions as PYTHONS="3.10 3.13", and FAST=1 for the
+# fast tier only).
 test-pythons:
-	@tools/test_pythons.sh $(PYTHONS)
+	@tools/test_pythons.sh $(if $(FAST),--fast) $(PYTHONS)
 
 # The quick start needs requirements-demo.txt too. Options go through QUICKSTART, e.g.
 # make quickstart QUICKSTART="--device=cuda --fresh".

@@ -297,7 +297,7 @@ def save_state(path, net, kimg):
     checkpoint.save_atomic(data, str(path))
 
 #----------------------------------------------------------------------------
-# Tiny training runs: 16x16 data, 8 base channels, one resolution level, 16 images per step.
+# Tiny training runs: 8x8 data (the bars_zip fixture), 8 base channels, one resolution level, 16 images per step.
 
 TINY_TRAIN = ['--cond=1', '--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--tick=1', '--lr=2e-3',
               '--lr-rampup=0', '--ema=0.0005', '--dropout=0', '--workers=0', '--device=cpu', '--seed=3',
@@ -311,6 +311,14 @@ def run_train(args, timeout=240, torchrun=False) -> subprocess.CompletedProcess:
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py', *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def train_here(args):
+    """train.py's command line run in this process (click's CliRunner): a tiny run without a new
+    interpreter's start-up; the click Result (exit_code, output) comes back."""
+    import train
+    from click.testing import CliRunner
+    return CliRunner().invoke(train.main, [str(a) for a in args])
 
 
 def read_stats(run_dir) -> list[dict]:

@@ -234,13 +234,13 @@ def test_per_seed_sampling_does_not_depend_on_the_batch(cuda, record_property):
 #----------------------------------------------------------------------------
 # The fast configuration tracks fp32 on CUDA.
 
-def test_fast_configuration_losses_track_fp32(bars_zip, tmp_path, cuda, record_property):
+def test_fast_configuration_losses_track_fp32(bars16_zip, tmp_path, cuda, record_property):
     # training_loop() on CUDA, PFGM++ with D=128, 4 steps of 16 images, one DataLoader worker (pinned
     # memory): bf16 + channels-last + torch.compile (inductor) against fp32 eager; the bound of
     # tests/test_train.py.
     losses = {}
     for name, args in [('eager', []), ('fast', ['--precision=bf16', '--channels-last=1', '--compile=1'])]:
-        config = loop_config(tmp_path, bars_zip, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', '--workers=1', *args)
+        config = loop_config(tmp_path, bars16_zip, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', '--workers=1', *args)
         config.update(device=cuda, run_dir=str(tmp_path / name), total_kimg=0.064, state_dump_ticks=None)
         (tmp_path / name).mkdir()
         training_loop.training_loop(**config)
@@ -267,13 +267,13 @@ def run_deterministic_train(args: list[str], nproc: int = 2) -> subprocess.Compl
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two GPUs (NCCL takes one per rank); '
                     'tests/test_train.py resumes two ranks on gloo on the CPU')
-def test_torchrun_two_ranks_resume_bitwise(bars_zip, tmp_path, record_property):
+def test_torchrun_two_ranks_resume_bitwise(bars16_zip, tmp_path, record_property):
     device = 'cuda'
     record_property('backend', 'nccl, 2 GPUs')
     # 1 kimg in ticks of half a kimg (16-image steps: ticks end at 512 and 1008 images), a training
     # state at each; then the same run resumed from the state at 512 images.
     tiny_args = [a for a in TINY_TRAIN if not a.startswith(('--device=', '--workers=', '--duration=', '--tick='))]
-    common = [f'--outdir={tmp_path}', f'--data={bars_zip}', *tiny_args, f'--device={device}', '--workers=1', '--pfgmpp=1', '--aug_dim=128',
+    common = [f'--outdir={tmp_path}', f'--data={bars16_zip}', *tiny_args, f'--device={device}', '--workers=1', '--pfgmpp=1', '--aug_dim=128',
               '--augment=0', '--bench=0', '--tick=0.5', '--snap=0', '--dump=1', '--duration=0.001']
     full = run_deterministic_train([*common, '--name=full'])
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]

@@ -60,6 +60,7 @@ def study(tmp_path_factory):
 #----------------------------------------------------------------------------
 # The tiny study end to end.
 
+@pytest.mark.slow
 def test_every_stage_ran_through_the_project_functions(study):
     # 4 models; per model one run_study call per digit (all settings of the three studies); 6 cells per model.
     assert study['calls'] == dict(train=4, generate=4 * 10, score=4 * 6)
@@ -79,6 +80,7 @@ def test_every_stage_ran_through_the_project_functions(study):
                     assert sorted(p.name for p in (run / folder / str(c)).glob('*.png')) == [f'{c:06d}.png']
 
 
+@pytest.mark.slow
 def test_results_json_cells(study):
     results = json.loads((study['outdir'] / 'results.json').read_text())
     assert results['format'] == 'pfgmpp-d-study' and results['complete'] is True
@@ -107,6 +109,7 @@ def test_results_json_cells(study):
     assert results['timing']['all_runs']['train']['units'] == 4 and len(results['timing']['stages']) == 12
 
 
+@pytest.mark.slow
 def test_results_md_tables(study):
     text = (study['outdir'] / 'results.md').read_text()
     cells = json.loads((study['outdir'] / 'results.json').read_text())['cells']
@@ -123,6 +126,7 @@ def test_results_md_tables(study):
                 assert ' ± ' in line
 
 
+@pytest.mark.slow
 def test_figure_is_a_png(study):
     path = study['outdir'] / 'd_study.png'
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 10000
@@ -130,6 +134,7 @@ def test_figure_is_a_png(study):
         assert image.size[0] > image.size[1] > 300  # Three panels side by side, two rows.
 
 
+@pytest.mark.slow
 def test_scores_match_fid_calc_and_an_independent_count(study):
     outdir = study['outdir']
     results = json.loads((outdir / 'results.json').read_text())
@@ -148,6 +153,7 @@ def test_scores_match_fid_calc_and_an_independent_count(study):
     assert cell['share']['per_seed'][0] == count / 10
 
 
+@pytest.mark.slow
 def test_real_floor_draws_balanced_subsets_of_the_real_features(study):
     # results.json's floor: 10 random sets of real digits, each with one image of every digit (as a
     # 10-sample cell has), scored by fid.py's Frechet distance; recomputed here from the detector's
@@ -186,6 +192,7 @@ def test_class_balance_lowers_the_floor_on_unbalanced_data():
     assert balanced['real_fd'] < 1 < 10 < plain['real_fd']
 
 
+@pytest.mark.slow
 def test_rerun_does_no_work(study, monkeypatch, tmp_path):
     # On a copy of the study folder: a rerun rewrites results.json, which other tests read.
     outdir = tmp_path / 'study'
@@ -204,6 +211,7 @@ def test_rerun_does_no_work(study, monkeypatch, tmp_path):
     assert after['timing']['all_runs'] == before['timing']['all_runs']  # Kept from the first run (timing.jsonl).
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
     monkeypatch.chdir(study['root'])
     calls = Calls(monkeypatch)
@@ -214,6 +222,7 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
 #----------------------------------------------------------------------------
 # The digits detector.
 
+@pytest.mark.slow
 def test_digits_detector_heldout_accuracy(study):
     """The detector the study trained, measured again here on the held-out digits from its file."""
     info = json.loads((study['outdir'] / 'digits-detector.json').read_text())
@@ -233,6 +242,7 @@ def test_digits_detector_heldout_accuracy(study):
     assert fid.load_detector(str(study['outdir'] / 'digits-detector.pt')).sha256 == info['sha256']
 
 
+@pytest.mark.slow
 def test_digits_detector_training_is_deterministic(study):
     images, labels = digits_detector.load_digits_dataset(str(study['data']))
     nets = [digits_detector.train_detector(images[:128], labels[:128], seed=3, epochs=1) for _ in range(2)]
@@ -304,6 +314,7 @@ def test_scoring_and_recipe_follow_the_data():
         d_study.sample_blocks(25, 10)
 
 
+@pytest.mark.slow
 def test_inception_path_with_a_stand_in(tmp_path, monkeypatch):
     """Data that is not the digits (16x16 RGB bars, 2 classes) and no --detector: fid.py's default
     detector scores the samples (here a stand-in at the default's place): a Frechet distance, no share."""
@@ -349,6 +360,7 @@ def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['text', 'torchscript'])
 def test_a_detector_that_is_not_one_is_refused(kind, study, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -365,6 +377,7 @@ def test_a_detector_that_is_not_one_is_refused(kind, study, tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ['det.pt']
 
 
+@pytest.mark.slow
 def test_stopped_training_exits_75_and_continues(study, tmp_path, monkeypatch):
     """train.train() stopped by a signal (status 'stopped', its state saved): one line, exit status 75
     as train.py's, and nothing scored; the study's own train_options may not set what it sets per model."""

@@ -106,6 +106,7 @@ def test_seeded_subset(data):
     assert picks[0][0] == picks[0][1] and picks[0][0] != picks[1][0]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data, tmp_path):
     dest = tmp_path / 'two.npz'
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))

@@ -160,6 +160,7 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
         assert gif.n_frames == 5 and gif.size == (5 * 56 + 4 * 2, 56)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, snapshot):
     seeds = list(range(6))
     generate.generate_images(checkpoint.load_network(snapshot)[0], seeds, str(tmp_path / 'one'),

@@ -30,6 +30,7 @@ def tiny_run(tmp_path_factory):
     return paths, result
 
 
+@pytest.mark.slow
 def test_every_step_ran(tiny_run):
     paths, result = tiny_run
     quality = json.loads(open(paths.quality).read())
@@ -45,6 +46,7 @@ def test_every_step_ran(tiny_run):
     assert quality['network'] == os.path.join(paths.run_dir, 'network-snapshot-000001.pt')
 
 
+@pytest.mark.slow
 def test_exported_digits_and_dataset(tiny_run):
     paths, _ = tiny_run
     images, labels = quickstart_quality.load_real_digits()
@@ -58,6 +60,7 @@ def test_exported_digits_and_dataset(tiny_run):
     np.testing.assert_array_equal(np.bincount(dataset_labels), np.bincount(labels))  # Folder c holds digit c.
 
 
+@pytest.mark.slow
 def test_samples_per_class_and_grid(tiny_run):
     paths, _ = tiny_run
     assert checkpoint.kimg_from_name(quickstart.newest_snapshot(paths.run_dir)) == 1
@@ -82,6 +85,7 @@ def test_samples_per_class_and_grid(tiny_run):
             np.testing.assert_array_equal(grid[:, y:y + cell, x:x + cell], np.kron(samples[c][j], np.ones([1, scale, scale], np.uint8)))
 
 
+@pytest.mark.slow
 def test_second_call_reuses_the_export_and_the_dataset(tiny_run, capsys):
     paths, _ = tiny_run
     before = os.stat(paths.dataset).st_mtime_ns

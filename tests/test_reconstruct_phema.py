@@ -15,7 +15,9 @@ import generate
 import reconstruct_phema
 from training import checkpoint, phema
 
-from helpers import TINY_TRAIN, assert_same_states, run_train, save_standin_detector
+from helpers import TINY_TRAIN, assert_same_states, save_standin_detector, train_here
+
+pytestmark = pytest.mark.slow  # Every test here reads or resumes a training run.
 
 # 4 kimg of 40 images per step (100 steps), a tick, a snapshot and a state every kimg (every 25 steps,
 # so that a run resumed at any whole kimg meets the same tick boundaries).
@@ -26,9 +28,9 @@ PHEMA = ['--batch=40', '--duration=0.004', '--snap=1', '--dump=1', '--phema=0.05
 def phema_run(bars_zip, tmp_path_factory):
     outdir = tmp_path_factory.mktemp('phema')
     args = [f'--outdir={outdir}', '--name=full', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
-    result = run_train(args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return dict(outdir=outdir, run=outdir / 'full', args=args, stdout=result.stdout)
+    result = train_here(args)
+    assert result.exit_code == 0, result.output
+    return dict(outdir=outdir, run=outdir / 'full', args=args, stdout=result.output)
 
 
 def test_snapshots_hold_every_profile_and_memory_is_reported(phema_run):
@@ -50,9 +52,9 @@ def test_resume_is_bitwise_with_profiles(phema_run, bars_zip, tmp_path):
     base = [f'--outdir={outdir}', '--name=resumed', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
     # 1 kimg, then a resume to 2 kimg: the state at 2 kimg is the 4-kimg run's (nothing in training
     # depends on the run's length).
-    assert run_train([*base, '--duration=0.001']).returncode == 0
-    result = run_train([*base, '--duration=0.002', '--resume=auto'])
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert train_here([*base, '--duration=0.001']).exit_code == 0
+    result = train_here([*base, '--duration=0.002', '--resume=auto'])
+    assert result.exit_code == 0, result.output
     full, resumed = phema_run['run'], outdir / 'resumed'
     assert_same_states(str(full / checkpoint.state_name(2)), str(resumed / checkpoint.state_name(2)))
     a = torch.load(full / checkpoint.state_name(2), weights_only=True)['phema']
@@ -61,8 +63,8 @@ def test_resume_is_bitwise_with_profiles(phema_run, bars_zip, tmp_path):
     for x, y in zip(a['emas'], b['emas']):
         assert all(torch.equal(x[k], y[k]) for k in x)
     # Resuming with other stds (or none) is refused with one line.
-    other = run_train([*base[:-1], '--phema=0.05', '--duration=0.005', '--resume=auto'])
-    assert other.returncode != 0 and 'post-hoc EMA stds' in other.stderr and 'Traceback' not in other.stderr
+    other = train_here([*base[:-1], '--phema=0.05', '--duration=0.005', '--resume=auto'])
+    assert other.exit_code != 0 and 'post-hoc EMA stds' in other.output and 'Traceback' not in other.output, other.output
 
 
 def test_reconstruction_of_a_tracked_std_is_that_profile(phema_run, tmp_path):

@@ -2,8 +2,9 @@
 # make test-pythons: run `make test` in a fresh virtual environment for every supported CPython found
 # on this machine, and print one line per version: pass/fail, tests passed, time (set-up included).
 #
-#   tools/test_pythons.sh              # every supported version (3.10 to 3.13)
-#   tools/test_pythons.sh 3.10 3.13    # only these
+#   tools/test_pythons.sh                     # every supported version (3.10 to 3.13)
+#   tools/test_pythons.sh 3.10 3.13           # only these
+#   tools/test_pythons.sh --fast 3.10 3.13    # `make test-fast` (the fast tier) instead of `make test`
 #
 # An interpreter is looked up as python3.X on PATH, then in pyenv's versions. The logs of each run are
 # kept in $TEST_PYTHONS_LOGS (default: a temporary folder, named at the end). A version that is not on
@@ -13,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 SUPPORTED=(3.10 3.11 3.12 3.13)
+target=test
+if [[ ${1:-} == --fast ]]; then target=test-fast; shift; fi
 versions=("$@")
 named=${#versions[@]}
 ((named)) || versions=("${SUPPORTED[@]}")
@@ -49,11 +52,11 @@ for v in "${versions[@]}"; do
   full=$("$py" -c 'import platform; print(platform.python_version())')
   venv=$(mktemp -d "${TMPDIR:-/tmp}/test-pythons-venv-$v.XXXXXX")
   log=$logs/python$v.log
-  echo "python$v ($full): make test in a fresh virtual environment, log in $log ..."
+  echo "python$v ($full): make $target in a fresh virtual environment, log in $log ..."
   start=$SECONDS
   # A fresh environment: make creates it with $py and installs requirements.txt and requirements-demo.txt into it.
   rmdir "$venv"
-  env -u VIRTUAL_ENV make --no-print-directory test PYTHON="$py" ENV_DIR="$venv" >"$log" 2>&1
+  env -u VIRTUAL_ENV make --no-print-directory "$target" PYTHON="$py" ENV_DIR="$venv" >"$log" 2>&1
   status=$?
   elapsed=$((SECONDS - start))
   summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
