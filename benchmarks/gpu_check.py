@@ -44,8 +44,7 @@ import click
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # Run as a script from anywhere.
-from benchmarks import throughput  # noqa: E402  (after the path fix)
+from benchmarks import throughput
 
 NO_CUDA_LINE = 'gpu-check: no CUDA device (torch.cuda.is_available() is False); nothing to check.'
 CPU_LINE = 'gpu-check: --device=cpu: this check is for CUDA devices; nothing to check.'

@@ -3,7 +3,7 @@ side by side in one run, against the plain fp32 path.
 
     python -m benchmarks.throughput --out=throughput.json                    # Every config on CUDA.
     python -m benchmarks.throughput --device=cpu --configs=fp32,published --batch=8 --iters=3
-    python benchmarks/throughput.py --small --device=cpu --out=/tmp/t.json    # CPU smoke (tests, CI).
+    python -m benchmarks.throughput --small --device=cpu --out=/tmp/t.json    # CPU smoke (tests, CI).
 
 (a) Training: one optimizer step of training_loop() (zero_grad, accumulate_gradients, [unscale_],
     sanitize_gradients, step [via GradScaler], update_ema) for EDM's CIFAR-10 DDPM++ network (SongUNet,
@@ -39,16 +39,16 @@ import PIL.Image
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run as a script from anywhere.
-import dnnlib  # noqa: E402  (after the path fix)
-import fid  # noqa: E402
-from torch_utils import precision as precision_lib  # noqa: E402
-from train import ARCHITECTURES  # noqa: E402
-from training import pfgmpp  # noqa: E402
-from training.loss import EDMLoss  # noqa: E402
-from training.networks import EDMPrecond, set_attention_backend  # noqa: E402
-from training.sampling import edm_sampler  # noqa: E402
-from training.training_loop import accumulate_gradients, optimizer_options, sanitize_gradients, update_ema  # noqa: E402
+import dnnlib
+from metrics import detector as detector_lib
+from metrics import evaluation
+from sampling.samplers import edm_sampler
+from torch_utils import precision as precision_lib
+from training import pfgmpp
+from training.loss import EDMLoss
+from training.networks import EDMPrecond, set_attention_backend
+from training.presets import ARCHITECTURES
+from training.training_loop import accumulate_gradients, optimizer_options, sanitize_gradients, update_ema
 
 #----------------------------------------------------------------------------
 # Configurations: name -> how the network runs.
@@ -338,7 +338,7 @@ def fid_configs(fid_batch: int) -> dict:
             'tf32-batch': dict(precision='tf32', batch=fid_batch)}
 
 
-def measure_features(detector: fid.Detector, precision: str, images: torch.Tensor, batch: int, device: torch.device,
+def measure_features(detector: detector_lib.Detector, precision: str, images: torch.Tensor, batch: int, device: torch.device,
                      warmup: int, iters: int) -> dict:
     """images/s of detector.features on in-memory uint8 batches of `batch` images."""
     precision_lib.configure_backends(precision, cudnn_benchmark=True)
@@ -358,14 +358,14 @@ def write_pngs(folder: str, images: np.ndarray) -> None:
         PIL.Image.fromarray(image.transpose(1, 2, 0), 'RGB').save(os.path.join(folder, f'{i:06d}.png'), compress_level=1)
 
 
-def measure_end_to_end(detector: fid.Detector, num_images: int, resolution: int, workers: int, device: torch.device) -> dict:
-    """images/s of fid.calculate_inception_stats over a temporary folder of num_images PNGs (fp32, fid.py's batch)."""
+def measure_end_to_end(detector: detector_lib.Detector, num_images: int, resolution: int, workers: int, device: torch.device) -> dict:
+    """images/s of evaluation.calculate_inception_stats over a temporary folder of num_images PNGs (fp32, fid.py's batch)."""
     precision_lib.configure_backends('fp32', cudnn_benchmark=True)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=[num_images, 3, resolution, resolution], dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix='throughput-fid-') as folder:
         write_pngs(folder, images)
-        seconds = timed(lambda: fid.calculate_inception_stats(folder, detector, max_batch_size=FID_DEFAULT_BATCH,
+        seconds = timed(lambda: evaluation.calculate_inception_stats(folder, detector, max_batch_size=FID_DEFAULT_BATCH,
                                                                num_workers=workers, progress=False), device)
     return dict(num_images=num_images, batch=FID_DEFAULT_BATCH, workers=workers, seconds=seconds, images_per_s=num_images / seconds)
 
@@ -374,7 +374,7 @@ def run_fid(detector_source: Optional[str], fid_batch: int, resolution: int, dev
             iters: int, num_images: int, workers: int) -> dict:
     """Part (c), or {'skipped': reason} when the detector cannot be loaded."""
     try:
-        detector = fid.load_detector(detector_source, device=device)
+        detector = detector_lib.load_detector(detector_source, device=device)
     except (ValueError, OSError) as err:  # Includes dnnlib.DownloadError (offline) and a missing file.
         return dict(skipped=first_line(err))
     gen = torch.Generator().manual_seed(4)

@@ -21,8 +21,9 @@ import pytest
 import scipy.stats
 import torch
 
+from sampling import samplers as sampling
 from torch_utils import persistence
-from training import checkpoint, networks, pfgmpp, sampling
+from training import checkpoint, networks, pfgmpp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -316,8 +317,9 @@ def run_train(args, timeout=240, torchrun=False) -> subprocess.CompletedProcess:
 def train_here(args):
     """train.py's command line run in this process (click's CliRunner): a tiny run without a new
     interpreter's start-up; the click Result (exit_code, output) comes back."""
-    import train
     from click.testing import CliRunner
+
+    import train
     return CliRunner().invoke(train.main, [str(a) for a in args])
 
 
@@ -330,9 +332,10 @@ def loop_config(tmp_path, bars_zip, *args):
     """training_loop() arguments for TINY_TRAIN plus args, one tick per 16-image step, states every tick;
     for runs shorter than train.py's 1-kimg unit, called in-process."""
     import train
+    from training import launch
     ctx = train.main.make_context('train.py', [f'--outdir={tmp_path}', f'--data={bars_zip}', *TINY_TRAIN, *args])
     params = {k: v for k, v in ctx.params.items() if k != 'debug'}
-    config = train.setup_training_config(train.TrainOptions(**params), world_size=1)
+    config = launch.setup_training_config(launch.TrainOptions(**params), world_size=1)
     config.update(kimg_per_tick=0.016, snapshot_ticks=None, state_dump_ticks=1, device=torch.device('cpu'))
     return config
 

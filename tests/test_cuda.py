@@ -49,12 +49,29 @@ from click.testing import CliRunner
 import dnnlib
 import fid
 import generate
-from torch_utils import image_io
-from torch_utils import precision
-from training import checkpoint, networks, sampling, training_loop
+from metrics import detector as detector_lib
+from metrics import evaluation
+from sampling import generation
+from sampling import samplers as sampling
+from torch_utils import image_io, precision, rng
+from training import checkpoint, networks, training_loop
 
-from helpers import (REPO, TINY_ADM, TINY_NCSNPP, TINY_SONG, TINY_TRAIN, inputs, loop_config, noise_images, random_net, read_stats,
-                     rel_l2, rel_max, save_standin_detector, tiny_net)
+from helpers import (
+    REPO,
+    TINY_ADM,
+    TINY_NCSNPP,
+    TINY_SONG,
+    TINY_TRAIN,
+    inputs,
+    loop_config,
+    noise_images,
+    random_net,
+    read_stats,
+    rel_l2,
+    rel_max,
+    save_standin_detector,
+    tiny_net,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -102,7 +119,7 @@ def test_network_output_and_gradients_match_cpu(arch, cuda, record_property):
 
 def test_sampler_matches_cpu_for_the_same_latents(cuda, record_property):
     net = tiny_net(D=128.0)
-    latents = generate.StackedRandomGenerator('cpu', range(6)).prior([3, 8, 8], 80, 128.0)
+    latents = rng.StackedRandomGenerator('cpu', range(6)).prior([3, 8, 8], 80, 128.0)
     with torch.no_grad():
         ref = sampling.edm_sampler(net, latents, num_steps=18)
         out = sampling.edm_sampler(copy.deepcopy(net).to(cuda), latents.to(cuda), num_steps=18)
@@ -204,7 +221,7 @@ def test_prior_drawn_on_cuda_follows_the_kernel(cuda, D):
     # Per-seed CUDA generators (as generate.py draws the prior): (R / r)^2 ~ BetaPrime(N/2, D/2) with
     # r = sigma_max sqrt(D), N = 3 x 8 x 8.
     sigma_max, N = 80.0, 3 * 8 * 8
-    x = generate.StackedRandomGenerator(cuda, range(2000)).prior([3, 8, 8], sigma_max, D)
+    x = rng.StackedRandomGenerator(cuda, range(2000)).prior([3, 8, 8], sigma_max, D)
     assert x.device.type == 'cuda' and x.dtype == torch.float64
     ratio = (x.flatten(1).norm(dim=1) / (sigma_max * math.sqrt(D))).square().cpu().numpy()
     p = scipy.stats.kstest(ratio, scipy.stats.betaprime(N / 2, D / 2).cdf).pvalue
@@ -217,15 +234,15 @@ def test_per_seed_sampling_does_not_depend_on_the_batch(cuda, record_property):
     net = tiny_net(D=16.0, label_dim=2).to(cuda)
     seeds = list(range(7))
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    whole = generate.StackedRandomGenerator(cuda, seeds).prior(shape, 80, 16.0)
-    parts = torch.cat([generate.StackedRandomGenerator(cuda, part).prior(shape, 80, 16.0) for part in ([0, 1, 2], [3], [4, 5, 6])])
+    whole = rng.StackedRandomGenerator(cuda, seeds).prior(shape, 80, 16.0)
+    parts = torch.cat([rng.StackedRandomGenerator(cuda, part).prior(shape, 80, 16.0) for part in ([0, 1, 2], [3], [4, 5, 6])])
     assert whole.device.type == 'cuda' and torch.equal(whole, parts)  # Prior draws: bitwise per seed.
     kwargs = dict(num_steps=4, S_churn=5)  # Churn draws per-seed noise at every step as well.
     with torch.no_grad():
-        ref = generate.sample_batch(net, seeds, kwargs, device=cuda)
+        ref = generation.sample_batch(net, seeds, kwargs, device=cuda)
         errors = []
         for batches in ([[s] for s in seeds], [[0, 1, 2], [3, 4, 5, 6]]):
-            out = torch.cat([generate.sample_batch(net, b, kwargs, device=cuda) for b in batches])
+            out = torch.cat([generation.sample_batch(net, b, kwargs, device=cuda) for b in batches])
             errors.append(rel_max(out, ref))
     record_property('image_rel_max', max(errors))
     assert max(errors) <= 1e-4, errors
@@ -300,7 +317,7 @@ def test_torchrun_two_ranks_resume_bitwise(bars16_zip, tmp_path, record_property
 # generate.py and fid.py on CUDA.
 
 def read_pngs(folder, seeds) -> np.ndarray:
-    return np.stack([image_io.load_image(generate.image_path(str(folder), s)).numpy() for s in seeds]).astype(np.float64)
+    return np.stack([image_io.load_image(generation.image_path(str(folder), s)).numpy() for s in seeds]).astype(np.float64)
 
 
 def test_generation_and_fid_features_on_cuda(tmp_path, cuda, record_property):
@@ -325,13 +342,13 @@ def test_generation_and_fid_features_on_cuda(tmp_path, cuda, record_property):
                                            '--device=cuda', '--workers=1', '--batch=8'])
     assert result.exit_code == 0, result.output
     on_cuda = np.load(dest)
-    on_cpu = fid.calculate_inception_stats(str(tmp_path / 'fp32'), fid.load_detector(str(detector)), num_workers=0, progress=False)
+    on_cpu = evaluation.calculate_inception_stats(str(tmp_path / 'fp32'), detector_lib.load_detector(str(detector)), num_workers=0, progress=False)
     errors = [float(np.abs(on_cuda[k] - on_cpu[k]).max() / np.abs(on_cpu[k]).max()) for k in ('mu', 'sigma')]
     record_property('fid_stats_rel_max', max(errors))
     assert max(errors) <= 1e-5, errors
 
     # The detector itself on CUDA: features of uint8 batches as on the CPU.
     images = torch.from_numpy(noise_images(tmp_path / 'random', 9, np.random.default_rng(0), (40, 215)))
-    feats = fid.load_detector(str(detector), device=cuda).features(images)
+    feats = detector_lib.load_detector(str(detector), device=cuda).features(images)
     assert feats.device.type == 'cuda'
-    assert rel_max(feats, fid.load_detector(str(detector)).features(images)) <= 1e-5
+    assert rel_max(feats, detector_lib.load_detector(str(detector)).features(images)) <= 1e-5

@@ -19,11 +19,12 @@ import torch
 from click.testing import CliRunner
 
 import dnnlib
-import fid
-import generate
-import train
-from benchmarks import d_study, digits_detector
-from training import checkpoint
+from metrics import detector as detector_lib
+from metrics import digits as digits_detector
+from metrics import evaluation
+from sampling import generation
+from studies import d_study
+from training import checkpoint, launch
 
 from helpers import bars_images, save_standin_detector, write_dataset_zip
 
@@ -33,11 +34,11 @@ TINY_STUDY = dict(D_list=(16, None), kimg=1, seeds=(0, 1), alphas=(0, 0.5), step
 
 
 class Calls:
-    """Counts the calls of the stages' functions: train.train, generate.run_study and the scorer."""
+    """Counts the calls of the stages' functions: launch.train, generation.run_study and the scorer."""
 
     def __init__(self, monkeypatch):
         self.counts = dict(train=0, generate=0, score=0)
-        for key, owner, name in [('train', train, 'train'), ('generate', generate, 'run_study'), ('score', d_study.Scorer, 'score')]:
+        for key, owner, name in [('train', launch, 'train'), ('generate', generation, 'run_study'), ('score', d_study.Scorer, 'score')]:
             original = getattr(owner, name)
             def counted(*args, _original=original, _key=key, **kwargs):
                 self.counts[_key] += 1
@@ -140,7 +141,7 @@ def test_scores_match_fid_calc_and_an_independent_count(study):
     results = json.loads((outdir / 'results.json').read_text())
     cell = next(c for c in results['cells'] if c['study'] == 'steps' and c['setting'] == 2 and c['D'] == 16)
     folder = outdir / 'runs' / 'D16-seed0' / 'steps' / 'steps_2'
-    record = fid.calc(images=str(folder), ref=results['scoring']['ref'], num=10, detector=results['scoring']['detector'],
+    record = evaluation.calc(images=str(folder), ref=results['scoring']['ref'], num=10, detector=results['scoring']['detector'],
                       workers=0, device='cpu')
     assert cell['fd']['per_seed'][0] == pytest.approx(record['metrics']['fid'], rel=1e-9)
     # Recognised: top class probability >= 0.8 and equal to the digit the sample was generated for.
@@ -161,18 +162,18 @@ def test_real_floor_draws_balanced_subsets_of_the_real_features(study):
     results = json.loads((study['outdir'] / 'results.json').read_text())
     scoring = results['scoring']
     assert scoring['real_num'] == 10 and scoring['real_balanced'] is True and scoring['real_draws'] == d_study.REAL_DRAWS
-    det = fid.load_detector(scoring['detector'], device=torch.device('cpu'))
-    real = fid.calculate_inception_stats(str(study['data']), det, with_features=True, num_workers=0, progress=False)
+    det = detector_lib.load_detector(scoring['detector'], device=torch.device('cpu'))
+    real = evaluation.calculate_inception_stats(str(study['data']), det, with_features=True, num_workers=0, progress=False)
     labels_json = dict(json.loads(zipfile.ZipFile(study['data']).read('dataset.json'))['labels'])
-    labels = np.array([labels_json[name] for name in fid.ImageFiles(str(study['data'])).names])
-    ref = fid.load_ref_stats(scoring['ref'])
+    labels = np.array([labels_json[name] for name in evaluation.ImageFiles(str(study['data'])).names])
+    ref = evaluation.load_ref_stats(scoring['ref'])
     values = []
     for seed in range(d_study.REAL_DRAWS):
         rnd = np.random.RandomState(seed)
         idx = np.concatenate([rnd.choice(np.flatnonzero(labels == c), 1, replace=False) for c in range(10)])
         subset = real['features'][idx].astype(np.float64)
         assert sorted(labels[idx]) == list(range(10))
-        values.append(fid.calculate_fid_from_inception_stats(subset.mean(0), np.cov(subset, rowvar=False), ref['mu'], ref['sigma']))
+        values.append(evaluation.calculate_fid_from_inception_stats(subset.mean(0), np.cov(subset, rowvar=False), ref['mu'], ref['sigma']))
     assert scoring['real_fd'] == pytest.approx(statistics.mean(values), rel=1e-9)
     assert scoring['real_fd_sd'] == pytest.approx(statistics.stdev(values), rel=1e-9)
     assert f"{scoring['real_fd']:.3g} ± " in (study['outdir'] / 'results.md').read_text()
@@ -239,7 +240,7 @@ def test_digits_detector_heldout_accuracy(study):
     assert features.shape == (450, digits_detector.FEATURES)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     assert info['heldout_recognised'] >= 0.9 and info['outliers_recognised'] <= 0.02
-    assert fid.load_detector(str(study['outdir'] / 'digits-detector.pt')).sha256 == info['sha256']
+    assert detector_lib.load_detector(str(study['outdir'] / 'digits-detector.pt')).sha256 == info['sha256']
 
 
 @pytest.mark.slow
@@ -320,7 +321,7 @@ def test_inception_path_with_a_stand_in(tmp_path, monkeypatch):
     detector scores the samples (here a stand-in at the default's place): a Frechet distance, no share."""
     detector = tmp_path / 'standin.pt'
     save_standin_detector(detector)
-    monkeypatch.setattr(fid, 'DETECTOR_URL', str(detector))
+    monkeypatch.setattr(detector_lib, 'DETECTOR_URL', str(detector))
     images, labels = bars_images(64, seed=2)
     data = write_dataset_zip(tmp_path / 'bars-16x16.zip', images, labels)
     results = d_study.run_d_study(str(tmp_path / 'study'), data=data, D_list=(None,), kimg=1, seeds=(0,), studies='steps',
@@ -379,13 +380,13 @@ def test_a_detector_that_is_not_one_is_refused(kind, study, tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_stopped_training_exits_75_and_continues(study, tmp_path, monkeypatch):
-    """train.train() stopped by a signal (status 'stopped', its state saved): one line, exit status 75
+    """launch.train() stopped by a signal (status 'stopped', its state saved): one line, exit status 75
     as train.py's, and nothing scored; the study's own train_options may not set what it sets per model."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'out').mkdir()
     for name in ('digits-detector.pt', 'digits-detector.json'):  # Reused: same data, seed and version.
         (tmp_path / 'out' / name).write_bytes((study['outdir'] / name).read_bytes())
-    monkeypatch.setattr(train, 'train', lambda **kwargs: dict(status='stopped', run_dir='', cur_nimg=0))
+    monkeypatch.setattr(launch, 'train', lambda **kwargs: dict(status='stopped', run_dir='', cur_nimg=0))
     result = CliRunner().invoke(d_study.cmdline, ['--outdir=out', '--device=cpu', f'--data={study["data"]}', '--D=inf', '--seeds=0',
                                                   '--kimg=1', '--studies=steps', '--steps-list=1', '--num-samples=10'])
     assert result.exit_code == 75 and result.output.startswith('D study in out: 1 models'), result.output

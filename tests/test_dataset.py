@@ -8,8 +8,8 @@ import pickle
 import zipfile
 
 import numpy as np
-import PIL.Image
 import PIL.features
+import PIL.Image
 import pytest
 import torch
 

@@ -13,15 +13,17 @@ import types
 import zipfile
 from fractions import Fraction
 
-import numpy as np
 import click
+import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from dataprep import conversion
 
-from helpers import REPO as ROOT, needs_webp
+from helpers import REPO as ROOT
+from helpers import needs_webp
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -140,7 +142,7 @@ def test_cifar10_str_keys_and_max_images(tmp_path):
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
     dest = str(tmp_path / 'out.zip')
-    assert dataset_tool.convert_dataset(source, dest, max_images=3, progress=False).written == 3
+    assert conversion.convert_dataset(source, dest, max_images=3, progress=False).written == 3
     out, labels = read_dataset(dest)
     assert len(out) == 3
     np.testing.assert_array_equal(out[png_name(2)][:, :, 1], data[2, 1024:2048].reshape(32, 32)) # Green plane.
@@ -207,7 +209,7 @@ def test_digits_style_grayscale_tree(tmp_path):
             arrays[f'{cls}/{j:04d}.png'] = random_image(rng, 8, 8, c=1)
             save_image(os.path.join(source, f'{cls}/{j:04d}.png'), arrays[f'{cls}/{j:04d}.png'])
     dest = str(tmp_path / 'digits-16x16.zip')
-    assert dataset_tool.convert_dataset(source, dest, resolution=(16, 16), progress=False) == (20, 0)
+    assert conversion.convert_dataset(source, dest, resolution=(16, 16), progress=False) == (20, 0)
     out, labels = read_dataset(dest)
     for i, name in enumerate(sorted(arrays)):
         expected = np.asarray(PIL.Image.fromarray(arrays[name]).resize((16, 16), PIL.Image.Resampling.LANCZOS))
@@ -244,7 +246,7 @@ def test_grayscale_folder_stays_one_channel(tmp_path):
         save_image(os.path.join(source, f'{i}.png'), g)
     dest = str(tmp_path / 'gray-out')
     os.makedirs(dest) # An existing empty folder is an acceptable destination.
-    assert dataset_tool.convert_dataset(source, dest, progress=False).written == 3
+    assert conversion.convert_dataset(source, dest, progress=False).written == 3
     out, labels = read_dataset(dest)
     assert labels is None
     for i, g in enumerate(grays):
@@ -259,7 +261,7 @@ def test_source_dataset_json_takes_precedence(tmp_path):
     with open(os.path.join(source, 'dataset.json'), 'w') as f:
         json.dump({'labels': [[k, v] for k, v in listed.items()]}, f)
     dest = str(tmp_path / 'out.zip')
-    dataset_tool.convert_dataset(source, dest, resolution=(8, 8), progress=False)
+    conversion.convert_dataset(source, dest, resolution=(8, 8), progress=False)
     _out, labels = read_dataset(dest)
     assert labels == [[png_name(i), listed[name]] for i, name in enumerate(sorted(listed))]
 
@@ -284,7 +286,7 @@ def test_zip_source_and_round_trip(tmp_path):
 
     # Our own output is a valid source; its dataset.json keeps the labels as they are.
     again = str(tmp_path / 'again.zip')
-    dataset_tool.convert_dataset(dest, again, progress=False)
+    conversion.convert_dataset(dest, again, progress=False)
     out2, labels2 = read_dataset(again)
     assert labels2 == labels
     for name in out:
@@ -309,7 +311,7 @@ def test_many_images_use_several_folders(tmp_path):
     source = str(tmp_path / 'mnist')
     write_mnist(source, rng, n=1003)
     dest = str(tmp_path / 'out.zip')
-    assert dataset_tool.convert_dataset(os.path.join(source, 'train-images-idx3-ubyte.gz'), dest, max_images=1001, progress=False).written == 1001
+    assert conversion.convert_dataset(os.path.join(source, 'train-images-idx3-ubyte.gz'), dest, max_images=1001, progress=False).written == 1001
     with zipfile.ZipFile(dest) as z:
         names = z.namelist()
     assert '00000/img00000999.png' in names and '00001/img00001000.png' in names and len(names) == 1002
@@ -374,12 +376,12 @@ def test_center_crop_wide_against_independent_geometry(tmp_path):
     for i, arr in enumerate(images[:3]):
         save_image(os.path.join(source, f'{i}.png'), arr)
     dest = str(tmp_path / 'out.zip')
-    result = dataset_tool.convert_dataset(source, dest, transform='center-crop-wide', resolution=(32, 16), progress=False)
+    result = conversion.convert_dataset(source, dest, transform='center-crop-wide', resolution=(32, 16), progress=False)
     assert result == (3, 0)
     out, _ = read_dataset(dest)
     for i, arr in enumerate(images[:3]):
         np.testing.assert_array_equal(out[png_name(i)], expected_center_crop_wide(arr, 32, 16))
-    gray = dataset_tool.center_crop_wide(images[3][:, :, np.newaxis], 32, 16)
+    gray = conversion.center_crop_wide(images[3][:, :, np.newaxis], 32, 16)
     np.testing.assert_array_equal(gray[:, :, 0], expected_center_crop_wide(images[3], 32, 16))
 
 def test_center_crop_wide_skips_and_counts(tmp_path):
@@ -588,7 +590,7 @@ def test_bad_source_dataset_json(tmp_path):
     (source / 'dataset.json').write_text('{"labels": [["a.png", 1], ["b.png", -2]]}')
     assert_failed_cleanly(run_cli(f'--source={source}', f'--dest={dest}'), dest, 'negative class index')
     (source / 'dataset.json').write_text('{"labels": [["a.png", [0.5, 1e-9]], ["b.png", [2, 3]]]}')
-    dataset_tool.convert_dataset(source=str(source), dest=dest, progress=False)
+    conversion.convert_dataset(source=str(source), dest=dest, progress=False)
     assert read_dataset(dest)[1] == [[png_name(0), [0.5, 1e-9]], [png_name(1), [2, 3]]]
 
 #----------------------------------------------------------------------------
@@ -599,8 +601,8 @@ def test_convert_dataset_with_keyword_arguments(tmp_path):
     source = str(tmp_path / 'tree')
     files = make_class_tree(source, rng)
     dest = str(tmp_path / 'out.zip')
-    result = dataset_tool.convert_dataset(source=source, dest=dest, max_images=3, transform='center-crop', resolution='8x8', progress=False)
-    assert result == dataset_tool.ConversionResult(written=3, skipped=0)
+    result = conversion.convert_dataset(source=source, dest=dest, max_images=3, transform='center-crop', resolution='8x8', progress=False)
+    assert result == conversion.ConversionResult(written=3, skipped=0)
     out, labels = read_dataset(dest)
     order = ['bird/c.jpg', 'bird/deep/x.png', 'cat/a.png'] # The first three sorted relative paths.
     assert labels == [[png_name(i), cls] for i, cls in enumerate([0, 0, 1])] # Folder classes of all five images.
@@ -626,17 +628,17 @@ def test_convert_dataset_raises_value_error(tmp_path, kwargs, fragment):
     kwargs['source'] = str(tmp_path / kwargs['source'])
     kwargs['dest'] = str(tmp_path / kwargs['dest'])
     with pytest.raises(ValueError, match=fragment) as info:
-        dataset_tool.convert_dataset(**kwargs)
+        conversion.convert_dataset(**kwargs)
     assert not isinstance(info.value, click.ClickException)
     assert not os.path.exists(kwargs['dest'])
 
 def test_convert_dataset_raises_os_errors(tmp_path):
     save_image(str(tmp_path / 'imgs' / 'a.png'), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        dataset_tool.convert_dataset(source=str(tmp_path / 'nowhere'), dest=str(tmp_path / 'out.zip'), progress=False)
+        conversion.convert_dataset(source=str(tmp_path / 'nowhere'), dest=str(tmp_path / 'out.zip'), progress=False)
     (tmp_path / 'taken.zip').write_bytes(b'precious')
     with pytest.raises(FileExistsError, match='already exists'):
-        dataset_tool.convert_dataset(source=str(tmp_path / 'imgs'), dest=str(tmp_path / 'taken.zip'), progress=False)
+        conversion.convert_dataset(source=str(tmp_path / 'imgs'), dest=str(tmp_path / 'taken.zip'), progress=False)
     assert (tmp_path / 'taken.zip').read_bytes() == b'precious'
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

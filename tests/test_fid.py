@@ -18,7 +18,9 @@ import torch
 from click.testing import CliRunner
 
 import fid
-from training import provenance
+from metrics import detector as detector_lib
+from metrics import evaluation
+from sampling import provenance
 
 from helpers import REPO, StandInDetector, noise_images, save_standin_detector, tiny_net
 
@@ -92,11 +94,11 @@ def test_zip_with_workers_matches_folder(data, tmp_path):
 
 
 def test_seeded_subset(data):
-    detector = fid.load_detector(str(data['detector']))
+    detector = detector_lib.load_detector(str(data['detector']))
     all_features = _expected_features(data['arrays'])
     picks = {}
     for seed in [0, 0, 1]:
-        stats = fid.calculate_inception_stats(str(data['images']), detector, num_expected=16, seed=seed, num_workers=0, with_features=True)
+        stats = evaluation.calculate_inception_stats(str(data['images']), detector, num_expected=16, seed=seed, num_workers=0, with_features=True)
         # Every row is one of the images, no image twice, and mu is their mean.
         rows = [int(np.argmin(np.abs(all_features - f).sum(axis=1))) for f in stats['features']]
         np.testing.assert_allclose(stats['features'], all_features[rows], rtol=1e-5, atol=1e-7)
@@ -140,27 +142,27 @@ def test_fid_of_known_gaussians():
     a, b = gen.uniform(0.5, 2, 6), gen.uniform(0.5, 2, 6)
     mu1, mu2 = gen.normal(size=6), gen.normal(size=6)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert evaluation.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
     # General covariances: tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric computation.
     s1, s2 = _random_spd(gen, 16), _random_spd(gen, 16)
     r1 = _symmetric_sqrt(s1)
     expected = np.sum((mu1[:1] - mu2[:1]) ** 2) + np.trace(s1 + s2) - 2 * np.trace(_symmetric_sqrt(r1 @ s2 @ r1))
     mu1, mu2 = np.r_[mu1[:1], np.zeros(15)], np.r_[mu2[:1], np.zeros(15)]
-    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
-    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-10)
+    assert evaluation.calculate_fid_from_inception_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert evaluation.calculate_fid_from_inception_stats(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-10)
     with pytest.raises(ValueError, match='same detector'):
-        fid.calculate_fid_from_inception_stats(mu1[:4], s1[:4, :4], mu2, s2)
+        evaluation.calculate_fid_from_inception_stats(mu1[:4], s1[:4, :4], mu2, s2)
 
 
 def test_inception_score():
     gen = np.random.default_rng(2)
-    assert fid.calculate_is(np.full([100, 7], 1 / 7)) == pytest.approx((1.0, 0.0), abs=1e-12)
+    assert evaluation.calculate_is(np.full([100, 7], 1 / 7)) == pytest.approx((1.0, 0.0), abs=1e-12)
     # Confident predictions spread evenly over C classes score C.
-    assert fid.calculate_is(np.eye(7)[np.tile(np.arange(7), 20)], splits=10)[0] == pytest.approx(7.0, rel=1e-12)
+    assert evaluation.calculate_is(np.eye(7)[np.tile(np.arange(7), 20)], splits=10)[0] == pytest.approx(7.0, rel=1e-12)
     # Against the definition exp(E KL(p(y|x) || p(y))) on one split.
     p = gen.dirichlet(np.ones(5), size=40)
     expected = np.exp(np.mean(np.sum(p * np.log(p / p.mean(axis=0)), axis=1)))
-    assert fid.calculate_is(p, splits=1)[0] == pytest.approx(expected, rel=1e-12)
+    assert evaluation.calculate_is(p, splits=1)[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_kid_matches_definition():
@@ -174,11 +176,11 @@ def test_kid_matches_definition():
     kxx = sum(k(xs[i], xs[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     kxy = sum(k(xs[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
-    assert fid.calculate_kid(xs, y, num_subsets=3) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
-    assert fid.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0) == fid.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0)
+    assert evaluation.calculate_kid(xs, y, num_subsets=3) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
+    assert evaluation.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0) == evaluation.calculate_kid(x, y, num_subsets=50, max_subset_size=10, seed=0)
     # Near 0 for two samples of one distribution, clearly positive for shifted ones.
     x1, x2, shifted = gen.normal(size=[300, 4]), gen.normal(size=[300, 4]), gen.normal(0.5, 1, size=[300, 4])
-    assert abs(fid.calculate_kid(x1, x2, num_subsets=5, max_subset_size=200)) < 0.2 * fid.calculate_kid(x1, shifted, num_subsets=5, max_subset_size=200)
+    assert abs(evaluation.calculate_kid(x1, x2, num_subsets=5, max_subset_size=200)) < 0.2 * evaluation.calculate_kid(x1, shifted, num_subsets=5, max_subset_size=200)
 
 
 def test_calc_self_and_other(data, tmp_path):
@@ -196,10 +198,10 @@ def test_calc_self_and_other(data, tmp_path):
     assert other.exit_code == 0, other.output
     metrics = json.loads((tmp_path / 'o.json').read_text())['metrics']
     f_other, f_ref = _expected_features(data['other_arrays']), np.load(data['ref'])['features']
-    expected_fid = fid.calculate_fid_from_inception_stats(f_other.mean(0), np.cov(f_other, rowvar=False), f_ref.mean(0), np.cov(f_ref, rowvar=False))
+    expected_fid = evaluation.calculate_fid_from_inception_stats(f_other.mean(0), np.cov(f_other, rowvar=False), f_ref.mean(0), np.cov(f_ref, rowvar=False))
     assert metrics['fid'] == pytest.approx(expected_fid, rel=1e-4) and expected_fid > 0.1 * trace
-    assert metrics['is'] == pytest.approx(fid.calculate_is(_expected_features(data['other_arrays'], return_features=False))[0], rel=1e-5)
-    assert metrics['kid'] == pytest.approx(fid.calculate_kid(f_other, f_ref, seed=0), rel=1e-4)
+    assert metrics['is'] == pytest.approx(evaluation.calculate_is(_expected_features(data['other_arrays'], return_features=False))[0], rel=1e-5)
+    assert metrics['kid'] == pytest.approx(evaluation.calculate_kid(f_other, f_ref, seed=0), rel=1e-4)
     assert float(other.stdout.strip().splitlines()[-1]) == pytest.approx(metrics['fid'], rel=1e-5)
 
 
@@ -219,7 +221,7 @@ def write_generated_folder(folder: Path, source: Path, seeds) -> dict:
 def test_calc_records_provenance(data, tmp_path, monkeypatch):
     images = tmp_path / 'generated'
     manifest = write_generated_folder(images, data['images'], range(NUM_IMAGES))
-    assert len(fid.ImageFiles(str(images))) == NUM_IMAGES  # The manifest is not an image.
+    assert len(evaluation.ImageFiles(str(images))) == NUM_IMAGES  # The manifest is not an image.
     result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'r.json', detector=data['detector'])
     assert result.exit_code == 0, result.output
     assert abs(float(result.stdout.strip().splitlines()[-1])) < 1e-8 and 'Note:' not in result.output  # The same images as the reference.
@@ -242,7 +244,7 @@ def test_calc_records_provenance(data, tmp_path, monkeypatch):
 
     # A broken manifest fails before the computation, in one line, and writes no record.
     (images / provenance.MANIFEST_NAME).write_text('{')
-    monkeypatch.setattr(fid, 'calculate_metrics', lambda *args, **kwargs: pytest.fail('computed before checking the manifest'))
+    monkeypatch.setattr(evaluation, 'calculate_metrics', lambda *args, **kwargs: pytest.fail('computed before checking the manifest'))
     result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'b.json', detector=data['detector'])
     assert result.exit_code == 1 and 'not a readable generate.py manifest' in result.output and not (tmp_path / 'b.json').exists()
 
@@ -294,9 +296,9 @@ def test_sweep(data, tmp_path):
     # A checkpoint with a block still missing shows, but cannot be best on fewer tries.
     partial = [dict(ckpt='ckpt_1', block=0, metrics=dict(fid=0.5)), dict(ckpt='ckpt_3', block=0, metrics=dict(fid=0.7)),
                dict(ckpt='ckpt_3', block=1, metrics=dict(fid=0.9))]
-    table, best = fid.sweep_table(partial, ['ckpt_1', 'ckpt_3'], [0, 1], num=None, seed=None, ref=None, detector=None)
+    table, best = evaluation.sweep_table(partial, ['ckpt_1', 'ckpt_3'], [0, 1], num=None, seed=None, ref=None, detector=None)
     assert table[0] == dict(ckpt='ckpt_1', fid=[0.5, None], min_fid=0.5) and best['ckpt'] == 'ckpt_3'
-    lines = fid.format_sweep_table(table, best, [0, 1])
+    lines = evaluation.format_sweep_table(table, best, [0, 1])
     assert lines[1].split() == ['ckpt_1', '0.5000', '-', '0.5000'] and lines[-1] == 'Best: ckpt_3 with FID 0.7'
 
 #----------------------------------------------------------------------------
@@ -398,16 +400,16 @@ def test_sweep_bad_input(data, tmp_path, case, message):
 
 def test_ref_calc_and_sweep_are_callable_with_keyword_arguments(data, tmp_path):
     common = dict(detector=str(data['detector']), device='cpu', workers=0)
-    stats = fid.ref(data=str(data['images']), dest=str(tmp_path / 'ref.npz'), **common)
+    stats = evaluation.ref(data=str(data['images']), dest=str(tmp_path / 'ref.npz'), **common)
     np.testing.assert_allclose(np.load(tmp_path / 'ref.npz')['mu'], stats['mu'])
-    record = fid.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, metrics=['fid', 'is'], **common)
+    record = evaluation.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, metrics=['fid', 'is'], **common)
     features, ref_features = _expected_features(data['other_arrays']), _expected_features(data['arrays'])
-    expected = fid.calculate_fid_from_inception_stats(features.mean(0), np.cov(features, rowvar=False),
+    expected = evaluation.calculate_fid_from_inception_stats(features.mean(0), np.cov(features, rowvar=False),
                                                       ref_features.mean(0), np.cov(ref_features, rowvar=False))
     assert record['metrics']['fid'] == pytest.approx(expected, rel=1e-5) and 'is' in record['metrics']
     run = tmp_path / 'run'
     shutil.copytree(data['other'], run / 'ckpt_000005')
-    summary = fid.sweep(run=str(run), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, **common)
+    summary = evaluation.sweep(run=str(run), ref=str(tmp_path / 'ref.npz'), num=NUM_IMAGES, **common)
     assert summary['best']['ckpt'] == 'ckpt_000005' and summary['best']['min_fid'] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match='unknown metric'):
-        fid.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), metrics=['fd'], **common)
+        evaluation.calc(images=str(data['other']), ref=str(tmp_path / 'ref.npz'), metrics=['fd'], **common)

@@ -18,11 +18,23 @@ import generate
 import generate_alpha
 import generate_quant
 import generate_steps
+from sampling import generation, provenance, quantization
+from sampling import samplers as sampling
 from torch_utils import image_io
-from training import checkpoint, provenance, sampling
+from training import checkpoint
 
-from helpers import (WEIGHTS, OracleNet, check_lands_on_data, import_legacy_module, legacy_net, make_data, save_state,
-                     tiny_net, write_edm_pickle, write_pfgmpp_state)
+from helpers import (
+    WEIGHTS,
+    OracleNet,
+    check_lands_on_data,
+    import_legacy_module,
+    legacy_net,
+    make_data,
+    save_state,
+    tiny_net,
+    write_edm_pickle,
+    write_pfgmpp_state,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--steps=4', '--device=cpu']  # Tiny runs: 4 Heun steps (7 network evaluations).
@@ -38,7 +50,7 @@ def snapshot(tmp_path_factory):
 
 
 def read_pngs(folder, seeds, subdirs=False):
-    return np.stack([image_io.load_image(generate.image_path(str(folder), s, subdirs)).numpy() for s in seeds]).astype(np.int16)
+    return np.stack([image_io.load_image(generation.image_path(str(folder), s, subdirs)).numpy() for s in seeds]).astype(np.int16)
 
 
 def assert_nearly_equal(a, b):
@@ -76,9 +88,9 @@ def run_script(args, env_extra=None, timeout=120):
 def test_resolve_D(info, flags, expected):
     if isinstance(expected, str):
         with pytest.raises(ValueError, match=expected):
-            generate.resolve_D(info, *flags)
+            generation.resolve_D(info, *flags)
     else:
-        assert generate.resolve_D(info, *flags) == expected
+        assert generation.resolve_D(info, *flags) == expected
 
 #----------------------------------------------------------------------------
 # Per-seed streams.
@@ -89,7 +101,7 @@ def test_d_infinity_follows_edm_stream():
     net = OracleNet(make_data(), None, WEIGHTS, label_dim=3)
     seeds = [3, 7, 11, 2 ** 32 + 5]
     settings = dict(num_steps=5, S_churn=10)
-    ours = generate.sample_batch(net, seeds, settings)
+    ours = generation.sample_batch(net, seeds, settings)
     ours_labels = net.seen_labels[0]
 
     gens = [torch.Generator().manual_seed(s % (1 << 32)) for s in seeds]
@@ -105,22 +117,22 @@ def test_d_infinity_follows_edm_stream():
 def test_sample_batch_with_the_oracle_lands_on_data():
     data = make_data()
     net = OracleNet(data, 16, WEIGHTS)
-    x = generate.sample_batch(net, range(400))
+    x = generation.sample_batch(net, range(400))
     check_lands_on_data(x, data, WEIGHTS)
-    one = generate.sample_batch(net, [123])
+    one = generation.sample_batch(net, [123])
     assert torch.equal(one[0], x[123])  # A sample depends only on its seed.
 
 
 def test_class_idx_and_ablation_sampler():
     net = OracleNet(make_data(), None, WEIGHTS, label_dim=4)
-    generate.sample_batch(net, [0, 1], dict(num_steps=3, solver='euler', discretization='vp'), class_idx=2)
+    generation.sample_batch(net, [0, 1], dict(num_steps=3, solver='euler', discretization='vp'), class_idx=2)
     assert all(torch.equal(labels, torch.eye(4)[[2, 2]]) for labels in net.seen_labels)
     with pytest.raises(ValueError, match='out of range'):
-        generate.sample_batch(net, [0], class_idx=4)
+        generation.sample_batch(net, [0], class_idx=4)
     with pytest.raises(ValueError, match='unconditional'):
-        generate.sample_batch(OracleNet(make_data()), [0], class_idx=0)
+        generation.sample_batch(OracleNet(make_data()), [0], class_idx=0)
     with pytest.raises(ValueError, match='Unknown sampler settings'):
-        generate.sample_batch(net, [0], dict(steps=3))
+        generation.sample_batch(net, [0], dict(steps=3))
 
 #----------------------------------------------------------------------------
 # Determinism across batch sizes and processes.
@@ -129,7 +141,7 @@ def test_images_do_not_depend_on_the_batch_size(tmp_path):
     net = tiny_net(D=16.0, label_dim=2)
     seeds = list(range(7))
     for batch in (7, 1, 3):
-        written = generate.generate_images(net, seeds, str(tmp_path / f'b{batch}'), batch_size=batch,
+        written = generation.generate_images(net, seeds, str(tmp_path / f'b{batch}'), batch_size=batch,
                                            sampler_kwargs=dict(num_steps=4, S_churn=5), progress=False)
         assert sorted(written) == seeds
     reference = read_pngs(tmp_path / 'b7', seeds)
@@ -152,7 +164,7 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
     # 5 images, 3 columns: 2 rows of 8x8 images upscaled 11x (3 * 8 * 11 >= 256 > 3 * 8 * 10), 2-pixel gaps.
     grid = image_io.load_image(str(tmp_path / 'grid.png'))
     assert grid.shape == (3, 2 * 88 + 2, 3 * 88 + 2 * 2)
-    first = image_io.load_image(generate.image_path(str(tmp_path / 'a'), 998, True)).numpy()
+    first = image_io.load_image(generation.image_path(str(tmp_path / 'a'), 998, True)).numpy()
     assert np.array_equal(grid[:, :88, :88].numpy(), np.kron(first, np.ones([1, 11, 11], dtype=np.uint8)))
     import PIL.Image
     with PIL.Image.open(tmp_path / 'traj.gif') as gif:
@@ -163,7 +175,7 @@ def test_cli_batch_sizes_subdirs_grid_and_trajectory(tmp_path, snapshot):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, snapshot):
     seeds = list(range(6))
-    generate.generate_images(checkpoint.load_network(snapshot)[0], seeds, str(tmp_path / 'one'),
+    generation.generate_images(checkpoint.load_network(snapshot)[0], seeds, str(tmp_path / 'one'),
                              batch_size=6, sampler_kwargs=dict(num_steps=4), progress=False)
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
     result = run_script([torchrun, '--standalone', '--nproc_per_node=2', 'generate.py', f'--network={snapshot}',
@@ -264,7 +276,7 @@ def test_legacy_pickles_need_allow_pickle(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'D=2048' in result.stdout  # Read from PFGM++'s recorded constructor arguments.
     legacy.D = 2048.0  # The published class keeps D in its arguments; sampling reads net.D.
-    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
+    generation.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
     assert_nearly_equal(read_pngs(tmp_path / 'legacy', range(3)), read_pngs(tmp_path / 'original', range(3)))
 
     # An EDM file records no D: the flags choose it.
@@ -292,7 +304,7 @@ def test_run_directory_with_pfgmpp_training_state_pkl(tmp_path, monkeypatch):
     code, out = run_cli(generate.main, args + ['--allow-pickle'])
     assert code == 0, out
     legacy.D = 2048.0  # The published class keeps D in its arguments; sampling reads net.D.
-    generate.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
+    generation.generate_images(legacy, range(3), str(tmp_path / 'original'), sampler_kwargs=dict(num_steps=4), progress=False)
     assert_nearly_equal(read_pngs(run / 'ckpt_000010', range(3)), read_pngs(tmp_path / 'original', range(3)))
     manifest = provenance.read_manifest(str(run / 'ckpt_000010'))
     assert manifest['network'] == str(run / 'training-state-000010.pkl') and manifest['D'] == 2048.0
@@ -387,8 +399,8 @@ def test_manifest_merges_seeds_and_refuses_mixing(tmp_path, snapshot):
         assert code == 1 and len(errors) == 1 and 'another configuration' in errors[0] and difference in errors[0], out
         assert 'Traceback' not in out
     assert (outdir / 'generate.json').read_bytes() == before
-    assert not generate.missing_seeds(str(outdir), range(4)) and generate.missing_seeds(str(outdir), [8], False) == [8]
-    assert not os.path.exists(generate.image_path(str(outdir), 8, True))
+    assert not generation.missing_seeds(str(outdir), range(4)) and generation.missing_seeds(str(outdir), [8], False) == [8]
+    assert not os.path.exists(generation.image_path(str(outdir), 8, True))
 
     # Another network file is another configuration, even with the same settings.
     other = tmp_path / checkpoint.snapshot_name(5)
@@ -463,19 +475,19 @@ def test_quantize_weights():
     # --scope=all, the min-max grid: every float parameter; more in tests/test_generate_quant.py.
     w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     for bits in (2, 4, 8):
-        q = generate_quant.quantize_tensor_min_max(w, bits)
+        q = quantization.quantize_tensor_min_max(w, bits)
         step = float(w.max() - w.min()) / (2 ** bits - 1)
         assert len(torch.unique(q)) <= 2 ** bits and float((q - w).abs().max()) <= step / 2 + 1e-6
         assert float(q.min()) == pytest.approx(float(w.min())) and float(q.max()) == pytest.approx(float(w.max()))
-    assert torch.equal(generate_quant.quantize_tensor_min_max(torch.full([4], 0.3), 4), torch.full([4], 0.3))
+    assert torch.equal(quantization.quantize_tensor_min_max(torch.full([4], 0.3), 4), torch.full([4], 0.3))
 
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    quantized = generate_quant.quantize_weights(net, 4, scope='all')
+    quantized = quantization.quantize_weights(net, 4, scope='all')
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # The original is untouched.
     assert all(len(torch.unique(p)) <= 16 for p in quantized.parameters())
     # The default, the published rule, leaves biases, GroupNorm and the mapping network exact.
-    published = dict(generate_quant.quantize_weights(net, 4).named_parameters())
+    published = dict(quantization.quantize_weights(net, 4).named_parameters())
     assert all(torch.equal(published[name], p) for name, p in net.named_parameters() if 'bias' in name or 'norm' in name or 'map' in name)
 
 #----------------------------------------------------------------------------
@@ -556,12 +568,12 @@ def test_guidance_one_is_the_plain_sampler_and_costs_are_printed(tmp_path, cond_
 
 
 def test_restart_preset_brings_its_published_settings(tmp_path, cond_snapshots):
-    kwargs = generate.sampler_kwargs_from(dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
+    kwargs = generation.sampler_kwargs_from(dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
                                                restart='cifar10-pfgmpp-d2048'))
     assert kwargs == dict(num_steps=18, rho=7, S_churn=0, S_min=0.01, S_max=1, S_noise=1, restart='cifar10-pfgmpp-d2048',
                           restart_gamma=0.05)
     assert sampling.restart_nfe(18, kwargs['restart']) == 43
-    explicit = generate.sampler_kwargs_from(dict(num_steps=12, S_min=0.5, restart='cifar10-pfgmpp-d2048'))
+    explicit = generation.sampler_kwargs_from(dict(num_steps=12, S_min=0.5, restart='cifar10-pfgmpp-d2048'))
     assert explicit['num_steps'] == 12 and explicit['S_min'] == 0.5 and explicit['S_max'] == 1  # What the user set wins.
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import generate
 import generate_quant
+from sampling import generation, quantization
 from torch_utils import image_io
 from training import checkpoint, networks
 
@@ -36,7 +37,7 @@ def state(net):
 
 
 def read_pngs(folder, seeds) -> np.ndarray:
-    return np.stack([image_io.load_image(generate.image_path(str(folder), s)).numpy() for s in seeds]).astype(np.float64)
+    return np.stack([image_io.load_image(generation.image_path(str(folder), s)).numpy() for s in seeds]).astype(np.float64)
 
 
 def run_cli(args):
@@ -48,15 +49,15 @@ def run_cli(args):
 
 def test_published_rule_matches_fixture():
     net, entry, weights = load_fixture()
-    assert generate_quant.quantised_names(net) == [n for n, _ in net.named_parameters() if n in set(entry['quantised'])]
-    assert set(generate_quant.quantised_names(net)) == set(entry['quantised'])
+    assert quantization.quantised_names(net) == [n for n, _ in net.named_parameters() if n in set(entry['quantised'])]
+    assert set(quantization.quantised_names(net)) == set(entry['quantised'])
     assert {n for n, _ in net.named_parameters()} - set(entry['quantised']) == set(entry['not_quantised'])
     before = state(net)
     worst = {}
     for bits in range(4, 10):
         ref = np.load(os.path.join(FIXTURE_DIR, f'ddpmpp_32.bits{bits}.npz'))
         assert set(ref.files) == set(entry['quantised'])
-        quantised = generate_quant.quantize_weights(net, bits, scope='published').state_dict()
+        quantised = quantization.quantize_weights(net, bits, scope='published').state_dict()
         worst[bits] = max(float(np.abs(quantised[n].numpy() - ref[n]).max()) for n in entry['quantised'])
         for name in quantised:  # Everything else, buffers included, is bit-identical.
             if name not in entry['quantised']:
@@ -74,11 +75,11 @@ def test_published_rule_on_cifar10_ncsnpp():
     with torch.device('meta'):
         net = networks.EDMPrecond(img_resolution=entry['img_resolution'], img_channels=entry['img_channels'],
                                   label_dim=entry['label_dim'], **entry['network_kwargs'])
-    counts = generate_quant.quantisation_counts(net)
+    counts = quantization.quantisation_counts(net)
     assert (counts['tensors'], counts['total_tensors']) == (73, 421)
     assert counts['total_params'] == entry['num_parameters']
     assert round(100 * counts['params'] / counts['total_params'], 1) == 65.1
-    names = generate_quant.quantised_names(net)
+    names = quantization.quantised_names(net)
     assert not any('32x32' in n or '.map_' in n or '.bias' in n or 'norm' in n for n in names)
 
 #----------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def test_published_quantiser_laws():
         q_max = 2 ** bits - 1
         for w in [torch.randn(4000, generator=gen) * 0.1, torch.rand(3000, generator=gen) - 0.3, torch.rand(3000, generator=gen) - 0.7]:
             w[::97] = 0  # Exact zeros in the tensor.
-            y = generate_quant.quantize_tensor_zero_point(w, bits)
+            y = quantization.quantize_tensor_zero_point(w, bits)
             assert y.dtype == w.dtype and y.shape == w.shape
             assert torch.all(y[::97] == 0)  # 0.0 maps to 0.0 exactly.
             assert len(torch.unique(y)) <= 2 ** bits
@@ -107,39 +108,39 @@ def test_published_quantiser_laws():
             assert float(err.max()) <= scale * (1 + 1e-4)
             assert float(err[w.double() >= lowest].max()) <= scale * (0.5 + 2 ** (bits - 22)) + 1e-7
     # A tensor of one sign: the grid still holds 0, so it spans [0, max - min] (hand-computed, 4 bits).
-    y = generate_quant.quantize_tensor_zero_point(torch.tensor([1.0, 1.5, 2.0]), 4)
+    y = quantization.quantize_tensor_zero_point(torch.tensor([1.0, 1.5, 2.0]), 4)
     assert torch.allclose(y, torch.tensor([1.0, 1.0, 1.0]))
-    y = generate_quant.quantize_tensor_zero_point(torch.tensor([-0.3, 0.0, 0.2, 0.7]), 2)  # scale 1/3, zero point 0.
+    y = quantization.quantize_tensor_zero_point(torch.tensor([-0.3, 0.0, 0.2, 0.7]), 2)  # scale 1/3, zero point 0.
     assert torch.allclose(y, torch.tensor([0.0, 0.0, 1 / 3, 2 / 3]))
     # A constant tensor (the published scale would be 0) and an empty one stay as they are.
-    assert torch.equal(generate_quant.quantize_tensor_zero_point(torch.full([4], 0.3), 4), torch.full([4], 0.3))
-    assert generate_quant.quantize_tensor_zero_point(torch.zeros(0), 4).numel() == 0
+    assert torch.equal(quantization.quantize_tensor_zero_point(torch.full([4], 0.3), 4), torch.full([4], 0.3))
+    assert quantization.quantize_tensor_zero_point(torch.zeros(0), 4).numel() == 0
 
 
 def test_min_max_quantiser_laws():
     w = torch.randn(1000, generator=torch.Generator().manual_seed(1))
     for bits in (2, 4, 8, 16):
-        y = generate_quant.quantize_tensor_min_max(w, bits)
+        y = quantization.quantize_tensor_min_max(w, bits)
         step = float(w.max() - w.min()) / (2 ** bits - 1)
         assert len(torch.unique(y)) <= 2 ** bits and float((y - w).abs().max()) <= step / 2 + 1e-6
         assert float(y.min()) == float(w.min()) and float(y.max()) == pytest.approx(float(w.max()), abs=1e-6)
-    assert torch.equal(generate_quant.quantize_tensor_min_max(torch.full([4], 0.3), 4), torch.full([4], 0.3))
+    assert torch.equal(quantization.quantize_tensor_min_max(torch.full([4], 0.3), 4), torch.full([4], 0.3))
 
 
 def test_scopes_on_a_network():
     net = tiny_net()
     before = state(net)
     params = dict(net.named_parameters())
-    published = set(generate_quant.quantised_names(net, 'published'))
+    published = set(quantization.quantised_names(net, 'published'))
     assert published and published < set(params)
     for bits in (2, 5):
         # 'all': every floating-point parameter, today's law (at most 2^k values, min and max kept).
-        q_all = dict(generate_quant.quantize_weights(net, bits, scope='all').named_parameters())
+        q_all = dict(quantization.quantize_weights(net, bits, scope='all').named_parameters())
         for name, p in params.items():
             assert len(torch.unique(q_all[name])) <= 2 ** bits, name
             assert float(q_all[name].min()) == float(p.min()) and float(q_all[name].max()) == pytest.approx(float(p.max()), abs=1e-6)
         # 'published': only its tensors change, each to at most 2^k values.
-        q_pub = dict(generate_quant.quantize_weights(net, bits).named_parameters())
+        q_pub = dict(quantization.quantize_weights(net, bits).named_parameters())
         for name, p in params.items():
             if name in published:
                 assert len(torch.unique(q_pub[name])) <= 2 ** bits and not torch.equal(q_pub[name], p), name
@@ -151,12 +152,12 @@ def test_scopes_on_a_network():
 def test_bad_scope_and_bits_raise_value_error():
     net = tiny_net()
     with pytest.raises(ValueError, match='Unknown quantisation scope'):
-        generate_quant.quantize_weights(net, 4, scope='weights')
+        quantization.quantize_weights(net, 4, scope='weights')
     for bits in (1, 17, 0, -3):
         with pytest.raises(ValueError, match='2 to 16 bits'):
-            generate_quant.quantize_weights(net, bits)
+            quantization.quantize_weights(net, bits)
     with pytest.raises(ValueError, match='inf or NaN'):
-        generate_quant.quantize_tensor_zero_point(torch.tensor([0.0, float('nan')]), 4)
+        quantization.quantize_tensor_zero_point(torch.tensor([0.0, float('nan')]), 4)
 
 #----------------------------------------------------------------------------
 # The command line.

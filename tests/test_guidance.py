@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-import generate
-from training import guidance, pfgmpp, sampling
+from sampling import guidance
+from sampling import samplers as sampling
+from torch_utils import rng
+from training import pfgmpp
 
 from helpers import OracleNet, check_lands_on_data, make_data, nearest_points, one_sentence, trajectory
 
@@ -243,7 +245,7 @@ def test_guided_and_restart_samples_do_not_depend_on_the_batch(D):
 
     def run(batch_seeds):
         guided = guidance.guided_network(net, 2.0, interval=(0.2, 10))
-        rnd = generate.StackedRandomGenerator('cpu', batch_seeds)
+        rnd = rng.StackedRandomGenerator('cpu', batch_seeds)
         latents = rnd.prior([2, 4, 4], sampling.first_sigma(guided), D)
         labels = torch.eye(2, dtype=torch.float64)[rnd.randint(2, size=[len(batch_seeds)])]
         return trajectory(sampling.restart_sampler, guided, latents, labels, randn_like=rnd.randn_like, gamma_log_like=rnd.gamma_log_like,

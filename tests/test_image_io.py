@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import torch
 
-import fid
+from metrics import evaluation
 from torch_utils import image_io
 from training.dataset import ImageFolderDataset
 
@@ -66,7 +66,7 @@ def test_training_and_fid_read_the_same_files(tmp_path):
     path = write_files(tmp_path / 'images', files)
 
     dataset = ImageFolderDataset(path)
-    images = fid.ImageFiles(path)
+    images = evaluation.ImageFiles(path)
     assert [dataset.image_name(i) for i in range(len(dataset))] == expected
     assert images.names == expected
     for i, name in enumerate(expected[:-1]):  # Lossless formats: pixel for pixel.
@@ -83,7 +83,7 @@ def test_training_and_fid_read_lossless_webp_pixel_for_pixel(tmp_path):
     arrays = {name: rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for name in ['a.png', 'b.webp']}
     path = write_files(tmp_path / 'images', {'a.png': encode(PIL.Image.fromarray(arrays['a.png'])),
                                              'b.webp': encode(PIL.Image.fromarray(arrays['b.webp']), 'webp', lossless=True)})
-    dataset, images = ImageFolderDataset(path), fid.ImageFiles(path)
+    dataset, images = ImageFolderDataset(path), evaluation.ImageFiles(path)
     assert [dataset.image_name(i) for i in range(2)] == images.names == ['a.png', 'b.webp']
     for i, name in enumerate(images.names):
         np.testing.assert_array_equal(dataset[i][0], arrays[name].transpose(2, 0, 1))
@@ -94,13 +94,13 @@ def test_fid_repeats_grayscale_to_three_channels(tmp_path):
     gray = np.random.default_rng(1).integers(0, 256, size=(8, 8), dtype=np.uint8)
     path = write_files(tmp_path / 'images', {'g.bmp': encode(PIL.Image.fromarray(gray, 'L'), 'bmp')})
     assert ImageFolderDataset(path).image_shape == [1, 8, 8]
-    _, image = fid.ImageFiles(path)[0]
+    _, image = evaluation.ImageFiles(path)[0]
     np.testing.assert_array_equal(image.numpy(), np.stack([gray] * 3))
 
 
 def test_fid_reports_an_unreadable_image_as_a_message(tmp_path):
     path = write_files(tmp_path / 'images', {'3.png': b'\x89PNG but broken'})
-    index, message = fid.ImageFiles(path)[0]
+    index, message = evaluation.ImageFiles(path)[0]
     assert index == 0 and message.startswith(f'Cannot read image 3.png in {path} (')
 
 #----------------------------------------------------------------------------

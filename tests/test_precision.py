@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-import generate
+from sampling import generation
 from torch_utils import precision
 from training import networks
 
@@ -180,7 +180,7 @@ def test_sampling_psnr_against_fp32(prec, measured):
     def sample(p):
         precision.set_network_precision(net, p)
         with torch.no_grad():
-            return generate.sample_batch(net, list(range(8)), sampler_kwargs=dict(num_steps=18))
+            return generation.sample_batch(net, list(range(8)), sampler_kwargs=dict(num_steps=18))
 
     ref, out = sample('fp32'), sample(prec)
     mse = float((out - ref).square().mean())

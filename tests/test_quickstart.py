@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 import quickstart
-from benchmarks import quickstart_quality
+from metrics import quality as quickstart_quality
+from studies import quickstart as studies_quickstart
 from torch_utils import image_io
 from training import checkpoint
 from training.dataset import ImageFolderDataset
@@ -23,7 +24,7 @@ PER_CLASS = 1
 def tiny_run(tmp_path_factory):
     """(paths, click result) of `quickstart.py --duration=0.001 --per-class=1` in a fresh folder."""
     root = tmp_path_factory.mktemp('quickstart')
-    paths = quickstart.demo_paths(str(root / 'runs'), 'qs', str(root / 'datasets'), str(root / 'digits'))
+    paths = studies_quickstart.demo_paths(str(root / 'runs'), 'qs', str(root / 'datasets'), str(root / 'digits'))
     result = CliRunner().invoke(quickstart.cmdline, [f'--outdir={paths.outdir}', '--name=qs', f'--data-dir={paths.data_dir}',
                                                      f'--source-dir={paths.digits}', '--device=cpu', '--duration=0.001',
                                                      f'--per-class={PER_CLASS}'])
@@ -63,7 +64,7 @@ def test_exported_digits_and_dataset(tiny_run):
 @pytest.mark.slow
 def test_samples_per_class_and_grid(tiny_run):
     paths, _ = tiny_run
-    assert checkpoint.kimg_from_name(quickstart.newest_snapshot(paths.run_dir)) == 1
+    assert checkpoint.kimg_from_name(studies_quickstart.newest_snapshot(paths.run_dir)) == 1
     samples = []
     for c in range(10):
         folder = os.path.join(paths.samples, str(c))
@@ -89,37 +90,37 @@ def test_samples_per_class_and_grid(tiny_run):
 def test_second_call_reuses_the_export_and_the_dataset(tiny_run, capsys):
     paths, _ = tiny_run
     before = os.stat(paths.dataset).st_mtime_ns
-    assert quickstart.export_step(paths).startswith('reused the 1,797 real 8x8 digits')
-    assert quickstart.convert_step(paths).startswith('reused the 16x16 dataset')
+    assert studies_quickstart.export_step(paths).startswith('reused the 1,797 real 8x8 digits')
+    assert studies_quickstart.convert_step(paths).startswith('reused the 16x16 dataset')
     assert os.stat(paths.dataset).st_mtime_ns == before
 
 
 def test_foreign_folders_are_refused(tmp_path):
     (tmp_path / 'digits' / '3').mkdir(parents=True)
     (tmp_path / 'digits' / 'mine.txt').write_text('keep')
-    with pytest.raises(quickstart.StepError, match='holds more than the exported digits'):
-        quickstart.remove_export(str(tmp_path / 'digits'))
+    with pytest.raises(studies_quickstart.StepError, match='holds more than the exported digits'):
+        studies_quickstart.remove_export(str(tmp_path / 'digits'))
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'notes.txt').write_text('keep')
-    with pytest.raises(quickstart.StepError, match='does not look like a training run'):
-        quickstart.remove_run(str(tmp_path / 'run'))
+    with pytest.raises(studies_quickstart.StepError, match='does not look like a training run'):
+        studies_quickstart.remove_run(str(tmp_path / 'run'))
     samples = tmp_path / 'samples'
     image_io.save_image(torch.zeros([1, 4, 4], dtype=torch.uint8), str(samples / '0' / '000000.png'))
     (samples / '0' / 'generate.json').write_text('{}')
     image_io.save_image(torch.zeros([1, 4, 4], dtype=torch.uint8), str(samples / '000001.png'))  # An older flat layout.
-    quickstart.clear_samples(str(samples))
+    studies_quickstart.clear_samples(str(samples))
     assert not samples.exists()
     image_io.save_image(torch.zeros([1, 4, 4], dtype=torch.uint8), str(samples / '0' / '000000.png'))
     (samples / '0' / 'notes.txt').write_text('keep')
-    with pytest.raises(quickstart.StepError, match='which the quick start did not write'):
-        quickstart.clear_samples(str(samples))
+    with pytest.raises(studies_quickstart.StepError, match='which the quick start did not write'):
+        studies_quickstart.clear_samples(str(samples))
     assert (samples / '0' / 'notes.txt').exists()
 
 
 def test_bad_arguments(tmp_path):
     for kwargs in (dict(duration=0), dict(per_class=0), dict(per_class=2.5)):
         with pytest.raises(ValueError, match='duration must be > 0 Mimg and per_class a positive integer'):
-            quickstart.run_quickstart(outdir=str(tmp_path / 'runs'), **kwargs)
+            studies_quickstart.run_quickstart(outdir=str(tmp_path / 'runs'), **kwargs)
     result = CliRunner().invoke(quickstart.cmdline, ['--per-class=0'])
     assert result.exit_code == 2 and '--per-class' in result.output
     assert not (tmp_path / 'runs').exists()

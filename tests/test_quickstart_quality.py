@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from sklearn.model_selection import train_test_split
 
-from benchmarks import quickstart_quality
+from metrics import quality as quickstart_quality
 from torch_utils import image_io
 
 NUM_PER_CLASS = 10

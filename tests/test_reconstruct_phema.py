@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import fid
 import generate
 import reconstruct_phema
-from training import checkpoint, phema
+from training import checkpoint, phema, phema_reconstruct
 
 from helpers import TINY_TRAIN, assert_same_states, save_standin_detector, train_here
 
@@ -68,7 +68,7 @@ def test_resume_is_bitwise_with_profiles(phema_run, bars_zip, tmp_path):
 
 
 def test_reconstruction_of_a_tracked_std_is_that_profile(phema_run, tmp_path):
-    written = reconstruct_phema.reconstruct_phema(str(phema_run['run']), str(tmp_path), std=[0.1])
+    written = phema_reconstruct.reconstruct_phema(str(phema_run['run']), str(tmp_path), std=[0.1])
     assert len(written) == 1 and written[0]['residual'] < 1e-6
     net, info = checkpoint.load_network(written[0]['path'])
     assert info['kimg'] == 4 and os.path.basename(os.path.dirname(written[0]['path'])) == 'phema_0.1'

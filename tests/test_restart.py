@@ -9,8 +9,9 @@ import pytest
 import scipy.stats
 import torch
 
-import generate
-from training import pfgmpp, sampling
+from sampling import samplers as sampling
+from torch_utils import rng
+from training import pfgmpp
 
 from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, one_sentence, trajectory
 
@@ -322,7 +323,7 @@ def test_per_seed_images_do_not_depend_on_the_batch(D):
     kwargs = dict(num_steps=10, restart=CONFIG, D=D, S_churn=5, S_min=0.05, S_max=10, restart_gamma=0.05)
 
     def run(batch_seeds):
-        rnd = generate.StackedRandomGenerator('cpu', batch_seeds)
+        rnd = rng.StackedRandomGenerator('cpu', batch_seeds)
         latents = rnd.prior([2, 4, 4], sampling.first_sigma(net), D)
         return trajectory(sampling.restart_sampler, net, latents, randn_like=rnd.randn_like, gamma_log_like=rnd.gamma_log_like, **kwargs)
 

@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from training import pfgmpp, sampling
+from sampling import samplers as sampling
+from training import pfgmpp
 
 from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, nearest_points
 

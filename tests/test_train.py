@@ -16,9 +16,10 @@ from click.testing import CliRunner
 import dnnlib
 import generate
 import train
-from training import checkpoint, training_loop
+from training import checkpoint, launch, training_loop
 
 from helpers import TINY_TRAIN, assert_same_states, loop_config, read_stats, run_train, train_here
+
 
 @pytest.fixture(scope='module')
 def tiny_run(bars_zip, tmp_path_factory):
@@ -143,7 +144,7 @@ def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path, monke
     with monkeypatch.context() as patch:
         patch.setattr(training_loop.Training, 'optimization_step', step_with_sigterm)
         result = invoke([*args, '--duration=1'])
-    assert result.exit_code == train.EXIT_STOPPED == 75, result.output  # Stopped early: not 0, so a job script can requeue.
+    assert result.exit_code == launch.EXIT_STOPPED == 75, result.output  # Stopped early: not 0, so a job script can requeue.
     assert 'Received SIGTERM' in result.output and '--resume=auto' in result.output
     assert len(steps) == 3 and signal.getsignal(signal.SIGTERM) is handler  # The loop's handler is gone again.
     states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
@@ -464,23 +465,23 @@ def test_nonfinite_losses_show_in_log_and_stats(bars_zip, tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_train_is_callable_with_keyword_arguments(bars_zip, tmp_path):
-    result = train.train(outdir=str(tmp_path), name='py', data=bars_zip, cond=True, arch='ddpmpp', cbase=8, cres=[1],
+    result = launch.train(outdir=str(tmp_path), name='py', data=bars_zip, cond=True, arch='ddpmpp', cbase=8, cres=[1],
                          batch=16, tick=1, lr=2e-3, lr_rampup=0, ema=0.0005, dropout=0, workers=0, device='cpu', seed=3,
                          duration=0.001, pfgmpp=True, aug_dim=64, augment=0)
     assert result['status'] == 'done' and result['cur_nimg'] == 1008 and result['run_dir'] == str(tmp_path / 'py')
     net, info = checkpoint.load_network(str(tmp_path / 'py' / checkpoint.snapshot_name(1)))
     assert info['D'] == 64.0 and net.label_dim == 2
     with pytest.raises(ValueError, match='unexpected keyword'):
-        train.train(outdir=str(tmp_path), data=bars_zip, learning_rate=1)
+        launch.train(outdir=str(tmp_path), data=bars_zip, learning_rate=1)
     with pytest.raises(ValueError, match='--aug_dim'):
-        train.train(outdir=str(tmp_path / 'bad'), data=bars_zip, pfgmpp=True, aug_dim=-1, device='cpu')
+        launch.train(outdir=str(tmp_path / 'bad'), data=bars_zip, pfgmpp=True, aug_dim=-1, device='cpu')
     assert not (tmp_path / 'bad').exists()
 
 
 def test_command_line_defaults_are_the_functions_defaults():
     parsed = train.cmdline.make_context('train.py', ['--outdir=x', '--data=y']).params
-    assert set(parsed) - {'debug'} == {f.name for f in dataclasses.fields(train.TrainOptions)}
-    for name, default in train.DEFAULTS.items():
+    assert set(parsed) - {'debug'} == {f.name for f in dataclasses.fields(launch.TrainOptions)}
+    for name, default in launch.DEFAULTS.items():
         assert parsed[name] == default, name
 
 
@@ -529,5 +530,5 @@ def test_cond_drop_needs_a_conditional_model(bars_zip, tmp_path):
 @pytest.mark.parametrize('duration,kimg', [(0.001, 1), (1.001, 1001), (0.0015, 1), (200, 200000), (0.0291, 29)])
 def test_duration_in_whole_kimg_despite_float_rounding(bars_zip, tmp_path, duration, kimg):
     # 1.001 * 1000 is 1000.9999999999999 in floating point: the duration must not lose a kimg.
-    opts = train.TrainOptions(outdir=str(tmp_path), data=bars_zip, duration=duration)
-    assert train.setup_training_config(opts, world_size=1).total_kimg == kimg
+    opts = launch.TrainOptions(outdir=str(tmp_path), data=bars_zip, duration=duration)
+    assert launch.setup_training_config(opts, world_size=1).total_kimg == kimg

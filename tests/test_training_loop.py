@@ -10,7 +10,8 @@ import torch
 
 import dnnlib
 from torch_utils import training_stats
-from training import networks, training_loop as tl
+from training import networks
+from training import training_loop as tl
 from training.loss import EDMLoss
 
 from helpers import random_net

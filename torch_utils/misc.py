@@ -1,4 +1,4 @@
-"""Small torch helpers shared by the scripts: device choice and generator seeding."""
+"""Small torch helpers shared by the scripts: the device choice."""
 
 import torch
 
@@ -21,9 +21,3 @@ def resolve_device(name: str = 'auto', local_rank: int = 0) -> torch.device:
         return torch.device('cuda', local_rank % torch.cuda.device_count())
     return torch.device('cpu')
 
-
-def make_generator(seed: int, device: torch.device | str = 'cpu') -> torch.Generator:
-    """A torch.Generator on `device` seeded with `seed`: the only source of randomness we pass around."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen

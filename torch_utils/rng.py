@@ -10,18 +10,28 @@ Every random number of training and sampling comes from a torch.Generator seeded
 - Draws(generator, device): uniform, normal and integer draws made on the generator's device and then
   moved to `device`, so that a CPU generator gives the same numbers whatever device the tensors are on;
 - seeded_global_rng(seed, device): for code that can only use torch's global generator (dropout inside
-  the networks), a fork of the global state seeded for one step and restored afterwards.
+  the networks), a fork of the global state seeded for one step and restored afterwards;
+- StackedRandomGenerator(device, seeds): one generator per sample seed (generation), so that sample
+  i depends on seeds[i] alone, whatever the batch.
 """
 
 import contextlib
 import hashlib
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
-__all__ = ['derive_seed', 'epoch_seed', 'Draws', 'seeded_global_rng']
+__all__ = ['make_generator', 'derive_seed', 'epoch_seed', 'Draws', 'seeded_global_rng', 'StackedRandomGenerator']
 
 _MASK_63 = (1 << 63) - 1
+
+#----------------------------------------------------------------------------
+
+def make_generator(seed: int, device: torch.device | str = 'cpu') -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed`: the only source of randomness we pass around."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
 
 #----------------------------------------------------------------------------
 # Seeds: SHA-256 of the stream's key, so that nearby keys give unrelated streams and no two keys share
@@ -82,5 +92,41 @@ def seeded_global_rng(seed: int, device: torch.device | str = 'cpu') -> Iterator
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(int(seed))
         yield
+
+#----------------------------------------------------------------------------
+# Per-seed streams for generation.
+
+class StackedRandomGenerator:
+    """One torch.Generator per seed (seeded with seed mod 2^32, as EDM); every draw for a batch is the
+    per-seed draws of the trailing shape stacked along dim 0, so sample i depends only on seeds[i]."""
+
+    def __init__(self, device: torch.device | str, seeds: Iterable[int]):
+        self.device = torch.device(device)
+        self.generators = [make_generator(int(seed) % (1 << 32), self.device) for seed in seeds]
+
+    def draw(self, fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """fn(generator) for each seed's generator, concatenated along dim 0 (fn returns [1, ...])."""
+        return torch.cat([fn(gen) for gen in self.generators])
+
+    def randn(self, size: Sequence[int], **kwargs) -> torch.Tensor:
+        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def randn_like(self, input: torch.Tensor) -> torch.Tensor:
+        return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
+
+    def randint(self, *args, size: Sequence[int], **kwargs) -> torch.Tensor:
+        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def gamma_log_like(self, input: torch.Tensor, alpha: float) -> torch.Tensor:
+        """float64 [B]: row i the log of a Gamma(alpha, 1) draw from seed i's generator (the Restart
+        jump of PFGM++, training.pfgmpp.restart_jump), on input's device."""
+        from training import pfgmpp  # The kernel's module imports this one.
+        return self.draw(lambda gen: pfgmpp.sample_gamma_log(alpha, 1, generator=gen, device=self.device)).to(input.device)
+
+    def prior(self, shape: Sequence[int], sigma: float, D: Optional[float]) -> torch.Tensor:
+        """float64 [B, *shape]: each seed's draw from the prior at noise level sigma
+        (training.pfgmpp.sample_prior); for D=None exactly EDM's latents * sigma."""
+        from training import pfgmpp
+        return self.draw(lambda gen: pfgmpp.sample_prior([1, *shape], sigma, D, generator=gen, device=self.device, dtype=torch.float64))
 
 #----------------------------------------------------------------------------

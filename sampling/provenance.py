@@ -20,7 +20,7 @@ import torch
 import dnnlib
 from torch_utils import cli
 from torch_utils import distributed as dist
-from training import sampling
+from sampling import samplers as sampling
 
 #----------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ fresh noise images it recognises (what it should not).
 
 import json
 import os
-import sys
 import time
 from typing import Optional
 
@@ -34,10 +33,9 @@ import click
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run as a script from anywhere.
-import dnnlib  # noqa: E402  (after the path fix)
-from torch_utils import cli  # noqa: E402
-from training.dataset import ImageFolderDataset  # noqa: E402
+import dnnlib
+from torch_utils import cli
+from training.dataset import ImageFolderDataset
 
 VERSION = 1                 # Of the recipe below; a detector file of another version is trained again.
 RESOLUTION = 16

@@ -20,17 +20,15 @@ model's samples. quickstart.py calls score_samples() at its end.
 
 import json
 import os
-import sys
 from typing import Optional
 
 import click
 import numpy as np
 import PIL.Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run as a script from anywhere.
-import dataset_tool  # noqa: E402  (after the path fix)
-import dnnlib  # noqa: E402
-from torch_utils import cli, image_io  # noqa: E402
+import dnnlib
+from dataprep import conversion
+from torch_utils import cli, image_io
 
 NUM_CLASSES = 10
 DIGITS_MAX = 16         # scikit-learn's digits are integers 0..16 (counts of set pixels in 4x4 blocks).
@@ -68,7 +66,7 @@ def features(images: np.ndarray) -> np.ndarray:
 
 def round_trip(images: np.ndarray, resolution: int = DEMO_RESOLUTION) -> np.ndarray:
     """uint8 [N, 8, 8] -> uint8 [N, R, R] with dataset_tool.py's resize (Lanczos), as the training data is made."""
-    return np.stack([dataset_tool.resize_image(img[:, :, None], resolution, resolution)[:, :, 0] for img in images])
+    return np.stack([conversion.resize_image(img[:, :, None], resolution, resolution)[:, :, 0] for img in images])
 
 
 def load_samples(folder: str) -> tuple[list[str], np.ndarray]:

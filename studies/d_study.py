@@ -7,8 +7,8 @@ a JSON of every cell, each number a mean with its standard error over independen
     python -m benchmarks.d_study --quick                 # A smaller grid: a smoke test in minutes.
     python -m benchmarks.d_study --device=cuda --data=datasets/cifar10-32x32.zip --kimg=...   # CIFAR-10, Inception FID.
 
-Every stage is the project's own code: train.train() (train.py) into OUTDIR/runs/D<D>-seed<s>/, then
-generate.run_study() with the study scripts' settings (generate_alpha.py, generate_steps.py,
+Every stage is the project's own code: launch.train() (train.py) into OUTDIR/runs/D<D>-seed<s>/, then
+generation.run_study() with the study scripts' settings (generate_alpha.py, generate_steps.py,
 generate_quant.py) into RUN/<study>/<setting>/, then fid.py's detector statistics and Frechet
 distance. On the digits the detector is benchmarks/digits_detector.py's classifier, trained on the
 real digits (FD-digits, and the share of samples it recognises as the digit they were generated
@@ -43,19 +43,15 @@ import click
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run as a script from anywhere.
-import dnnlib  # noqa: E402  (after the path fix)
-import fid  # noqa: E402
-import generate  # noqa: E402
-import generate_alpha  # noqa: E402
-import generate_quant  # noqa: E402
-import generate_steps  # noqa: E402
-import quickstart  # noqa: E402
-import train  # noqa: E402
-from benchmarks import digits_detector  # noqa: E402
-from torch_utils import cli, image_io, misc  # noqa: E402
-from training import checkpoint, provenance  # noqa: E402
-from training.dataset import ImageFolderDataset  # noqa: E402
+import dnnlib
+from metrics import detector as detector_lib
+from metrics import digits as digits_detector
+from metrics import evaluation
+from sampling import generation, provenance
+from studies import quickstart, robustness
+from torch_utils import cli, image_io, misc
+from training import checkpoint, launch
+from training.dataset import ImageFolderDataset
 
 RESULTS_FORMAT = 'pfgmpp-d-study'
 RESULTS_VERSION = 1
@@ -64,7 +60,7 @@ SCORE_NAME = 'score.json'        # Beside the images of a cell (fid.py reads onl
 DEFAULT_DATA = 'datasets/digits-16x16.zip'  # The quick start's dataset (quickstart.py --data-dir default).
 BOOTSTRAP_ROUNDS = 100           # Resamples of one model's samples for the bootstrap standard error.
 BOOTSTRAP_MAX_FEATURES = 256     # Above this (Inception-v3: 2048) the bootstrap's matrix roots cost too much.
-EXIT_STOPPED = train.EXIT_STOPPED
+EXIT_STOPPED = launch.EXIT_STOPPED
 
 #----------------------------------------------------------------------------
 # The studies: each is one of the study scripts' settings functions.
@@ -75,16 +71,16 @@ class Study:
     title: str                               # Table and panel title.
     axis: str                                # What the setting is, for the figure's x axis.
     parse: Callable[[Any], list]             # The study script's list parser: validates the settings.
-    settings: Callable[[list], list]         # values -> [(folder, sampler overrides, network transform)] for generate.run_study.
+    settings: Callable[[list], list]         # values -> [(folder, sampler overrides, network transform)] for generation.run_study.
 
 
 STUDIES = {
     'alpha': Study('alpha', 'Noise injection', 'alpha (noise alpha * sigma_t added before every step)',
-                   generate_alpha.parse_alphas, generate_alpha.alpha_settings),
+                   robustness.parse_alphas, robustness.alpha_settings),
     'steps': Study('steps', 'Sampling steps', 'steps N (Heun: 2N - 1 network evaluations)',
-                   generate_steps.parse_steps, generate_steps.steps_settings),
+                   robustness.parse_steps, robustness.steps_settings),
     'quant': Study('quant', 'Weight quantisation (published rule)', 'bits per weight',
-                   generate_quant.parse_bits, functools.partial(generate_quant.quant_settings, scope='published')),
+                   robustness.parse_bits, functools.partial(robustness.quant_settings, scope='published')),
 }
 
 #----------------------------------------------------------------------------
@@ -219,7 +215,7 @@ def choose_scoring(detector: Optional[str], digits_like: bool) -> str:
 
 
 def train_recipe(resolution: int, label_dim: int) -> dict:
-    """train.train() options (beyond data, D, seed, duration and the I/O options) for the data:
+    """launch.train() options (beyond data, D, seed, duration and the I/O options) for the data:
     16x16, the quick start's recipe (quickstart.TRAIN_OPTIONS; class-conditional when the data has
     labels); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
     EMA 0.5 Mimg, dropout 0.13, augmentation 0.12: train.py's defaults)."""
@@ -267,7 +263,7 @@ def describe_data(path: str) -> DataInfo:
                     label_dim=dataset.label_dim if dataset.has_onehot_labels else 0, sha256=sha)
 
 
-def check_detector(detector: fid.Detector, data: DataInfo) -> int:
+def check_detector(detector: detector_lib.Detector, data: DataInfo) -> int:
     """Call the detector on a batch like the samples (uint8 [2, 3, R, R]); ValueError with one sentence
     when it is not a detector. Returns the number of classes its probabilities have."""
     images = torch.zeros([2, 3, data.resolution, data.resolution], dtype=torch.uint8)
@@ -299,7 +295,7 @@ def mean_and_se(values: Sequence[float]) -> tuple[Optional[float], Optional[floa
 def frechet_distance(features: np.ndarray, ref: dict) -> float:
     """fid.py's Frechet distance of features [N, F] (mean, unbiased covariance) to reference statistics."""
     f = features.astype(np.float64)
-    return fid.calculate_fid_from_inception_stats(f.mean(axis=0), np.cov(f, rowvar=False, ddof=1), ref['mu'], ref['sigma'])
+    return evaluation.calculate_fid_from_inception_stats(f.mean(axis=0), np.cov(f, rowvar=False, ddof=1), ref['mu'], ref['sigma'])
 
 
 def bootstrap_se(features: np.ndarray, ok: Optional[np.ndarray], ref: dict, rounds: int = BOOTSTRAP_ROUNDS,
@@ -427,7 +423,7 @@ def folder_complete(folder: str, blocks: list) -> bool:
     atomically, so one that exists is complete) and the manifests."""
     for _c, seeds, sub in blocks:
         path = os.path.join(folder, sub)
-        if provenance.read_manifest(path) is None or generate.missing_seeds(path, seeds):
+        if provenance.read_manifest(path) is None or generation.missing_seeds(path, seeds):
             return False
     return True
 
@@ -476,7 +472,7 @@ def read_score(folder: str, key: dict) -> Optional[dict]:
 @dataclasses.dataclass
 class Scorer:
     kind: str                     # 'digits' | 'inception' | 'file'
-    detector: fid.Detector
+    detector: detector_lib.Detector
     detector_path: Optional[str]  # None: fid.py's Inception-v3.
     detector_sha256: str
     ref_path: str
@@ -495,13 +491,13 @@ class Scorer:
         """FD (fid.py's Frechet distance of the detector's features to the reference) and, with_share,
         the recognised share (digits_detector.recognised with the classes the samples were generated
         for); with their bootstrap standard errors over this folder's samples."""
-        names = fid.ImageFiles(folder).names
+        names = evaluation.ImageFiles(folder).names
         if len(names) != num_expected:
             raise ValueError(f'{folder} holds {len(names)} images, but the study expects {num_expected}; it was made with other '
                              f'settings: delete it, or use another --outdir.')
-        stats = fid.calculate_inception_stats(folder, self.detector, with_features=True, with_probs=self.with_share,
+        stats = evaluation.calculate_inception_stats(folder, self.detector, with_features=True, with_probs=self.with_share,
                                               num_workers=0, progress=False)
-        result = dict(num=int(stats['num']), fd=fid.calculate_fid_from_inception_stats(stats['mu'], stats['sigma'], self.ref['mu'], self.ref['sigma']))
+        result = dict(num=int(stats['num']), fd=evaluation.calculate_fid_from_inception_stats(stats['mu'], stats['sigma'], self.ref['mu'], self.ref['sigma']))
         ok = None
         if self.with_share and labels is not None:
             ok = digits_detector.recognised(stats['probs'], labels, self.threshold)
@@ -516,7 +512,7 @@ def labels_of(folder: str, blocks: list) -> Optional[np.ndarray]:
     """The class each image of a cell was generated for, in fid.py's (sorted name) order."""
     if blocks[0][0] is None:
         return None
-    return np.asarray([int(name.split('/')[0]) for name in fid.ImageFiles(folder).names], dtype=np.int64)
+    return np.asarray([int(name.split('/')[0]) for name in evaluation.ImageFiles(folder).names], dtype=np.int64)
 
 
 REAL_DRAWS = 10  # Random real subsets for the Frechet distance's floor.
@@ -526,7 +522,7 @@ def real_labels(data: str, num_classes: int) -> Optional[np.ndarray]:
     """The class of every real image, in fid.py's (sorted name) order; None for unconditional studies."""
     if num_classes == 0:
         return None
-    source = image_io.ImageSource(data)  # What fid.ImageFiles lists, in the same order.
+    source = image_io.ImageSource(data)  # What evaluation.ImageFiles lists, in the same order.
     values = source.read_labels(source.image_names)
     if values is None:
         raise ValueError(f'{data} has no labels (dataset.json), but the study samples each class.')
@@ -558,7 +554,7 @@ def real_floor(features: np.ndarray, labels: Optional[np.ndarray], ref: dict, nu
 def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str], device: torch.device,
                 num_samples: int, num_classes: int, log_path: Optional[str]) -> tuple[Scorer, dict]:
     """The detector (trained on the digits for 'digits'), the reference statistics of the data
-    (fid.ref, reused while the data and the detector are the same), and the real data's own scores at
+    (evaluation.ref, reused while the data and the detector are the same), and the real data's own scores at
     the study's sample count (what a perfect generator would get): (scorer, info for results.json)."""
     info = dict(kind=kind)
     if kind == 'digits':
@@ -567,7 +563,7 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
             info['detector_info'] = digits_detector.build_detector(data.path, path, seed=0, progress=False)
     else:
         path = detector
-    det = fid.load_detector(path, device=device)
+    det = detector_lib.load_detector(path, device=device)
     num_classes_probs = check_detector(det, data)
     ref_path = os.path.join(outdir, f'fid-ref-{det.sha256[:12]}.npz')
     ref_info_path = os.path.splitext(ref_path)[0] + '.json'
@@ -579,16 +575,16 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
             ref_info = json.load(f)
     if ref_info is None or any(ref_info.get(k) != v for k, v in ref_key.items()):
         with captured(log_path):
-            fid.ref(data=data.path, dest=ref_path, detector=path, workers=0, device=str(device.type))
-            real = fid.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
-        ref_stats = fid.load_ref_stats(ref_path)
+            evaluation.ref(data=data.path, dest=ref_path, detector=path, workers=0, device=str(device.type))
+            real = evaluation.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
+        ref_stats = evaluation.load_ref_stats(ref_path)
         floor = real_floor(real['features'], real_labels(data.path, num_classes), ref_stats, num_samples, num_classes)
         ref_info = dict(ref_key, sha256=dnnlib.util.file_sha256(ref_path), **floor)
         dnnlib.util.write_atomic(ref_info_path, lambda f: f.write((json.dumps(ref_info, indent=2) + '\n').encode()))
     scorer = Scorer(kind=kind, detector=det, detector_path=path, detector_sha256=det.sha256, ref_path=ref_path,
-                    ref_sha256=ref_info['sha256'], ref=fid.load_ref_stats(ref_path), num_classes_probs=num_classes_probs,
+                    ref_sha256=ref_info['sha256'], ref=evaluation.load_ref_stats(ref_path), num_classes_probs=num_classes_probs,
                     label_dim=num_classes)
-    info.update(detector=path or fid.DETECTOR_URL, detector_sha256=det.sha256, ref=ref_path, ref_sha256=ref_info['sha256'],
+    info.update(detector=path or detector_lib.DETECTOR_URL, detector_sha256=det.sha256, ref=ref_path, ref_sha256=ref_info['sha256'],
                 real_num=ref_info['real_num'], real_fd=ref_info['real_fd'], real_fd_sd=ref_info['real_fd_sd'],
                 real_balanced=ref_info['real_balanced'], real_draws=ref_info['real_draws'], with_share=scorer.with_share,
                 threshold=scorer.threshold if scorer.with_share else None)
@@ -596,7 +592,7 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
 
 
 def _count_images(path: str) -> int:
-    return len(fid.ImageFiles(path))
+    return len(evaluation.ImageFiles(path))
 
 #----------------------------------------------------------------------------
 # The study.
@@ -616,13 +612,13 @@ def check_config(outdir: str, config: dict) -> None:
     dnnlib.util.write_atomic(path, lambda f: f.write((json.dumps(config, indent=2) + '\n').encode()))
 
 
-# train.train() options that train_model() sets for each model.
+# launch.train() options that train_model() sets for each model.
 RESERVED_TRAIN_OPTIONS = ('outdir', 'name', 'data', 'pfgmpp', 'aug_dim', 'seed', 'duration', 'tick', 'snap', 'dump', 'device', 'resume')
 
 
 def setting_nfe(grid: Grid, overrides: dict) -> int:
-    """Network evaluations per image of a setting (generate.nfe of the grid's sampler with the setting's overrides)."""
-    return generate.nfe({**grid.sampler_kwargs, **overrides})
+    """Network evaluations per image of a setting (generation.nfe of the grid's sampler with the setting's overrides)."""
+    return generation.nfe({**grid.sampler_kwargs, **overrides})
 
 
 def run_d_study(
@@ -637,7 +633,7 @@ def run_d_study(
     bits: Any = None,                        # Quantisation bit widths (published rule).
     num_samples: Optional[int] = None,       # Samples per cell (a multiple of the classes when conditional).
     num_steps: Optional[int] = None,         # Heun steps of the alpha and quant studies; default 9 (DEFAULT_STEPS).
-    train_options: Optional[dict] = None,    # train.train() options that replace the recipe's (e.g. a tiny network for tests).
+    train_options: Optional[dict] = None,    # launch.train() options that replace the recipe's (e.g. a tiny network for tests).
     detector: Optional[str] = None,          # Detector file for fid.py; None: digits detector or Inception-v3.
     device: str = 'auto',                    # auto | cuda | cpu.
     quick: bool = False,                     # The smaller grid (QUICK) for options left None.
@@ -666,7 +662,7 @@ def run_d_study(
     num_classes = data_info.label_dim if recipe['cond'] else 0
     blocks = sample_blocks(grid.num_samples, num_classes)
     if detector is not None:  # A file that is not a detector: one line, before any training.
-        check_detector(fid.load_detector(detector, device=dev), data_info)
+        check_detector(detector_lib.load_detector(detector, device=dev), data_info)
 
     os.makedirs(outdir, exist_ok=True)
     log_dir = os.path.join(outdir, 'logs')
@@ -709,7 +705,7 @@ def run_d_study(
 
 
 def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar: Progress, log_path: str) -> str:
-    """train.train() for the model unless its final snapshot exists (--resume=auto continues a run that
+    """launch.train() for the model unless its final snapshot exists (--resume=auto continues a run that
     was stopped); returns the snapshot."""
     network = final_network(m, grid.kimg)
     kimg = target_kimg(grid.kimg)
@@ -720,8 +716,8 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
     # Five ticks with a training state each (for --resume=auto after a crash), one network snapshot at
     # the end; train.py takes the duration in Mimg.
     with captured(log_path):
-        result = train.train(outdir=os.path.dirname(m.run_dir), name=m.name, data=data, pfgmpp=m.D is not None,
-                             aug_dim=m.D if m.D is not None else train.DEFAULTS['aug_dim'], seed=m.seed,
+        result = launch.train(outdir=os.path.dirname(m.run_dir), name=m.name, data=data, pfgmpp=m.D is not None,
+                             aug_dim=m.D if m.D is not None else launch.DEFAULTS['aug_dim'], seed=m.seed,
                              duration=kimg / 1000, tick=kimg / 5, snap=1000, dump=1, device=device, resume='auto', **recipe)
     if result['status'] == 'stopped':
         raise Stopped(f'Training of {m.name} was stopped after saving its state; run the same command again to continue.')
@@ -736,7 +732,7 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
 
 def generate_model(m: Model, network: str, cells: list, blocks: list, grid: Grid, device: torch.device,
                    bar: Progress, log_path: str) -> None:
-    """generate.run_study() once for each block of seeds (one class each when conditional) with the
+    """generation.run_study() once for each block of seeds (one class each when conditional) with the
     settings of every study, into RUN/<study>/<setting>/<class>/ (one network load per block); complete
     folders are left alone, partial ones completed."""
     todo = [c for c in cells if not folder_complete(os.path.join(m.run_dir, c[0], c[2]), blocks)]
@@ -747,7 +743,7 @@ def generate_model(m: Model, network: str, cells: list, blocks: list, grid: Grid
     with captured(log_path):
         for class_idx, seeds, sub in blocks:
             settings = [(os.path.join(study, folder, *([sub] if sub else [])), overrides, transform) for study, _v, folder, overrides, transform in todo]
-            generate.run_study(network, m.run_dir, settings, seeds, sampler_kwargs=grid.sampler_kwargs, device=device,
+            generation.run_study(network, m.run_dir, settings, seeds, sampler_kwargs=grid.sampler_kwargs, device=device,
                                batch_size=min(len(seeds), 64), class_idx=class_idx, progress=False)
     bar.stage('generate', m.label, sum(grid.num_samples * setting_nfe(grid, c[3]) for c in todo), time.time() - start, time.process_time() - cpu)
 
@@ -810,7 +806,7 @@ def collect_cells(grid: Grid, models: list, cells: list, scores: dict, scoring: 
             records = [(m, scores.get((study, folder, D, m.seed))) for m in models if m.D == D]
             done = [(m, r) for m, r in records if r is not None]
             cell = dict(study=study, setting=value, folder=folder, D=D_key(D),
-                        sampler_overrides=overrides, transform=generate.describe_transform(transform),
+                        sampler_overrides=overrides, transform=generation.describe_transform(transform),
                         nfe=setting_nfe(grid, overrides), seeds=[m.seed for m, _r in done])
             for key, _title in metric_names(scoring):
                 values = [r.get(key) for _m, r in done]

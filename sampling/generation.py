@@ -1,0 +1,359 @@
+"""Generation: per-seed images from a network with the PFGM++ prior (training/pfgmpp.sample_prior) and
+EDM's samplers (sampling/samplers.py), optionally guided (sampling/guidance.py); one folder of PNGs
+with its generate.json manifest (sampling/provenance.py), every checkpoint of a training run, or one
+folder per study setting. generate.py and the study scripts are command lines over these functions.
+
+Each image depends only on its seed: the seed's own torch.Generator draws, in this order, the prior
+sample, the class label (conditional networks) and the sampler's noise (S_churn, alpha, Restart
+jumps), as EDM does, so for D -> infinity an EDM checkpoint gives EDM's images for the same seeds.
+"""
+
+import functools
+import math
+import os
+from typing import Callable, Optional, Sequence
+
+import torch
+import tqdm
+
+import dnnlib
+from sampling import guidance, provenance
+from sampling import samplers as sampling
+from torch_utils import cli
+from torch_utils import distributed as dist
+from torch_utils import image_io
+from torch_utils import persistence
+from torch_utils import precision as precision_lib
+from torch_utils.rng import StackedRandomGenerator
+from training import checkpoint, pfgmpp
+
+#----------------------------------------------------------------------------
+# Sampling one batch.
+
+def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
+                 device: torch.device | str = 'cpu', callback: Optional[Callable] = None) -> torch.Tensor:
+    """Samples for `seeds` from `net` (a network, or a guided one), float64 [B, C, H, W] in (about)
+    [-1, 1]. Per seed, in this order: the prior draw for net.D at the sampler's first noise level
+    (pfgmpp.sample_prior), a class label uniform over label_dim (conditional networks; replaced by
+    class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s."""
+    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
+    sampler_fn, kind = sampling.choose_sampler(sampler_kwargs)
+    sigma_start = sampling.first_sigma(net, kind, **{k: v for k, v in sampler_kwargs.items() if k not in sampling.RESTART_KEYS})
+    rnd = StackedRandomGenerator(device, seeds)
+    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], sigma_start, net.D)
+    class_labels = None
+    if net.label_dim:
+        class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
+    if class_idx is not None:
+        check_class_idx(net, class_idx)
+        class_labels[:, :] = 0
+        class_labels[:, class_idx] = 1
+    extra = dict(D=net.D, gamma_log_like=rnd.gamma_log_like) if kind == 'restart' else {}
+    return sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **sampler_kwargs, **extra)
+
+
+def check_class_idx(net, class_idx: Optional[int]) -> None:
+    if class_idx is None:
+        return
+    if not net.label_dim:
+        raise ValueError(f'--class={class_idx} was given, but the network is unconditional; drop --class.')
+    if not 0 <= class_idx < net.label_dim:
+        raise ValueError(f'--class={class_idx} is out of range; this network has classes 0 to {net.label_dim - 1}.')
+
+#----------------------------------------------------------------------------
+# Output folders: {seed:06d}.png, with subdirs {seed - seed % 1000:06d}/{seed:06d}.png (as EDM).
+
+def image_path(outdir: str, seed: int, subdirs: bool = False) -> str:
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+
+def missing_seeds(outdir: str, seeds: Sequence[int], subdirs: bool = False) -> list[int]:
+    """The seeds whose PNG is not in outdir yet (images are written atomically, so one that exists is
+    complete); empty when the folder is complete."""
+    return [seed for seed in seeds if not os.path.isfile(image_path(outdir, seed, subdirs))]
+
+#----------------------------------------------------------------------------
+# One folder of images.
+
+def prepare_networks(net, precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
+                     guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None):
+    """The denoiser to sample: `net` (and the guide) set up for the precision, memory layout and
+    torch.compile (torch_utils.precision.prepare_network), then wrapped for guidance when
+    guidance_weight != 1 (training/guidance.guided_network; checked either way)."""
+    guidance.check_interval(guidance_interval)
+    if gnet is not None:
+        guidance.check_guide(net, gnet)
+    net = precision_lib.prepare_network(net, precision, channels_last=channels_last, compile=compile)
+    if gnet is not None:
+        gnet = precision_lib.prepare_network(gnet, precision, channels_last=channels_last, compile=compile)
+    return guidance.guided_network(net, guidance_weight, gnet, guidance_interval)
+
+
+def generate_images(net, seeds: Sequence[int], outdir: str, batch_size: int = 64, sampler_kwargs: Optional[dict] = None,
+                    class_idx: Optional[int] = None, device: torch.device | str = 'cpu', subdirs: bool = False,
+                    trajectory: Optional[str] = None, trajectory_images: int = 8, progress: bool = True,
+                    desc: Optional[str] = None, precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
+                    guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None,
+                    network: Optional[str] = None, network_sha256: Optional[str] = None, study: Optional[dict] = None,
+                    guide: Optional[dict] = None, skip_existing: bool = False) -> list[int]:
+    """Sample one PNG per seed into outdir from `net` (with the prior for net.D), split over the
+    torchrun processes as EDM does: the seeds form ceil(n / (batch_size * world)) * world batches and
+    rank r takes batches r, r + world, ... `trajectory`: a GIF path where rank 0 writes the states
+    x_0..x_N of the first `trajectory_images` samples of its first batch. precision, channels_last,
+    compile, guidance_weight, gnet, guidance_interval: how the network runs (prepare_networks()).
+    skip_existing: sample only the seeds whose PNG is missing.
+
+    Before sampling, rank 0 writes outdir/generate.json (training/provenance.py; network,
+    network_sha256: the file the network came from, as given and its SHA-256; guide: the same for the
+    guide network; study: the study setting, if any). A folder whose manifest records another
+    configuration is refused with ValueError; one with the same configuration gets the union of the
+    seeds. Returns the seeds this process wrote; all processes return together."""
+    seeds = [int(s) for s in seeds]
+    if batch_size < 1:
+        raise ValueError(f'The batch size must be >= 1, got {batch_size}.')
+    check_class_idx(net, class_idx)
+    guide_record = dict(weight=float(guidance_weight), interval=list(guidance_interval) if guidance_interval else None,
+                        **(guide or {})) if (guidance_weight != 1 or gnet is not None) else None
+    manifest = provenance.make_manifest(net, seeds, sampler_kwargs, class_idx=class_idx, subdirs=subdirs, precision=precision,
+                                        channels_last=channels_last, compile=compile, batch_size=batch_size, network=network,
+                                        network_sha256=network_sha256, study=study, guidance=guide_record)  # Refuses bad settings.
+    denoiser = prepare_networks(net, precision, channels_last, compile, guidance_weight, gnet, guidance_interval)
+    seeds = provenance.claim_folder(outdir, manifest, seeds, subdirs, skip_existing, missing_seeds)
+    if seeds is None:
+        return []
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    written = []
+    num_batches = ((len(seeds) - 1) // (batch_size * world) + 1) * world if seeds else 0
+    rank_batches = torch.as_tensor(seeds).tensor_split(num_batches)[rank::world] if seeds else []
+    frames = [] if (trajectory and rank == 0) else None
+    for batch_seeds in tqdm.tqdm(rank_batches, unit='batch', desc=desc, disable=(rank != 0 or not progress)):
+        batch_seeds = batch_seeds.tolist()
+        if not batch_seeds:
+            continue
+        callback = None
+        if frames is not None and not frames:
+            callback = lambda i, t, x: frames.append(x[:trajectory_images].detach().to('cpu', torch.float32))
+        with torch.no_grad():
+            images = sample_batch(denoiser, batch_seeds, sampler_kwargs, class_idx, device, callback)
+        for seed, image in zip(batch_seeds, images):
+            image_io.save_image(image, image_path(outdir, seed, subdirs))
+        written.extend(batch_seeds)
+    if frames:
+        image_io.save_trajectory_gif(frames, trajectory)
+    report_cost(denoiser, sampler_kwargs, written)
+    dist.barrier()
+    return written
+
+
+def report_cost(denoiser, sampler_kwargs: Optional[dict], written: Sequence[int]) -> None:
+    """Print the network evaluations per image that guidance really cost (rank 0; batches sample
+    together, so evaluations per batch are evaluations per image)."""
+    if isinstance(denoiser, guidance.GuidedDenoiser) and written and dist.get_rank() == 0:
+        batches = max(denoiser.calls / max(nfe(sampler_kwargs), 1), 1)
+        dist.print0(f'Guidance: {denoiser.evaluations / batches:g} network evaluations per image '
+                    f'({denoiser.guided_calls / batches:g} of the sampler\'s {denoiser.calls / batches:g} calls guided).')
+
+
+def nfe(sampler_kwargs: Optional[dict]) -> int:
+    """Network evaluations per image of EDM's or the Restart sampler without guidance: 2N - 1 Heun
+    (N Euler) for N steps, plus Restart's passes (sampling.restart_nfe)."""
+    kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
+    steps = kwargs.get('num_steps', 18)
+    if kwargs.get('solver') == 'euler':
+        return steps
+    return sampling.restart_nfe(steps, kwargs.get('restart'))
+
+
+def save_seed_grid(outdir: str, seeds: Sequence[int], path: str, subdirs: bool = False, max_images: int = 64) -> None:
+    """One grid PNG of the first `max_images` seeds' images, read back from outdir."""
+    chosen = list(seeds)[:max_images]
+    if chosen:
+        image_io.save_grid(torch.stack([image_io.load_image(image_path(outdir, s, subdirs)) for s in chosen]), path)
+
+#----------------------------------------------------------------------------
+# Which D the prior uses: the checkpoint's, unless it records none; flags may only agree with it.
+
+def flags_D(pfgmpp_flag: Optional[bool], aug_dim: Optional[float]) -> tuple[bool, Optional[float]]:
+    """(given, D) from --pfgmpp/--aug_dim: given=False when neither was passed."""
+    if pfgmpp_flag is None and aug_dim is None:
+        return False, None
+    if pfgmpp_flag is False:
+        if aug_dim is not None:
+            raise ValueError('--aug_dim is only used with --pfgmpp=1; drop --aug_dim, or pass --pfgmpp=1.')
+        return True, None
+    if aug_dim is None:
+        raise ValueError('--pfgmpp=1 needs the augmentation dimension; pass --aug_dim=D (e.g. --aug_dim=2048).')
+    return True, pfgmpp.check_D(aug_dim)
+
+
+def describe_D(D: Optional[float]) -> str:
+    return 'diffusion (D -> infinity, --pfgmpp=0)' if D is None else f'D={D:g} (--pfgmpp=1 --aug_dim={D:g})'
+
+
+def resolve_D(info: dict, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+              name: str = 'The checkpoint') -> Optional[float]:
+    """The D of the prior: the one the checkpoint records (info from checkpoint.load_network), else the
+    flags' (default None, diffusion). Flags that contradict a recorded D are an error."""
+    given, D_flag = flags_D(pfgmpp_flag, aug_dim)
+    if not info.get('D_recorded', True):
+        return D_flag
+    D_ckpt = info.get('D')
+    same = (D_ckpt is None and D_flag is None) or (D_ckpt is not None and D_flag is not None and math.isclose(D_ckpt, D_flag, rel_tol=1e-9))
+    if given and not same:
+        raise ValueError(f'{name} was trained for {describe_D(D_ckpt)}, but the flags ask for {describe_D(D_flag)}; '
+                         f'drop --pfgmpp/--aug_dim to use the checkpoint\'s D.')
+    return D_ckpt
+
+
+def load_for_sampling(network: str, allow_pickle: bool, device: torch.device, pfgmpp_flag: Optional[bool],
+                      aug_dim: Optional[float]) -> tuple[torch.nn.Module, dict]:
+    """load_network(), with net.D the D of the prior (resolve_D: a legacy EDM file records none, and
+    takes the flags'), and info['sha256'] of the file. Rank 0 loads first, so that a URL is downloaded
+    once into the cache and the other processes read it from there."""
+    if dist.get_rank() != 0:
+        dist.barrier()
+    net, info = checkpoint.load_network(network, allow_pickle=allow_pickle, device=device)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    net.D = resolve_D(info, pfgmpp_flag, aug_dim, name=network)
+    return net, dict(info, D=net.D, sha256=dnnlib.util.file_sha256(info['path']))
+
+#----------------------------------------------------------------------------
+# Run-directory mode and the studies: many folders, one network each.
+
+def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = None, max_kimg: Optional[int] = None,
+                 allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+                 device: torch.device | str = 'cpu', **kwargs) -> list[str]:
+    """Sample every checkpoint of run_dir (checkpoint.find_checkpoints) into RUN/ckpt_<kimg>/, skipping
+    folders that already hold every seed's PNG and completing those that hold some; a folder whose
+    generate.json records another configuration is refused. kwargs go to generate_images(). Returns
+    the checkpoints' folders."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f'{run_dir} is not a folder; pass a training run directory as --outdir, or a checkpoint as --network.')
+    found = checkpoint.find_checkpoints(run_dir, 'network', min_kimg, max_kimg)
+    if not found:
+        raise FileNotFoundError(f'{run_dir} holds no network-snapshot-*.pt/.pkl or training-state-*.pt/.pkl'
+                                f'{" in the --ckpt/--end_ckpt range" if (min_kimg, max_kimg) != (None, None) else ""}; '
+                                f'pass a training run directory, or a checkpoint as --network.')
+    pickles = [os.path.basename(path) for _kimg, path in found if path.endswith('.pkl')]
+    if pickles and not allow_pickle:
+        raise persistence.UntrustedPickleError(
+            f'{run_dir} holds legacy pickles ({", ".join(pickles[:3])}{", ..." if len(pickles) > 3 else ""}), and loading '
+            f'them executes code from the files; pass --allow-pickle if you trust their source.')
+    folders = []
+    for kimg, path in found:
+        outdir = os.path.join(run_dir, checkpoint.samples_dir_name(kimg))
+        folders.append(outdir)
+        dist.print0(f'{os.path.basename(path)} ({kimg} kimg) -> "{outdir}"')
+        net, info = load_for_sampling(path, allow_pickle, device, pfgmpp_flag, aug_dim)
+        generate_images(net, seeds, outdir, device=device, desc=checkpoint.samples_dir_name(kimg), network=path,
+                        network_sha256=info['sha256'], skip_existing=True, **kwargs)
+    return folders
+
+
+def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Optional[Callable]]], seeds: Sequence[int],
+              allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+              sampler_kwargs: Optional[dict] = None, device: torch.device | str = 'cpu', **kwargs) -> list[str]:
+    """For each (folder, sampler_overrides, net_transform) in settings, sample `seeds` into
+    outdir/folder with sampler_kwargs updated by the overrides and the network replaced by
+    net_transform(net) (if given). Complete folders are skipped, partial ones completed, and one whose
+    generate.json records another configuration is refused. kwargs go to generate_images()."""
+    net, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
+    dist.print0(f'Loaded {network} ({info["source"]}, {describe_D(net.D)}).')
+    folders = []
+    for folder, overrides, transform in settings:
+        target = os.path.join(outdir, folder)
+        folders.append(target)
+        dist.print0(f'Setting {folder} -> "{target}"')
+        setting_net = transform(net) if transform is not None else net
+        study = dict(folder=folder, overrides=overrides, transform=describe_transform(transform))
+        generate_images(setting_net, seeds, target, sampler_kwargs={**(sampler_kwargs or {}), **overrides},
+                        device=device, desc=folder, network=network, network_sha256=info['sha256'], study=study,
+                        skip_existing=True, **kwargs)
+    return folders
+
+
+def describe_transform(transform: Optional[Callable]) -> Optional[str]:
+    """A study's network transform for the manifest: its `description` attribute if it has one,
+    'quantize_weights(bits=8)' for a functools.partial, else the function's name."""
+    if transform is None:
+        return None
+    if getattr(transform, 'description', None):
+        return transform.description
+    if isinstance(transform, functools.partial):
+        args = [repr(a) for a in transform.args] + [f'{k}={v!r}' for k, v in transform.keywords.items()]
+        return f'{getattr(transform.func, "__name__", type(transform.func).__name__)}({", ".join(args)})'
+    return getattr(transform, '__name__', type(transform).__name__)
+
+#----------------------------------------------------------------------------
+# The command's body, callable from Python.
+
+# The command line's sampler defaults; a Restart preset replaces those of its settings left at them.
+SAMPLER_DEFAULTS = dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+
+
+def sampler_kwargs_from(options: dict) -> dict:
+    """The sampler settings among options (sampling.SAMPLER_KEYS, those not None). A Restart preset
+    name (sampling.RESTART_PRESETS) brings its published settings (steps, S_min, S_max, S_noise,
+    restart_gamma) wherever the options are at their defaults."""
+    kwargs = {key: options[key] for key in sampling.SAMPLER_KEYS if options.get(key) is not None}
+    preset = sampling.RESTART_PRESETS.get(str(kwargs.get('restart', '')).strip())
+    for key, value in (preset or {}).items():
+        if key != 'restart' and kwargs.get(key, SAMPLER_DEFAULTS.get(key)) == SAMPLER_DEFAULTS.get(key):
+            kwargs[key] = value
+    return kwargs
+
+
+def sampling_options(options: dict, device: torch.device) -> dict:
+    """The generate_images() keyword arguments of the options, with the guide network loaded and the
+    backends configured for the precision."""
+    precision_lib.configure_backends(options['precision'])
+    kwargs = dict(batch_size=options['batch'], sampler_kwargs=sampler_kwargs_from(options), class_idx=options['class_idx'],
+                  subdirs=options['subdirs'], precision=options['precision'], channels_last=options['channels_last'],
+                  compile=options['compile'], guidance_weight=options['guidance'], guidance_interval=options['guidance_interval'])
+    guidance.check_interval(options['guidance_interval'])
+    if options['gnet'] is not None:
+        dist.print0(f'Loading the guide network from "{options["gnet"]}"...')
+        gnet, info = load_for_sampling(options['gnet'], options['allow_pickle'], device, options['pfgmpp'], options['aug_dim'])
+        kwargs.update(gnet=gnet, guide=dict(gnet=options['gnet'], gnet_sha256=info['sha256']))
+    return kwargs
+
+
+def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | str = '0-63', subdirs: bool = False,
+             class_idx: Optional[int] = None, batch: int = 64, grid: Optional[str] = None, trajectory: Optional[str] = None,
+             min_kimg: Optional[int] = None, max_kimg: Optional[int] = None, allow_pickle: bool = False,
+             pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None, device: str = 'auto',
+             precision: str = 'fp32', channels_last: bool = False, compile: bool = False, guidance: float = 1.0,
+             gnet: Optional[str] = None, guidance_interval: Optional[tuple[float, float]] = None,
+             **sampler_options) -> list[str]:
+    """generate.py's command, by option name: sample `network` into outdir, or without a network every
+    checkpoint of the training run outdir (min_kimg..max_kimg) into RUN/ckpt_<kimg>/. sampler_options:
+    sampling.SAMPLER_KEYS (num_steps, sigma_min, ..., restart). Returns the folders written."""
+    seeds = cli.parse_int_list(seeds, unique=True)
+    unknown = set(sampler_options) - set(sampling.SAMPLER_KEYS)
+    if unknown:
+        raise ValueError(f'generate(): unknown options {sorted(unknown)}.')
+    options = dict(locals(), **sampler_options)
+    dev = dist.init(device)
+    if network is None:
+        if grid or trajectory:
+            raise ValueError('--grid and --trajectory need a single --network; drop them in run directory mode.')
+        return generate_run(outdir, seeds, min_kimg, max_kimg, allow_pickle, pfgmpp, aug_dim, dev, **sampling_options(options, dev))
+    if min_kimg is not None or max_kimg is not None:
+        raise ValueError('--ckpt and --end_ckpt select checkpoints of a training run; drop them, or drop --network.')
+    if grid and os.path.abspath(grid).startswith(os.path.abspath(outdir) + os.sep):
+        raise ValueError(f'--grid={grid} is inside --outdir, where fid.py would count it as a sample; write it elsewhere.')
+    dist.print0(f'Loading network from "{network}"...')
+    net, info = load_for_sampling(network, allow_pickle, dev, pfgmpp, aug_dim)
+    kwargs = sampling_options(options, dev)
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {describe_D(net.D)}, '
+                f'{nfe(kwargs["sampler_kwargs"])} network evaluations per image without guidance...')
+    generate_images(net, seeds, outdir, device=dev, trajectory=trajectory, network=network, network_sha256=info['sha256'], **kwargs)
+    if grid and dist.get_rank() == 0:
+        save_seed_grid(outdir, seeds, grid, subdirs)
+    dist.barrier()
+    return [outdir]
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Command-line options shared by generate.py and the study scripts (generate_alpha.py,
+generate_steps.py, generate_quant.py), and the study scripts' common body."""
+
+from typing import Callable, Optional, Sequence
+
+import click
+
+from sampling import generation, guidance
+from sampling import samplers as sampling
+from torch_utils import cli
+from torch_utils import distributed as dist
+from torch_utils import precision as precision_lib
+
+def _apply(options: Sequence[Callable]) -> Callable:
+    def decorator(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorator
+
+
+def parse_interval(value: str) -> tuple[float, float]:
+    """--guidance-interval LO,HI -> (LO, HI)."""
+    values = cli.parse_float_list(value, unique=False)
+    if len(values) != 2:
+        raise ValueError(f'{value!r} must be two noise levels LO,HI, e.g. 0.28,2.9.')
+    return guidance.check_interval(values)
+
+
+def output_options(fn: Callable) -> Callable:
+    """--outdir --seeds --subdirs --class --batch."""
+    return _apply([
+        click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True),
+        click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True, callback=cli.click_list(cli.parse_int_list, unique=True)),
+        click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True),
+        click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None),
+        click.option('--batch', 'batch', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+    ])(fn)
+
+
+def sampler_options(with_steps: bool = True) -> Callable:
+    """EDM's sampler options (--steps unless a study varies it), its ablation options, Restart, and guidance."""
+    options = [click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=generation.SAMPLER_DEFAULTS['num_steps'], show_default=True)] if with_steps else []
+    options += [
+        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=generation.SAMPLER_DEFAULTS['rho'], show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_churn'], show_default=True),
+        click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_min'], show_default=True),
+        click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_max'], show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=generation.SAMPLER_DEFAULTS['S_noise'], show_default=True),
+        click.option('--solver', help='Ablate ODE solver', metavar='euler|heun', type=click.Choice(list(sampling.SOLVERS))),
+        click.option('--disc', 'discretization', help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(list(sampling.DISCRETIZATIONS))),
+        click.option('--schedule', help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(list(sampling.SCHEDULES))),
+        click.option('--scaling', help='Ablate signal scaling s(t)', metavar='vp|none', type=click.Choice(list(sampling.SCALINGS))),
+        click.option('--restart', help=f'Restart sampling: a preset ({", ".join(sampling.RESTART_PRESETS)}), the published JSON, or N:K:t_min:t_max[;...]', metavar='SPEC', type=str),
+        click.option('--restart-gamma', 'restart_gamma', help='Restart: churn inside restart passes  [default: 0, the preset\'s with a preset]', metavar='FLOAT', type=click.FloatRange(min=0)),
+        click.option('--guidance', help='Guidance weight w (1 = none): classifier-free, or autoguidance with --gnet', metavar='FLOAT', type=float, default=1.0, show_default=True),
+        click.option('--gnet', help='Guide network for autoguidance (same data and D)', metavar='PATH|URL', type=str),
+        click.option('--guidance-interval', 'guidance_interval', help='Guide only for sigma in (LO, HI]  [default: everywhere]', metavar='LO,HI', type=str, callback=cli.click_list(parse_interval)),
+    ]
+    return _apply(options)
+
+
+def network_options(required: bool = True) -> Callable:
+    """--network --allow-pickle --pfgmpp --aug_dim --device --debug."""
+    network_help = ('Network checkpoint filename or URL' if required else
+                    'Network checkpoint filename or URL  [default: every checkpoint in --outdir, a training run]')
+    return _apply([
+        click.option('--network', 'network', help=network_help, metavar='PATH|URL', type=str, required=required),
+        click.option('--allow-pickle', 'allow_pickle', help='Allow legacy EDM/PFGM++ pickles, which run code from the file; only for files you trust', is_flag=True),
+        click.option('--pfgmpp', 'pfgmpp', help='PFGM++ prior (1) or diffusion (0)  [default: from the checkpoint]', metavar='BOOL', type=click.BOOL, default=None),
+        click.option('--aug_dim', help='PFGM++ augmentation dimension D  [default: from the checkpoint]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None),
+        cli.device_option(),
+        cli.debug_option(),
+    ])
+
+
+def performance_options(fn: Callable) -> Callable:
+    """--precision --channels-last --compile."""
+    return _apply([
+        click.option('--precision', help='Arithmetic of the network: fp32, tf32 (CUDA), bf16 or fp16 autocast', type=click.Choice(list(precision_lib.PRECISIONS)), default='fp32', show_default=True),
+        click.option('--channels-last', 'channels_last', help='Channels-last (NHWC) memory layout', metavar='BOOL', type=click.BOOL, default=False, show_default=True),
+        click.option('--compile', help='torch.compile the network (pays off for many batches)', metavar='BOOL', type=click.BOOL, default=False, show_default=True),
+    ])(fn)
+
+
+def run_study_command(options: dict, settings: Sequence[tuple[str, dict, Optional[Callable]]]) -> None:
+    """The body of the study scripts' commands: options as network_options, output_options,
+    sampler_options and performance_options parse them; settings as run_study() takes them."""
+    try:
+        with cli.one_line_errors(options['debug']):
+            device = dist.init(options['device'])
+            generation.run_study(options['network'], options['outdir'], settings, options['seeds'], options['allow_pickle'],
+                      options['pfgmpp'], options['aug_dim'], device=device, **generation.sampling_options(options, device))
+            dist.print0('Done.')
+    finally:
+        dist.shutdown()
+
+#----------------------------------------------------------------------------
