@@ -34,12 +34,12 @@ def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = Non
     """Samples for `seeds` from `net` (a network, or a guided one), float64 [B, C, H, W] in (about)
     [-1, 1]. Per seed, in this order: the prior draw for net.D at the sampler's first noise level
     (pfgmpp.sample_prior), a class label uniform over label_dim (conditional networks; replaced by
-    class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s."""
-    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
-    sampler_fn, kind = sampling.choose_sampler(sampler_kwargs)
-    sigma_start = sampling.first_sigma(net, kind, **{k: v for k, v in sampler_kwargs.items() if k not in sampling.RESTART_KEYS})
+    class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s, run with
+    its settings (sampling.resolve_sampler) and its extra inputs (SamplerSpec.extra_inputs)."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    spec = sampling.SAMPLERS[name]
     rnd = StackedRandomGenerator(device, seeds)
-    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], sigma_start, net.D)
+    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], spec.first_sigma(net, settings), net.D)
     class_labels = None
     if net.label_dim:
         class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
@@ -47,8 +47,8 @@ def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = Non
         check_class_idx(net, class_idx)
         class_labels[:, :] = 0
         class_labels[:, class_idx] = 1
-    extra = dict(D=net.D, gamma_log_like=rnd.gamma_log_like) if kind == 'restart' else {}
-    return sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **sampler_kwargs, **extra)
+    extra = {argument: make(net, rnd) for argument, make in spec.extra_inputs.items()}
+    return spec.fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **settings, **extra)
 
 
 def check_class_idx(net, class_idx: Optional[int]) -> None:
@@ -156,13 +156,11 @@ def report_cost(denoiser, sampler_kwargs: Optional[dict], written: Sequence[int]
 
 
 def nfe(sampler_kwargs: Optional[dict]) -> int:
-    """Network evaluations per image of EDM's or the Restart sampler without guidance: 2N - 1 Heun
-    (N Euler) for N steps, plus Restart's passes (sampling.restart_nfe)."""
-    kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
-    steps = kwargs.get('num_steps', 18)
-    if kwargs.get('solver') == 'euler':
-        return steps
-    return sampling.restart_nfe(steps, kwargs.get('restart'))
+    """Network evaluations per image of the sampler sample_batch() runs for sampler_kwargs, without
+    guidance (SamplerSpec.nfe: 2N - 1 for N Heun steps, N Euler, plus Restart's passes). ValueError
+    for settings choose_sampler() refuses."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    return sampling.SAMPLERS[name].nfe(settings)
 
 
 def save_seed_grid(outdir: str, seeds: Sequence[int], path: str, subdirs: bool = False, max_images: int = 64) -> None:
@@ -261,18 +259,19 @@ def describe_transform(transform: Optional[Callable]) -> Optional[str]:
 #----------------------------------------------------------------------------
 # The command's body, callable from Python.
 
-# The command line's sampler defaults; a Restart preset replaces those of its settings left at them.
-SAMPLER_DEFAULTS = dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+# The command line's sampler defaults: the settings every sampler takes with the same default
+# (num_steps, rho, S_churn, S_min, S_max, S_noise); a preset replaces those of its settings left at them.
+SAMPLER_DEFAULTS = sampling.shared_defaults()
 
 
 def sampler_kwargs_from(options: dict) -> dict:
-    """The sampler settings among options (sampling.SAMPLER_KEYS, those not None). A Restart preset
-    name (sampling.RESTART_PRESETS) brings its published settings (steps, S_min, S_max, S_noise,
-    restart_gamma) wherever the options are at their defaults."""
-    kwargs = {key: options[key] for key in sampling.SAMPLER_KEYS if options.get(key) is not None}
-    preset = sampling.RESTART_PRESETS.get(str(kwargs.get('restart', '')).strip())
-    for key, value in (preset or {}).items():
-        if key != 'restart' and kwargs.get(key, SAMPLER_DEFAULTS.get(key)) == SAMPLER_DEFAULTS.get(key):
+    """The sampler settings among options (sampling.sampler_keys(), those not None). A preset that a
+    setting names (sampling.preset_settings: a Restart preset, sampling.RESTART_PRESETS) brings its
+    published settings (steps, S_min, S_max, S_noise, restart_gamma) wherever the options are at
+    their defaults."""
+    kwargs = {key: options[key] for key in sampling.sampler_keys() if options.get(key) is not None}
+    for key, value in sampling.preset_settings(kwargs).items():
+        if kwargs.get(key, SAMPLER_DEFAULTS.get(key)) == SAMPLER_DEFAULTS.get(key):
             kwargs[key] = value
     return kwargs
 
@@ -301,9 +300,9 @@ def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | 
              **sampler_options) -> list[str]:
     """generate.py's command, by option name: sample `network` into outdir, or without a network every
     checkpoint of the training run outdir (min_kimg..max_kimg) into RUN/ckpt_<kimg>/. sampler_options:
-    sampling.SAMPLER_KEYS (num_steps, sigma_min, ..., restart). Returns the folders written."""
+    sampling.sampler_keys() (num_steps, sigma_min, ..., restart). Returns the folders written."""
     seeds = cli.parse_int_list(seeds, unique=True)
-    unknown = set(sampler_options) - set(sampling.SAMPLER_KEYS)
+    unknown = set(sampler_options) - set(sampling.sampler_keys())
     if unknown:
         raise ValueError(f'generate(): unknown options {sorted(unknown)}.')
     options = dict(locals(), **sampler_options)
