@@ -41,7 +41,6 @@ import dnnlib
 from torch_utils import persistence
 from torch_utils.cli import first_line
 from training import networks
-from training.pfgmpp import check_D
 
 __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
            'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
@@ -254,12 +253,11 @@ def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], dev
         raise CheckpointError(f'{name} was written by a newer version of this code (format version {data["version"]}); update the code.')
     is_snapshot = data['format'] == SNAPSHOT_FORMAT
     net = network_from_dict(data.get('network' if is_snapshot else 'ema'), device=device)
-    D = check_D(data['D']) if 'D' in data else net.D
-    if D != net.D:
-        raise CheckpointError(f'{name} records D={D} but its network was built for D={net.D}; the file is inconsistent.')
+    if 'D' in data and data['D'] != net.D:  # The network's constructor has validated its D.
+        raise CheckpointError(f'{name} records D={data["D"]} but its network was built for D={net.D}; the file is inconsistent.')
     if data.get('kimg') is not None:
         kimg = int(data['kimg'])
-    return net, dict(D=D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
+    return net, dict(D=net.D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
 
 #----------------------------------------------------------------------------
 # Legacy networks (EDM, PFGM++) into our classes.
@@ -294,7 +292,7 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
     elif D_values:
         if any(not math.isclose(float(v), float(D_values[0])) for v in D_values):
             raise CheckpointError(f'{name} records contradicting augmentation dimensions {D_values}.')
-        D, D_recorded = check_D(float(D_values[0])), True
+        D, D_recorded = float(D_values[0]), True  # Validated by the network's constructor.
     else:
         D, D_recorded = D_unrecorded, False  # EDM (or PFGM++ without a recorded D): the caller's.
 
