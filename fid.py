@@ -70,14 +70,27 @@ def ref_command(**kwargs) -> None:
     ref(**kwargs)
 
 
+def evaluation_options(num_help: str, seed_help: str, json_help: str) -> Callable:
+    """--ref --num --subset-seed --metrics --json, and common_options: what 'calc' and 'sweep' share."""
+    options = [
+        click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True),
+        click.option('--num', help=num_help, metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True),
+        click.option('--subset-seed', '--seed', 'seed', help=seed_help, metavar='INT', type=int, default=0, show_default=True),
+        metrics_option,
+        click.option('--json', 'json_path', help=json_help, metavar='FILE', type=str, default=None),
+        common_options,
+    ]
+    def decorator(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorator
+
+
 @main.command('calc')
 @click.option('--images', help='Generated images: folder or .zip', metavar='PATH|ZIP', type=str, required=True)
-@click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
-@click.option('--num', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--subset-seed', '--seed', 'seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
-@metrics_option
-@click.option('--json', 'json_path', help='Also write the results and their provenance to this JSON file', metavar='FILE', type=str, default=None)
-@common_options
+@evaluation_options('Number of images to use', 'Random seed for choosing the images',
+                    'Also write the results and their provenance to this JSON file')
 def calc_command(**kwargs) -> None:
     """Calculate metrics of generated images; the last line printed is the FID."""
     calc(**kwargs)
@@ -85,14 +98,10 @@ def calc_command(**kwargs) -> None:
 
 @main.command('sweep')
 @click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote, or a pattern of such folders', metavar='DIR|GLOB', type=str, required=True)
-@click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
-@click.option('--num', help='Number of images per evaluation', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--subset-seed', '--seed', 'seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--ranges', help='Disjoint blocks of --num images to evaluate per folder, in name (seed) order', metavar='INT',
               type=click.IntRange(min=1), default=1, show_default=True)
-@metrics_option
-@click.option('--json', 'json_path', help='Also write the table, the best checkpoint and this sweep\'s records to this JSON file', metavar='FILE', type=str, default=None)
-@common_options
+@evaluation_options('Number of images per evaluation', 'Random seed for choosing the images (with --ranges=1)',
+                    'Also write the table, the best checkpoint and this sweep\'s records to this JSON file')
 def sweep_command(**kwargs) -> None:
     """Evaluate every ckpt_*/ folder of a run; results go to RUN/metrics.jsonl.
 

@@ -10,21 +10,17 @@ torchrun --standalone --nproc_per_node=8 fid.py calc --images=robustness/alpha_0
 
 import click
 
-from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import study_command
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@command(help=__doc__)
-@network_options(required=True)
-@output_options
-@click.option('--alphas', help='Noise injection strengths alpha, one folder each', metavar='LIST', type=str,
-              default='0,0.05,0.1,0.2', show_default=True, callback=cli.click_list(robustness.parse_alphas))
-@sampler_options(with_steps=True)
-@performance_options
-def cmdline(alphas, **options):
-    run_study_command(options, robustness.alpha_settings(alphas))
+cmdline = study_command(
+    __doc__,
+    [click.option('--alphas', help='Noise injection strengths alpha, one folder each', metavar='LIST', type=str,
+                  default='0,0.05,0.1,0.2', show_default=True, callback=cli.click_list(robustness.parse_alphas))],
+    robustness.alpha_settings)
 
 #----------------------------------------------------------------------------
 

@@ -13,23 +13,19 @@ python generate_quant.py --network=network-snapshot-200000.pt --outdir=quant \\
 import click
 
 from sampling import quantization
-from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import study_command
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@command(help=__doc__)
-@network_options(required=True)
-@output_options
-@click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,
-              default='5,6,7,8,9', show_default=True, callback=cli.click_list(robustness.parse_bits))
-@click.option('--scope', help='Which parameters: the published rule, or every float parameter', type=click.Choice(list(quantization.SCOPES)),
-              default='published', show_default=True)
-@sampler_options(with_steps=True)
-@performance_options
-def cmdline(bits, scope, **options):
-    run_study_command(options, robustness.quant_settings(bits, scope))
+cmdline = study_command(
+    __doc__,
+    [click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,
+                  default='5,6,7,8,9', show_default=True, callback=cli.click_list(robustness.parse_bits)),
+     click.option('--scope', help='Which parameters: the published rule, or every float parameter', type=click.Choice(list(quantization.SCOPES)),
+                  default='published', show_default=True)],
+    robustness.quant_settings)
 
 #----------------------------------------------------------------------------
 

@@ -9,21 +9,17 @@ python generate_steps.py --network=network-snapshot-200000.pt --outdir=nfe \\
 
 import click
 
-from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import study_command
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@command(help=__doc__)
-@network_options(required=True)
-@output_options
-@click.option('--steps-list', '--steps_list', 'steps_list', help='Numbers of sampling steps N, one folder each', metavar='LIST',
-              type=str, default='4,6,9,13,18', show_default=True, callback=cli.click_list(robustness.parse_steps))
-@sampler_options(with_steps=False)
-@performance_options
-def cmdline(steps_list, **options):
-    run_study_command(options, robustness.steps_settings(steps_list))
+cmdline = study_command(
+    __doc__,
+    [click.option('--steps-list', '--steps_list', 'steps_list', help='Numbers of sampling steps N, one folder each', metavar='LIST',
+                  type=str, default='4,6,9,13,18', show_default=True, callback=cli.click_list(robustness.parse_steps))],
+    robustness.steps_settings, with_steps=False)
 
 #----------------------------------------------------------------------------
 

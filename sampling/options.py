@@ -115,4 +115,20 @@ def run_study_command(options: dict, settings: Sequence[tuple[str, dict, Optiona
     finally:
         dist.shutdown()
 
+
+def study_command(help: str, study_options: Sequence[Callable], settings: Callable[..., list], with_steps: bool = True) -> click.Command:
+    """A study script's command: generate.py's options (but --steps where the study varies it) plus the
+    study's own (study_options); settings(*the study's option values, in order) gives run_study()'s settings."""
+    study_names = [option(lambda: None).__click_params__[0].name for option in study_options]
+
+    @command(help=help)
+    @network_options(required=True)
+    @output_options
+    @_apply(list(study_options))
+    @sampler_options(with_steps=with_steps)
+    @performance_options
+    def cmdline(**options):
+        run_study_command(options, settings(*[options.pop(name) for name in study_names]))
+    return cmdline
+
 #----------------------------------------------------------------------------

@@ -670,18 +670,7 @@ def run_d_study(
              for study, values in grid.settings.items()
              for value, (folder, overrides, transform) in zip(values, STUDIES[study].settings(values))]
 
-    # What is left to do, for the time estimate.
-    pending = dict(train=0.0, generate=0.0, score=0.0)
-    for m in models:
-        if final_network(m, grid.kimg) is None:
-            pending['train'] += target_kimg(grid.kimg)
-        for study, _value, folder, overrides, _t in cells:
-            cell_dir = os.path.join(m.run_dir, study, folder)
-            if not folder_complete(cell_dir, blocks):
-                pending['generate'] += grid.num_samples * setting_nfe(grid, overrides)
-            if read_score(cell_dir, score_key(cell_dir, blocks, scorer)) is None:
-                pending['score'] += grid.num_samples
-    bar = Progress(pending, total_stages=3 * len(models), enabled=progress, log_path=os.path.join(outdir, 'timing.jsonl'))
+    bar = Progress(pending_work(models, cells, blocks, grid, scorer), total_stages=3 * len(models), enabled=progress, log_path=os.path.join(outdir, 'timing.jsonl'))
     if progress:
         print(f'D study in {outdir}: {len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds '
               f'{cli.format_int_list(grid.seeds)}; {target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples '
@@ -695,6 +684,21 @@ def run_d_study(
         scores.update(score_model(m, cells, blocks, grid.num_samples, scorer, bar, log_path))
         write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=False)
     return write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=True)
+
+
+def pending_work(models: list, cells: list, blocks: list, grid: Grid, scorer) -> dict:
+    """What is left to do, for the time estimate: kimg to train, image-NFE to generate, images to score."""
+    pending = dict(train=0.0, generate=0.0, score=0.0)
+    for m in models:
+        if final_network(m, grid.kimg) is None:
+            pending['train'] += target_kimg(grid.kimg)
+        for study, _value, folder, overrides, _t in cells:
+            cell_dir = os.path.join(m.run_dir, study, folder)
+            if not folder_complete(cell_dir, blocks):
+                pending['generate'] += grid.num_samples * setting_nfe(grid, overrides)
+            if read_score(cell_dir, score_key(cell_dir, blocks, scorer)) is None:
+                pending['score'] += grid.num_samples
+    return pending
 
 
 def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar: Progress, log_path: str) -> str:

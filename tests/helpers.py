@@ -136,6 +136,24 @@ def inputs(batch: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn([batch, 3, 8, 8], generator=gen), torch.tensor([0.01, 0.5, 2.0, 40.0])[:batch]
 
 
+def output_dtypes(net, precision: str, device='cpu') -> tuple[dict, torch.Tensor]:
+    """Run random_net()-shaped `net` under `precision` (torch_utils/precision.py) on inputs(); returns
+    ({'emb', 'conv', 'norm': the output dtype of the mapping network, a convolution and a group norm},
+    the network's output)."""
+    from torch_utils import precision as precision_lib
+    seen = {}
+    def record(name):
+        def hook(module, args, output):
+            seen.setdefault(name, output.dtype)
+        return hook
+    net.model.map_layer1.register_forward_hook(record('emb'))
+    net.model.enc['8x8_block0'].conv0.register_forward_hook(record('conv'))
+    net.model.enc['8x8_block0'].norm1.register_forward_hook(record('norm'))
+    precision_lib.set_network_precision(net, precision)
+    x, sigma = inputs()
+    return seen, net(x.to(device), sigma.to(device))
+
+
 def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, in float64."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()

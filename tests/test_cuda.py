@@ -56,22 +56,8 @@ from sampling import samplers as sampling
 from torch_utils import image_io, precision, rng
 from training import checkpoint, networks, training_loop
 
-from helpers import (
-    REPO,
-    TINY_ADM,
-    TINY_NCSNPP,
-    TINY_SONG,
-    TINY_TRAIN,
-    inputs,
-    loop_config,
-    noise_images,
-    random_net,
-    read_stats,
-    rel_l2,
-    rel_max,
-    save_standin_detector,
-    tiny_net,
-)
+from helpers import (REPO, TINY_ADM, TINY_NCSNPP, TINY_SONG, TINY_TRAIN, inputs, loop_config, noise_images, output_dtypes, random_net,
+                     read_stats, rel_l2, rel_max, save_standin_detector, tiny_net)
 
 pytestmark = pytest.mark.cuda
 
@@ -182,20 +168,11 @@ def test_training_step_matches_cpu(cuda, record_property, D):
 @pytest.mark.parametrize('prec', ['bf16', 'fp16'])
 def test_embedding_preconditioning_and_loss_stay_float32(cuda, prec):
     net = random_net(D=128.0).to(cuda)
-    seen = {}
-    def record(name):
-        def hook(module, args, output):
-            seen.setdefault(name, output.dtype)
-        return hook
-    net.model.map_layer1.register_forward_hook(record('emb'))
-    net.model.enc['8x8_block0'].conv0.register_forward_hook(record('conv'))
-    net.model.enc['8x8_block0'].norm1.register_forward_hook(record('norm'))
-    precision.set_network_precision(net, prec)
-    x, sigma = inputs()
-    out = net(x.to(cuda), sigma.to(cuda))
+    seen, out = output_dtypes(net, prec, cuda)
     amp = precision.autocast_dtype(prec)
     assert seen == {'emb': torch.float32, 'conv': amp, 'norm': amp}
     assert out.dtype == torch.float32 and out.device.type == 'cuda'
+    x, _sigma = inputs()
     # The loss of PFGM++ (D=128) is float32 too, with the noise drawn from a CPU generator.
     loss_fn = training_loop.make_loss(dict(class_name='training.loss.EDMLoss'), net)
     loss = loss_fn(net, x.to(cuda), generator=torch.Generator().manual_seed(0))

@@ -23,7 +23,7 @@ from sampling import generation
 from torch_utils import precision
 from training import networks
 
-from helpers import TINY_ADM, TINY_SONG, inputs, random_net, rel_l2, rel_max
+from helpers import TINY_ADM, TINY_SONG, inputs, output_dtypes, random_net, rel_l2, rel_max
 
 CONFIGS = {'ddpmpp': TINY_SONG, 'adm': TINY_ADM}
 
@@ -80,18 +80,7 @@ def test_group_norm_statistics_are_float32(dtype):
 
 @pytest.mark.parametrize('prec', ['bf16', 'fp16'])
 def test_embedding_and_preconditioning_stay_float32(prec):
-    net = random_net()
-    seen = {}
-    def record(name):
-        def hook(module, args, output):
-            seen.setdefault(name, output.dtype)
-        return hook
-    net.model.map_layer1.register_forward_hook(record('emb'))
-    net.model.enc['8x8_block0'].conv0.register_forward_hook(record('conv'))
-    net.model.enc['8x8_block0'].norm1.register_forward_hook(record('norm'))
-    precision.set_network_precision(net, prec)
-    x, sigma = inputs()
-    out = net(x, sigma)
+    seen, out = output_dtypes(random_net(), prec)
     amp = precision.autocast_dtype(prec)
     assert seen == {'emb': torch.float32, 'conv': amp, 'norm': amp}
     assert out.dtype == torch.float32
