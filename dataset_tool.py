@@ -10,7 +10,7 @@ from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@click.command()
+@click.command(context_settings=cli.CONTEXT_SETTINGS)
 
 # Input and output.
 @click.option('--source',       help='Folder, ZIP, LSUN *_lmdb folder, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz', metavar='PATH', type=str, required=True)

@@ -38,7 +38,7 @@ def common_options(fn: Callable) -> Callable:
     return wrapper
 
 
-@click.group()
+@click.group(cls=cli.SectionedGroup)
 def main():
     """Calculate FID, IS and KID with the Inception-v3 detector of EDM and PFGM++.
 
@@ -74,7 +74,7 @@ def ref_command(**kwargs) -> None:
 @click.option('--images', help='Generated images: folder or .zip', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--subset-seed', '--seed', 'seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
 @metrics_option
 @click.option('--json', 'json_path', help='Also write the results and their provenance to this JSON file', metavar='FILE', type=str, default=None)
 @common_options
@@ -87,7 +87,7 @@ def calc_command(**kwargs) -> None:
 @click.option('--run', help='Folder with the ckpt_*/ image folders that generate.py wrote, or a pattern of such folders', metavar='DIR|GLOB', type=str, required=True)
 @click.option('--ref', help='Reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images per evaluation', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--subset-seed', '--seed', 'seed', help='Random seed for choosing the images (with --ranges=1)', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--ranges', help='Disjoint blocks of --num images to evaluate per folder, in name (seed) order', metavar='INT',
               type=click.IntRange(min=1), default=1, show_default=True)
 @metrics_option

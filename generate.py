@@ -1,6 +1,6 @@
-"""Generate images with a trained PFGM++ (or EDM) network: EDM's samplers (training/sampling.py) started
-from the PFGM++ prior (training/pfgmpp.sample_prior), one PNG per seed, optionally with guidance
-(training/guidance.py) or Restart sampling.
+"""Generate images with a trained PFGM++ (or EDM) network: EDM's samplers (sampling/samplers.py) started
+from the PFGM++ prior for the network's D (training/pfgmpp.sample_prior), one PNG per seed, optionally
+with guidance (sampling/guidance.py) or Restart sampling.
 
 Examples:
 
@@ -11,8 +11,7 @@ python generate.py --network=training-runs/00000-cifar10/network-snapshot-200000
 
 \b
 # Every checkpoint of a training run, each into RUN/ckpt_<kimg>/, 8 GPUs (as the PFGM++ code base)
-torchrun --standalone --nproc_per_node=8 generate.py --seeds=0-49999 \\
-    --outdir=./training-runs/exp_name --pfgmpp=1 --aug_dim=2048
+torchrun --standalone --nproc_per_node=8 generate.py --seeds=0-49999 --outdir=./training-runs/exp_name
 
 \b
 # Restart sampling with the published CIFAR-10 D=2048 configuration (43 network evaluations)
@@ -25,25 +24,27 @@ python generate.py --network=NET --outdir=out --seeds=0-63 --guidance=1.5 --guid
 Each image depends only on its seed: the seed's own torch.Generator draws, in this order, the prior
 sample, the class label (conditional networks) and the sampler's noise (S_churn, alpha, Restart
 jumps), as EDM does, so for D -> infinity an EDM checkpoint gives EDM's images for the same seeds.
+The network knows its D from its checkpoint; --D is needed only for a legacy file that records none.
 The study scripts generate_alpha.py, generate_steps.py and generate_quant.py share this script's
-options and code. From Python, generate(**options) takes the same options by name.
+options and code (sampling/). From Python, sampling.generation.generate(**options) takes the same
+options by name.
 """
 
 import click
 
 from sampling import generation
-from sampling.options import network_options, output_options, performance_options, sampler_options
+from sampling.options import command, network_options, output_options, performance_options, sampler_options
 from torch_utils import cli
 from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
 
-@click.command(help=__doc__)
+@command(help=__doc__)
 
 # Network and PFGM++.
 @network_options(required=False)
 @click.option('--ckpt', 'min_kimg', help='Run directory mode: first checkpoint to sample, in kimg', metavar='KIMG', type=click.IntRange(min=0))
-@click.option('--end_ckpt', 'max_kimg', help='Run directory mode: last checkpoint to sample, in kimg', metavar='KIMG', type=click.IntRange(min=0))
+@click.option('--end-ckpt', '--end_ckpt', 'max_kimg', help='Run directory mode: last checkpoint to sample, in kimg', metavar='KIMG', type=click.IntRange(min=0))
 
 # Output.
 @output_options

@@ -10,13 +10,13 @@ torchrun --standalone --nproc_per_node=8 fid.py calc --images=robustness/alpha_0
 
 import click
 
-from sampling.options import network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@click.command(help=__doc__)
+@command(help=__doc__)
 @network_options(required=True)
 @output_options
 @click.option('--alphas', help='Noise injection strengths alpha, one folder each', metavar='LIST', type=str,

@@ -13,13 +13,13 @@ python generate_quant.py --network=network-snapshot-200000.pt --outdir=quant \\
 import click
 
 from sampling import quantization
-from sampling.options import network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@click.command(help=__doc__)
+@command(help=__doc__)
 @network_options(required=True)
 @output_options
 @click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,

@@ -9,13 +9,13 @@ python generate_steps.py --network=network-snapshot-200000.pt --outdir=nfe \\
 
 import click
 
-from sampling.options import network_options, output_options, performance_options, run_study_command, sampler_options
+from sampling.options import command, network_options, output_options, performance_options, run_study_command, sampler_options
 from studies import robustness
 from torch_utils import cli
 
 #----------------------------------------------------------------------------
 
-@click.command(help=__doc__)
+@command(help=__doc__)
 @network_options(required=True)
 @output_options
 @click.option('--steps-list', '--steps_list', 'steps_list', help='Numbers of sampling steps N, one folder each', metavar='LIST',

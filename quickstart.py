@@ -14,7 +14,7 @@ from torch_utils import cli  # noqa: E402
 
 #----------------------------------------------------------------------------
 
-@click.command(context_settings=dict(show_default=True))
+@click.command(context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True))
 @click.option('--outdir',     help='Where training runs go', metavar='DIR', type=str, default='training-runs')
 @click.option('--name',       help='Run directory name under --outdir', metavar='STR', type=str, default='quickstart')
 @click.option('--data-dir',   help='Where the 16x16 dataset ZIP goes', metavar='DIR', type=str, default='datasets')

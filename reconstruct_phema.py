@@ -24,7 +24,7 @@ from training import phema, phema_reconstruct
 
 #----------------------------------------------------------------------------
 
-@click.command(help=__doc__)
+@click.command(help=__doc__, context_settings=cli.CONTEXT_SETTINGS)
 @click.option('--run', help='Training run with phema-snapshot-*.pt (train.py --phema)', metavar='DIR', type=str, required=True)
 @click.option('--std', help='Relative standard deviations of the EMAs to reconstruct', metavar='LIST', type=str, callback=cli.click_list(cli.parse_float_list), default=None)
 @click.option('--half-life', 'half_life', help='EDM EMA half-lives to reconstruct, converted to the std', metavar='MIMG', type=str, callback=cli.click_list(cli.parse_float_list), default=None)

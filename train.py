@@ -1,10 +1,10 @@
 """Train PFGM++ or diffusion models (EDM, VP, VE) with EDM's architectures and recipes.
 
-    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs --name exp_name \\
-        --data=datasets/cifar10-32x32.zip --cond=0 --arch=ddpmpp --pfgmpp=1 --batch 512 --aug_dim 2048
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs --name=exp_name \\
+        --data=datasets/cifar10-32x32.zip --cond=0 --arch=ncsnpp --D=2048 --batch=512
 
-From Python, train(**options) takes the same options by name (outdir=..., data=..., pfgmpp=True,
-aug_dim=2048, ...) and returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}.
+From Python, training.launch.train(**options) takes the same options by name (outdir=..., data=...,
+D=2048, ...) and returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}.
 
 Exit status: 0 when the run reached --duration (or a dry run), EXIT_STOPPED (75) when SIGTERM or
 SIGINT stopped it after writing a training state (run the same command with --resume=auto to
@@ -21,7 +21,13 @@ from training import launch, presets
 
 #----------------------------------------------------------------------------
 
-@click.command(context_settings=dict(show_default=True, max_content_width=110))
+@click.command(cls=cli.SectionedCommand, context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True), sections=[
+    ('Main options', ['outdir', 'data', 'cond', 'arch', 'precond', 'name']),
+    ('PFGM++', ['D', 'pfgmpp', 'aug_dim', 'stf', 'rbatch', 'sigma_scale']),
+    ('Hyperparameters', ['duration', 'batch', 'batch_gpu', 'cbase', 'cres', 'nblock', 'lr', 'lr_rampup', 'ema', 'ema_rampup', 'phema',
+                         'dropout', 'cond_drop', 'augment', 'xflip']),
+    ('Performance', ['precision', 'fp16', 'channels_last', 'compile', 'ls', 'bench', 'cache', 'workers', 'device']),
+    ('I/O', ['desc', 'nosubdir', 'tick', 'snap', 'dump', 'seed', 'transfer', 'resume', 'allow_pickle', 'dry_run', 'debug'])])
 
 # Main options.
 @click.option('--outdir',        help='Where to save the results', metavar='DIR', type=str, required=True)
@@ -29,11 +35,10 @@ from training import launch, presets
 @click.option('--cond',          help='Train class-conditional model', metavar='BOOL', type=bool, default=False)
 @click.option('--arch',          help='Network architecture', type=click.Choice(list(presets.ARCHITECTURES)), default='ddpmpp')
 @click.option('--precond',       help='Preconditioning & loss function', type=click.Choice(list(presets.PRECONDITIONERS)), default='edm')
+@click.option('--name',          help='Run directory name under --outdir (fixed, so --resume=auto finds it)', metavar='STR', type=str)
 
 # PFGM++.
-@click.option('--pfgmpp',        help='Train PFGM++ (else diffusion, D -> infinity)', metavar='BOOL', type=bool, default=False)
-@click.option('--aug_dim', 'aug_dim', help='PFGM++ augmented dimension D (a positive real)', metavar='FLOAT', type=float, default=128)
-@click.option('--name',          help='Run directory name under --outdir (fixed, so --resume=auto finds it)', metavar='STR', type=str)
+@cli.D_options(default_help='inf, diffusion')
 @click.option('--stf',           help='Stable target field: regress the exact posterior mean over a reference batch', metavar='BOOL', type=bool, default=False)
 @click.option('--rbatch',        help='STF reference batch per rank, including the batch itself', metavar='INT', type=click.IntRange(min=2), default=4096)
 @click.option('--sigma-scale', 'sigma_scale', help='Multiply the training sigmas (e.g. 380/80=4.75 for 256x256 data)', metavar='FLOAT', type=float, default=1.0)
@@ -84,7 +89,7 @@ def cmdline(debug: bool, **kwargs) -> None:
     \b
     # PFGM++ on CIFAR-10 with D=2048, 8 GPUs:
     torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs --name=exp_name \\
-        --data=datasets/cifar10-32x32.zip --cond=0 --arch=ddpmpp --pfgmpp=1 --batch=512 --aug_dim=2048
+        --data=datasets/cifar10-32x32.zip --cond=0 --arch=ncsnpp --D=2048 --batch=512
     \b
     # EDM (diffusion) on CIFAR-10:
     torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\

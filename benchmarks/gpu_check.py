@@ -43,8 +43,10 @@ from typing import Optional, Sequence
 import click
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from benchmarks import throughput
+from torch_utils import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NO_CUDA_LINE = 'gpu-check: no CUDA device (torch.cuda.is_available() is False); nothing to check.'
 CPU_LINE = 'gpu-check: --device=cpu: this check is for CUDA devices; nothing to check.'
@@ -448,7 +450,7 @@ def plan_lines(out: str, budget_s: float, detector: Optional[str]) -> list[str]:
             f'CUDA here: {"yes, " + str(torch.cuda.device_count()) + " device(s)" if torch.cuda.is_available() else "no (a real run would do nothing)"}.']
 
 
-@click.command(context_settings=dict(help_option_names=['-h', '--help']))
+@click.command(context_settings=cli.CONTEXT_SETTINGS)
 @click.option('--device',   help='Where to check: auto and cuda run on CUDA when it is present, cpu does nothing',
               type=click.Choice(['auto', 'cuda', 'cpu']), default='auto', show_default=True)
 @click.option('--out',      help='The JSON record  [default: gpu-check-<date>-<time>.json here]', metavar='PATH.json', type=str)

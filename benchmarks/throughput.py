@@ -43,6 +43,7 @@ import dnnlib
 from metrics import detector as detector_lib
 from metrics import evaluation
 from sampling.samplers import edm_sampler
+from torch_utils import cli
 from torch_utils import precision as precision_lib
 from training import pfgmpp
 from training.loss import EDMLoss
@@ -564,7 +565,7 @@ def check_out_path(path: Optional[str]) -> None:
         raise click.BadParameter(f'{path} is not a writable file path in an existing folder.', param_hint="'--out'")
 
 
-@click.command(context_settings=dict(help_option_names=['-h', '--help']))
+@click.command(context_settings=cli.CONTEXT_SETTINGS)
 # What to run.
 @click.option('--device',       help='Where to run', type=click.Choice(['auto', 'cuda', 'cpu']), default='auto', show_default=True)
 @click.option('--configs',      help=f'Comma-separated subset of {",".join(CONFIGS)}  [default: all on CUDA, {",".join(CPU_DEFAULT_CONFIGS)} on CPU]',

@@ -1,13 +1,13 @@
 """A detector for fid.py made for the 16x16 digits of the quick start: a small convolutional classifier
 trained on the real digits in seconds on a CPU, saved as a TorchScript file that `fid.py
---detector=PATH` accepts. The D study (benchmarks/d_study.py) scores its samples with it:
+--detector=PATH` accepts. The D study (studies/d_study.py) scores its samples with it:
 
     FD-digits          the Frechet distance that fid.py computes from the detector's features
                        (fid.py's own code, as FID is computed from Inception-v3's), and
     recognised share   the fraction of samples whose most likely class has probability >= 0.8 and
                        is the class the sample was generated for.
 
-    python -m benchmarks.digits_detector --data=datasets/digits-16x16.zip --dest=digits-detector.pt
+    python -m metrics.digits --data=datasets/digits-16x16.zip --dest=digits-detector.pt
 
 Inception-v3 sees 16x16 digits at 299x299 as blurry blobs of an ImageNet class; a detector trained
 on the data itself measures what matters at this scale. The detector is called as fid.py calls
@@ -233,13 +233,13 @@ def describe(info: dict, dest: str) -> str:
 
 #----------------------------------------------------------------------------
 
-@click.command(context_settings=dict(show_default=True))
+@click.command(context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True))
 @click.option('--data', help='Labelled 16x16 digits (the quick start\'s dataset)', metavar='ZIP|DIR', type=str, default='datasets/digits-16x16.zip')
 @click.option('--dest', help='Where to save the TorchScript detector (and its .json beside it)', metavar='PT', type=str, required=True)
 @click.option('--seed', help='Seed of the held-out split and the training', metavar='INT', type=int, default=0)
 @cli.debug_option
 def cmdline(data: str, dest: str, seed: int, debug: bool):
-    """Train the digits detector for fid.py --detector (benchmarks/d_study.py's FD-digits)."""
+    """Train the digits detector for fid.py --detector (studies/d_study.py's FD-digits)."""
     with cli.one_line_errors(debug):
         info = build_detector(data, dest, seed, progress=False)
     print(describe(info, dest))

@@ -4,7 +4,7 @@ most likely class a probability of at least --threshold (0.8 by default) and the
 farther from the real digits than held-out real digits do (a classifier alone is confident about
 noise too; see fit_classifier).
 
-    python benchmarks/quickstart_quality.py training-runs/quickstart/samples --json=quality.json
+    python -m metrics.quality training-runs/quickstart/samples --json=quality.json
 
 Images are read at any depth (quickstart.py samples digit c into SAMPLES/c/, which also tells the
 scorer which digit each sample was generated for).
@@ -219,7 +219,7 @@ def check_samples(folder: str, threshold: float = 0.8, min_score: float = 0.8, s
 
 #----------------------------------------------------------------------------
 
-@click.command(context_settings=dict(show_default=True))
+@click.command(context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True))
 @click.argument('folder', metavar='DIR', type=str)
 @click.option('--threshold', help='Confidence a sample needs to count as recognised', metavar='FLOAT', type=click.FloatRange(min=0, max=1, min_open=True), default=0.8)
 @click.option('--min-score', 'min_score', help='Fraction of samples that must be recognised', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.8)

@@ -9,7 +9,6 @@ jumps), as EDM does, so for D -> infinity an EDM checkpoint gives EDM's images f
 """
 
 import functools
-import math
 import os
 from typing import Callable, Optional, Sequence
 
@@ -25,7 +24,7 @@ from torch_utils import image_io
 from torch_utils import persistence
 from torch_utils import precision as precision_lib
 from torch_utils.rng import StackedRandomGenerator
-from training import checkpoint, pfgmpp
+from training import checkpoint
 
 #----------------------------------------------------------------------------
 # Sampling one batch.
@@ -35,12 +34,12 @@ def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = Non
     """Samples for `seeds` from `net` (a network, or a guided one), float64 [B, C, H, W] in (about)
     [-1, 1]. Per seed, in this order: the prior draw for net.D at the sampler's first noise level
     (pfgmpp.sample_prior), a class label uniform over label_dim (conditional networks; replaced by
-    class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s."""
-    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
-    sampler_fn, kind = sampling.choose_sampler(sampler_kwargs)
-    sigma_start = sampling.first_sigma(net, kind, **{k: v for k, v in sampler_kwargs.items() if k not in sampling.RESTART_KEYS})
+    class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s, run with
+    its settings (sampling.resolve_sampler) and its extra inputs (SamplerSpec.extra_inputs)."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    spec = sampling.SAMPLERS[name]
     rnd = StackedRandomGenerator(device, seeds)
-    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], sigma_start, net.D)
+    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], spec.first_sigma(net, settings), net.D)
     class_labels = None
     if net.label_dim:
         class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
@@ -48,8 +47,8 @@ def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = Non
         check_class_idx(net, class_idx)
         class_labels[:, :] = 0
         class_labels[:, class_idx] = 1
-    extra = dict(D=net.D, gamma_log_like=rnd.gamma_log_like) if kind == 'restart' else {}
-    return sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **sampler_kwargs, **extra)
+    extra = {argument: make(net, rnd) for argument, make in spec.extra_inputs.items()}
+    return spec.fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **settings, **extra)
 
 
 def check_class_idx(net, class_idx: Optional[int]) -> None:
@@ -157,13 +156,11 @@ def report_cost(denoiser, sampler_kwargs: Optional[dict], written: Sequence[int]
 
 
 def nfe(sampler_kwargs: Optional[dict]) -> int:
-    """Network evaluations per image of EDM's or the Restart sampler without guidance: 2N - 1 Heun
-    (N Euler) for N steps, plus Restart's passes (sampling.restart_nfe)."""
-    kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
-    steps = kwargs.get('num_steps', 18)
-    if kwargs.get('solver') == 'euler':
-        return steps
-    return sampling.restart_nfe(steps, kwargs.get('restart'))
+    """Network evaluations per image of the sampler sample_batch() runs for sampler_kwargs, without
+    guidance (SamplerSpec.nfe: 2N - 1 for N Heun steps, N Euler, plus Restart's passes). ValueError
+    for settings choose_sampler() refuses."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    return sampling.SAMPLERS[name].nfe(settings)
 
 
 def save_seed_grid(outdir: str, seeds: Sequence[int], path: str, subdirs: bool = False, max_images: int = 64) -> None:
@@ -173,58 +170,30 @@ def save_seed_grid(outdir: str, seeds: Sequence[int], path: str, subdirs: bool =
         image_io.save_grid(torch.stack([image_io.load_image(image_path(outdir, s, subdirs)) for s in chosen]), path)
 
 #----------------------------------------------------------------------------
-# Which D the prior uses: the checkpoint's, unless it records none; flags may only agree with it.
+# Which D the prior uses: the network's, which it knows from its checkpoint (checkpoint.load_network).
 
-def flags_D(pfgmpp_flag: Optional[bool], aug_dim: Optional[float]) -> tuple[bool, Optional[float]]:
-    """(given, D) from --pfgmpp/--aug_dim: given=False when neither was passed."""
-    if pfgmpp_flag is None and aug_dim is None:
-        return False, None
-    if pfgmpp_flag is False:
-        if aug_dim is not None:
-            raise ValueError('--aug_dim is only used with --pfgmpp=1; drop --aug_dim, or pass --pfgmpp=1.')
-        return True, None
-    if aug_dim is None:
-        raise ValueError('--pfgmpp=1 needs the augmentation dimension; pass --aug_dim=D (e.g. --aug_dim=2048).')
-    return True, pfgmpp.check_D(aug_dim)
+def D_to_load(D: Optional[float] = None, pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None) -> Optional[float] | str:
+    """load_network()'s D for --D and its aliases (cli.resolve_D): the one given, else RECORDED."""
+    given, value = cli.resolve_D(D, pfgmpp, aug_dim)
+    return value if given else checkpoint.RECORDED
 
 
-def describe_D(D: Optional[float]) -> str:
-    return 'diffusion (D -> infinity, --pfgmpp=0)' if D is None else f'D={D:g} (--pfgmpp=1 --aug_dim={D:g})'
-
-
-def resolve_D(info: dict, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
-              name: str = 'The checkpoint') -> Optional[float]:
-    """The D of the prior: the one the checkpoint records (info from checkpoint.load_network), else the
-    flags' (default None, diffusion). Flags that contradict a recorded D are an error."""
-    given, D_flag = flags_D(pfgmpp_flag, aug_dim)
-    if not info.get('D_recorded', True):
-        return D_flag
-    D_ckpt = info.get('D')
-    same = (D_ckpt is None and D_flag is None) or (D_ckpt is not None and D_flag is not None and math.isclose(D_ckpt, D_flag, rel_tol=1e-9))
-    if given and not same:
-        raise ValueError(f'{name} was trained for {describe_D(D_ckpt)}, but the flags ask for {describe_D(D_flag)}; '
-                         f'drop --pfgmpp/--aug_dim to use the checkpoint\'s D.')
-    return D_ckpt
-
-
-def load_for_sampling(network: str, allow_pickle: bool, device: torch.device, pfgmpp_flag: Optional[bool],
-                      aug_dim: Optional[float]) -> tuple[torch.nn.Module, dict]:
-    """load_network(), with net.D the D of the prior (resolve_D: a legacy EDM file records none, and
-    takes the flags'), and info['sha256'] of the file. Rank 0 loads first, so that a URL is downloaded
-    once into the cache and the other processes read it from there."""
+def load_for_sampling(network: str, allow_pickle: bool, device: torch.device,
+                      D: Optional[float] | str = checkpoint.RECORDED) -> tuple[torch.nn.Module, dict]:
+    """checkpoint.load_network(network, D=D), with info['sha256'] of the file. Rank 0 loads first, so
+    that a URL is downloaded once into the cache and the other processes read it from there."""
     if dist.get_rank() != 0:
         dist.barrier()
-    net, info = checkpoint.load_network(network, allow_pickle=allow_pickle, device=device)
+    net, info = checkpoint.load_network(network, allow_pickle=allow_pickle, device=device, D=D)
     if dist.get_rank() == 0:
         dist.barrier()
-    net.D = resolve_D(info, pfgmpp_flag, aug_dim, name=network)
-    return net, dict(info, D=net.D, sha256=dnnlib.util.file_sha256(info['path']))
+    return net, dict(info, sha256=dnnlib.util.file_sha256(info['path']))
 
 #----------------------------------------------------------------------------
 # Run-directory mode and the studies: many folders, one network each.
 
 def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = None, max_kimg: Optional[int] = None,
-                 allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+                 allow_pickle: bool = False, D: Optional[float] | str = checkpoint.RECORDED,
                  device: torch.device | str = 'cpu', **kwargs) -> list[str]:
     """Sample every checkpoint of run_dir (checkpoint.find_checkpoints) into RUN/ckpt_<kimg>/, skipping
     folders that already hold every seed's PNG and completing those that hold some; a folder whose
@@ -247,21 +216,21 @@ def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = N
         outdir = os.path.join(run_dir, checkpoint.samples_dir_name(kimg))
         folders.append(outdir)
         dist.print0(f'{os.path.basename(path)} ({kimg} kimg) -> "{outdir}"')
-        net, info = load_for_sampling(path, allow_pickle, device, pfgmpp_flag, aug_dim)
+        net, info = load_for_sampling(path, allow_pickle, device, D)
         generate_images(net, seeds, outdir, device=device, desc=checkpoint.samples_dir_name(kimg), network=path,
                         network_sha256=info['sha256'], skip_existing=True, **kwargs)
     return folders
 
 
 def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Optional[Callable]]], seeds: Sequence[int],
-              allow_pickle: bool = False, pfgmpp_flag: Optional[bool] = None, aug_dim: Optional[float] = None,
+              allow_pickle: bool = False, D: Optional[float] | str = checkpoint.RECORDED,
               sampler_kwargs: Optional[dict] = None, device: torch.device | str = 'cpu', **kwargs) -> list[str]:
     """For each (folder, sampler_overrides, net_transform) in settings, sample `seeds` into
     outdir/folder with sampler_kwargs updated by the overrides and the network replaced by
     net_transform(net) (if given). Complete folders are skipped, partial ones completed, and one whose
     generate.json records another configuration is refused. kwargs go to generate_images()."""
-    net, info = load_for_sampling(network, allow_pickle, device, pfgmpp_flag, aug_dim)
-    dist.print0(f'Loaded {network} ({info["source"]}, {describe_D(net.D)}).')
+    net, info = load_for_sampling(network, allow_pickle, device, D)
+    dist.print0(f'Loaded {network} ({info["source"]}, {checkpoint.describe_D(net.D)}).')
     folders = []
     for folder, overrides, transform in settings:
         target = os.path.join(outdir, folder)
@@ -290,18 +259,19 @@ def describe_transform(transform: Optional[Callable]) -> Optional[str]:
 #----------------------------------------------------------------------------
 # The command's body, callable from Python.
 
-# The command line's sampler defaults; a Restart preset replaces those of its settings left at them.
-SAMPLER_DEFAULTS = dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+# The command line's sampler defaults: the settings every sampler takes with the same default
+# (num_steps, rho, S_churn, S_min, S_max, S_noise); a preset replaces those of its settings left at them.
+SAMPLER_DEFAULTS = sampling.shared_defaults()
 
 
 def sampler_kwargs_from(options: dict) -> dict:
-    """The sampler settings among options (sampling.SAMPLER_KEYS, those not None). A Restart preset
-    name (sampling.RESTART_PRESETS) brings its published settings (steps, S_min, S_max, S_noise,
-    restart_gamma) wherever the options are at their defaults."""
-    kwargs = {key: options[key] for key in sampling.SAMPLER_KEYS if options.get(key) is not None}
-    preset = sampling.RESTART_PRESETS.get(str(kwargs.get('restart', '')).strip())
-    for key, value in (preset or {}).items():
-        if key != 'restart' and kwargs.get(key, SAMPLER_DEFAULTS.get(key)) == SAMPLER_DEFAULTS.get(key):
+    """The sampler settings among options (sampling.sampler_keys(), those not None). A preset that a
+    setting names (sampling.preset_settings: a Restart preset, sampling.RESTART_PRESETS) brings its
+    published settings (steps, S_min, S_max, S_noise, restart_gamma) wherever the options are at
+    their defaults."""
+    kwargs = {key: options[key] for key in sampling.sampler_keys() if options.get(key) is not None}
+    for key, value in sampling.preset_settings(kwargs).items():
+        if kwargs.get(key, SAMPLER_DEFAULTS.get(key)) == SAMPLER_DEFAULTS.get(key):
             kwargs[key] = value
     return kwargs
 
@@ -316,7 +286,7 @@ def sampling_options(options: dict, device: torch.device) -> dict:
     guidance.check_interval(options['guidance_interval'])
     if options['gnet'] is not None:
         dist.print0(f'Loading the guide network from "{options["gnet"]}"...')
-        gnet, info = load_for_sampling(options['gnet'], options['allow_pickle'], device, options['pfgmpp'], options['aug_dim'])
+        gnet, info = load_for_sampling(options['gnet'], options['allow_pickle'], device, D_to_load(options['D'], options['pfgmpp'], options['aug_dim']))
         kwargs.update(gnet=gnet, guide=dict(gnet=options['gnet'], gnet_sha256=info['sha256']))
     return kwargs
 
@@ -324,15 +294,15 @@ def sampling_options(options: dict, device: torch.device) -> dict:
 def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | str = '0-63', subdirs: bool = False,
              class_idx: Optional[int] = None, batch: int = 64, grid: Optional[str] = None, trajectory: Optional[str] = None,
              min_kimg: Optional[int] = None, max_kimg: Optional[int] = None, allow_pickle: bool = False,
-             pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None, device: str = 'auto',
+             D: Optional[float] = None, pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None, device: str = 'auto',
              precision: str = 'fp32', channels_last: bool = False, compile: bool = False, guidance: float = 1.0,
              gnet: Optional[str] = None, guidance_interval: Optional[tuple[float, float]] = None,
              **sampler_options) -> list[str]:
     """generate.py's command, by option name: sample `network` into outdir, or without a network every
     checkpoint of the training run outdir (min_kimg..max_kimg) into RUN/ckpt_<kimg>/. sampler_options:
-    sampling.SAMPLER_KEYS (num_steps, sigma_min, ..., restart). Returns the folders written."""
+    sampling.sampler_keys() (num_steps, sigma_min, ..., restart). Returns the folders written."""
     seeds = cli.parse_int_list(seeds, unique=True)
-    unknown = set(sampler_options) - set(sampling.SAMPLER_KEYS)
+    unknown = set(sampler_options) - set(sampling.sampler_keys())
     if unknown:
         raise ValueError(f'generate(): unknown options {sorted(unknown)}.')
     options = dict(locals(), **sampler_options)
@@ -340,15 +310,15 @@ def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | 
     if network is None:
         if grid or trajectory:
             raise ValueError('--grid and --trajectory need a single --network; drop them in run directory mode.')
-        return generate_run(outdir, seeds, min_kimg, max_kimg, allow_pickle, pfgmpp, aug_dim, dev, **sampling_options(options, dev))
+        return generate_run(outdir, seeds, min_kimg, max_kimg, allow_pickle, D_to_load(D, pfgmpp, aug_dim), dev, **sampling_options(options, dev))
     if min_kimg is not None or max_kimg is not None:
         raise ValueError('--ckpt and --end_ckpt select checkpoints of a training run; drop them, or drop --network.')
     if grid and os.path.abspath(grid).startswith(os.path.abspath(outdir) + os.sep):
         raise ValueError(f'--grid={grid} is inside --outdir, where fid.py would count it as a sample; write it elsewhere.')
     dist.print0(f'Loading network from "{network}"...')
-    net, info = load_for_sampling(network, allow_pickle, dev, pfgmpp, aug_dim)
+    net, info = load_for_sampling(network, allow_pickle, dev, D_to_load(D, pfgmpp, aug_dim))
     kwargs = sampling_options(options, dev)
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {describe_D(net.D)}, '
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {checkpoint.describe_D(net.D)}, '
                 f'{nfe(kwargs["sampler_kwargs"])} network evaluations per image without guidance...')
     generate_images(net, seeds, outdir, device=dev, trajectory=trajectory, network=network, network_sha256=info['sha256'], **kwargs)
     if grid and dist.get_rank() == 0:

@@ -11,6 +11,24 @@ from torch_utils import cli
 from torch_utils import distributed as dist
 from torch_utils import precision as precision_lib
 
+# --help sections of generate.py and the study scripts (cli.SectionedCommand); a study's own options
+# go under 'Study'.
+SECTIONS = [
+    ('Network and D', ['network', 'allow_pickle', 'D', 'pfgmpp', 'aug_dim', 'min_kimg', 'max_kimg']),
+    ('Output', ['outdir', 'seeds', 'subdirs', 'class_idx', 'batch', 'grid', 'trajectory']),
+    ('Study', ['alphas', 'steps_list', 'bits', 'scope']),
+    ('Sampler', ['num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise', 'solver', 'discretization',
+                 'schedule', 'scaling', 'restart', 'restart_gamma']),
+    ('Guidance', ['guidance', 'gnet', 'guidance_interval']),
+    ('Performance', ['precision', 'channels_last', 'compile', 'device', 'debug']),
+]
+
+
+def command(**kwargs) -> Callable:
+    """click.command for generate.py and the study scripts: -h, and options in SECTIONS."""
+    return click.command(cls=cli.SectionedCommand, sections=SECTIONS, **kwargs)
+
+
 def _apply(options: Sequence[Callable]) -> Callable:
     def decorator(fn):
         for option in reversed(options):
@@ -42,13 +60,13 @@ def sampler_options(with_steps: bool = True) -> Callable:
     """EDM's sampler options (--steps unless a study varies it), its ablation options, Restart, and guidance."""
     options = [click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=generation.SAMPLER_DEFAULTS['num_steps'], show_default=True)] if with_steps else []
     options += [
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma-min', '--sigma_min', 'sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma-max', '--sigma_max', 'sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
         click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=generation.SAMPLER_DEFAULTS['rho'], show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_churn'], show_default=True),
-        click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_min'], show_default=True),
-        click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_max'], show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=generation.SAMPLER_DEFAULTS['S_noise'], show_default=True),
+        click.option('--S-churn', '--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_churn'], show_default=True),
+        click.option('--S-min', '--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_min'], show_default=True),
+        click.option('--S-max', '--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_max'], show_default=True),
+        click.option('--S-noise', '--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=generation.SAMPLER_DEFAULTS['S_noise'], show_default=True),
         click.option('--solver', help='Ablate ODE solver', metavar='euler|heun', type=click.Choice(list(sampling.SOLVERS))),
         click.option('--disc', 'discretization', help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(list(sampling.DISCRETIZATIONS))),
         click.option('--schedule', help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(list(sampling.SCHEDULES))),
@@ -63,14 +81,13 @@ def sampler_options(with_steps: bool = True) -> Callable:
 
 
 def network_options(required: bool = True) -> Callable:
-    """--network --allow-pickle --pfgmpp --aug_dim --device --debug."""
+    """--network --allow-pickle --D (--pfgmpp --aug-dim) --device --debug."""
     network_help = ('Network checkpoint filename or URL' if required else
                     'Network checkpoint filename or URL  [default: every checkpoint in --outdir, a training run]')
     return _apply([
         click.option('--network', 'network', help=network_help, metavar='PATH|URL', type=str, required=required),
         click.option('--allow-pickle', 'allow_pickle', help='Allow legacy EDM/PFGM++ pickles, which run code from the file; only for files you trust', is_flag=True),
-        click.option('--pfgmpp', 'pfgmpp', help='PFGM++ prior (1) or diffusion (0)  [default: from the checkpoint]', metavar='BOOL', type=click.BOOL, default=None),
-        click.option('--aug_dim', help='PFGM++ augmentation dimension D  [default: from the checkpoint]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None),
+        cli.D_options(default_help='from the checkpoint'),
         cli.device_option(),
         cli.debug_option(),
     ])
@@ -91,8 +108,9 @@ def run_study_command(options: dict, settings: Sequence[tuple[str, dict, Optiona
     try:
         with cli.one_line_errors(options['debug']):
             device = dist.init(options['device'])
-            generation.run_study(options['network'], options['outdir'], settings, options['seeds'], options['allow_pickle'],
-                      options['pfgmpp'], options['aug_dim'], device=device, **generation.sampling_options(options, device))
+            D = generation.D_to_load(options['D'], options['pfgmpp'], options['aug_dim'])
+            generation.run_study(options['network'], options['outdir'], settings, options['seeds'], options['allow_pickle'], D,
+                                 device=device, **generation.sampling_options(options, device))
             dist.print0('Done.')
     finally:
         dist.shutdown()

@@ -1,6 +1,7 @@
 """Samplers: EDM's deterministic/stochastic Heun sampler (Karras et al., 2022, Algorithm 2), its
 generalised ablation sampler (Algorithm 1 with Table 1's schedules and scalings), and Restart
-sampling (Xu et al., 2023) on EDM's Heun sampler; choose_sampler() picks one from settings.
+sampling (Xu et al., 2023) on EDM's Heun sampler. SAMPLERS, the registry, says everything the rest
+of the code needs to know about each (SamplerSpec); choose_sampler() picks one from settings.
 
 The samplers are pure functions of (net, latents, noise levels). `latents` is the starting point at
 the first noise level, already drawn from the prior (training.pfgmpp.sample_prior; for D=None that is
@@ -15,15 +16,18 @@ import inspect
 import json
 import math
 import re
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from training import pfgmpp
 
-__all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'first_sigma', 'sigma_range',
-           'choose_sampler', 'sampler_settings', 'RestartInterval', 'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler']
+__all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'RestartInterval',
+           'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler', 'SamplerSpec', 'SAMPLERS',
+           'sampler_keys', 'shared_defaults', 'preset_settings', 'choose_sampler', 'resolve_sampler', 'first_sigma',
+           'sigma_range', 'sampler_settings']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -111,6 +115,23 @@ def edm_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Tensor]
         callback(num_steps, t_steps[-1], x_next)
     return x_next
 
+
+def _edm_sigma_range(net, settings: dict) -> tuple[float, float]:
+    """EDM's sampler's (sigma_min, sigma_max): the settings' (0.002 to 80 by default), within the network's."""
+    return _clamp_to_net(net, settings['sigma_min'], settings['sigma_max'])
+
+
+def _edm_first_sigma(net, settings: dict) -> float:
+    """t_0 of EDM's sampler: sigma_max within the network's range, rounded by the network."""
+    return float(net.round_sigma(torch.as_tensor(_edm_sigma_range(net, settings)[1], dtype=torch.float64)))
+
+
+def _heun_nfe(settings: dict) -> int:
+    """2N - 1 network evaluations for N Heun steps: the last step, to t = 0, has no correction."""
+    if settings['num_steps'] < 1:
+        raise ValueError(f'num_steps must be >= 1, got {settings["num_steps"]}.')
+    return 2 * settings['num_steps'] - 1
+
 #----------------------------------------------------------------------------
 # Schedules of the generalised sampler (EDM, Table 1): sigma(t), sigma'(t), sigma^-1, s(t), s'(t).
 
@@ -145,7 +166,8 @@ def ablation_sigma_steps(net, num_steps: int = 18, sigma_min: Optional[float] = 
         raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
     if num_steps < 2:
         raise ValueError(f'num_steps must be >= 2, got {num_steps}.')
-    sigma_min, sigma_max = sigma_range(net, 'ablation', sigma_min, sigma_max, discretization, epsilon_s)
+    sigma_min, sigma_max = _ablation_sigma_range(net, dict(sigma_min=sigma_min, sigma_max=sigma_max, discretization=discretization,
+                                                           epsilon_s=epsilon_s))
 
     # The VP schedule through (epsilon_s, sigma_min) and (1, sigma_max).
     vp_beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - np.log(sigma_max ** 2 + 1)) / (epsilon_s - 1)
@@ -167,38 +189,42 @@ def ablation_sigma_steps(net, num_steps: int = 18, sigma_min: Optional[float] = 
     return torch.as_tensor(net.round_sigma(sigma_steps), dtype=torch.float64), float(vp_beta_d), float(vp_beta_min)
 
 
-def sigma_range(net, sampler: str = 'edm', sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
-                discretization: str = 'edm', epsilon_s: float = 1e-3) -> tuple[float, float]:
-    """The noise range (sigma_min, sigma_max) a sampler actually uses: the one requested, else the
-    sampler's default (edm_sampler: 0.002 to 80; ablation_sampler: the discretization's), clamped
-    to the network's range."""
-    if sampler in ('edm', 'restart'):
-        sigma_min = 0.002 if sigma_min is None else sigma_min
-        sigma_max = 80 if sigma_max is None else sigma_max
-    else:
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
-        # Default VP range: the training schedule's (VPLoss / VPPrecond, beta_d = 19.9, beta_min = 0.1), as
-        # EDM's current generate.py has it (its first release had 19.1, a typo). Explicit sigma_min /
-        # sigma_max override it.
-        vp_default = _vp_sigma(VP_BETA_D, VP_BETA_MIN)
-        if sigma_min is None:
-            sigma_min = {'vp': float(vp_default(epsilon_s)), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
-        if sigma_max is None:
-            sigma_max = {'vp': float(vp_default(1)), 've': 100, 'iddpm': 81, 'edm': 80}[discretization]
+def _ablation_sigma_range(net, settings: dict) -> tuple[float, float]:
+    """The ablation sampler's (sigma_min, sigma_max): the settings', else the discretization's default
+    range (EDM, Table 1), within the network's."""
+    sigma_min, sigma_max, discretization = settings['sigma_min'], settings['sigma_max'], settings['discretization']
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f'Unknown discretization {discretization!r}; choose one of {", ".join(DISCRETIZATIONS)}.')
+    # Default VP range: the training schedule's (VPLoss / VPPrecond, beta_d = 19.9, beta_min = 0.1), as
+    # EDM's current generate.py has it (its first release had 19.1, a typo). Explicit sigma_min /
+    # sigma_max override it.
+    vp_default = _vp_sigma(VP_BETA_D, VP_BETA_MIN)
+    if sigma_min is None:
+        sigma_min = {'vp': float(vp_default(settings['epsilon_s'])), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
+    if sigma_max is None:
+        sigma_max = {'vp': float(vp_default(1)), 've': 100, 'iddpm': 81, 'edm': 80}[discretization]
     return _clamp_to_net(net, sigma_min, sigma_max)
 
 
-def first_sigma(net, sampler: str = 'edm', num_steps: int = 18, sigma_min: Optional[float] = None,
-                sigma_max: Optional[float] = None, rho: float = 7, discretization: str = 'edm', **kwargs) -> float:
-    """The noise level the sampler starts at, where the prior must be drawn (pfgmpp.sample_prior):
-    sigma_max clamped to the network's range and rounded, or the first level of the discretization."""
-    if sampler in ('edm', 'restart'):
-        _, sigma_max = sigma_range(net, 'edm', sigma_min, sigma_max)
-        return float(net.round_sigma(torch.as_tensor(sigma_max, dtype=torch.float64)))
-    steps, _, _ = ablation_sigma_steps(net, num_steps, sigma_min, sigma_max, rho, discretization,
-                                       **{k: v for k, v in kwargs.items() if k in ('epsilon_s', 'C_1', 'C_2', 'M')})
+def _ablation_first_sigma(net, settings: dict) -> float:
+    """sigma(t_0) of the ablation sampler: the first level of its discretization."""
+    s = settings
+    steps, _, _ = ablation_sigma_steps(net, s['num_steps'], s['sigma_min'], s['sigma_max'], s['rho'], s['discretization'],
+                                       s['epsilon_s'], s['C_1'], s['C_2'], s['M'])
     return float(steps[0])
+
+
+def _ablation_nfe(settings: dict) -> int:
+    """N network evaluations for N Euler steps, 2N - 1 for Heun's (no correction on the last step)."""
+    return settings['num_steps'] if settings['solver'] == 'euler' else _heun_nfe(settings)
+
+
+def _check_ablation(net, settings: dict) -> dict:
+    """The settings, if the solver, discretization, schedule and scaling are known ones."""
+    for key, choices in [('solver', SOLVERS), ('discretization', DISCRETIZATIONS), ('schedule', SCHEDULES), ('scaling', SCALINGS)]:
+        if settings[key] not in choices:
+            raise ValueError(f'Unknown {key} {settings[key]!r}; choose one of {", ".join(choices)}.')
+    return settings
 
 #----------------------------------------------------------------------------
 # EDM's generalised sampler (Algorithm 1 with Table 1's choices), for the ablations.
@@ -428,7 +454,7 @@ def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Ten
     with pfgmpp.restart_jump (the D-dependent part) and solve the ODE back to t_min with Heun on the
     interval's own rho-schedule.
 
-    latents: [B, C, H, W] at t_0 = first_sigma(net, 'edm', ...), from the prior for D. D: the PFGM++
+    latents: [B, C, H, W] at t_0 = first_sigma(net, 'restart', ...), from the prior for D. D: the PFGM++
     augmentation dimension the prior was drawn for (None: diffusion); it must agree with net.D where
     the network records one. Randomness per sample: randn_like(x) as in edm_sampler, and for finite
     D > 1 gamma_log_like(x, alpha) -> float64 [B], log Gamma(alpha, 1) from each sample's own generator
@@ -470,60 +496,200 @@ def restart_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Ten
         callback(num_steps, t_steps[-1], x_next)
     return x_next
 
-#----------------------------------------------------------------------------
-# Choosing the sampler from settings (generate.py and the study scripts), and every setting it runs with.
 
-SAMPLER_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise',
-                'solver', 'discretization', 'schedule', 'scaling', 'alpha', 'restart', 'restart_gamma')
-ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
-RESTART_KEYS = ('restart', 'restart_gamma')
-# Arguments that are not settings: the network, the state, the per-seed randomness, D (the network's).
-_NOT_SETTINGS = ('net', 'latents', 'class_labels', 'randn_like', 'gamma_log_like', 'callback', 'D')
+
+def _check_restart(net, settings: dict) -> dict:
+    """The settings with the restart intervals as [[N_Restart, K, t_min, t_max], ...], if restart_plan()
+    accepts them."""
+    restart_plan(net, settings['num_steps'], settings['sigma_min'], settings['sigma_max'], settings['rho'], settings['restart'])
+    return dict(settings, restart=[list(interval) for interval in parse_restart(settings['restart'])])
+
+#----------------------------------------------------------------------------
+# The registry: each sampler is one entry of SAMPLERS; choosing one, its settings, its starting noise
+# level and its cost all come from there (generate.py, the study scripts and the manifests).
+
+# Arguments of every sampler that are not settings: the network, the state, the labels, the per-seed
+# noise and the observer.
+_CALL_ARGUMENTS = ('net', 'latents', 'class_labels', 'randn_like', 'callback')
+
+
+def _as_given(net, settings: dict) -> dict:
+    """No checks beyond the sampler's first_sigma(); the settings as they are."""
+    return settings
+
+
+class SamplerSpec(NamedTuple):
+    """A sampler, as the rest of the code needs to know it. `settings` below is always complete: the
+    given settings over the sampler's defaults (SamplerSpec.defaults).
+
+        fn            the pure sampler fn(net, latents, class_labels, randn_like, callback=callback,
+                      **settings, **extra inputs) -> float64 x_N [B, C, H, W]; latents [B, C, H, W] is
+                      the prior's draw at first_sigma
+        about         what it is, one clause for error messages ("Restart sampling runs ...")
+        chosen_by     the settings that choose it when given; exactly one sampler has none, the default
+        first_sigma   (net, settings) -> the noise level it starts at, where the prior is drawn
+        sigma_range   (net, settings) -> (sigma_min, sigma_max) it actually uses (for the manifest)
+        nfe           settings -> network evaluations per sample, without guidance
+        extra_inputs  {argument: (net, rnd) -> value}: what fn needs besides settings, from the network
+                      or from rnd, the batch's per-seed generators (torch_utils.rng.StackedRandomGenerator),
+                      made after the prior and the class labels are drawn
+        check         (net, settings) -> the settings as a manifest records them; ValueError for ones
+                      the sampler would refuse (sampler_settings() also runs first_sigma and sigma_range)
+        presets       {setting: {name: settings}}: a value of `setting` that names a preset brings the
+                      preset's other settings (preset_settings())
+    """
+    fn: Callable[..., torch.Tensor]
+    about: str
+    chosen_by: tuple[str, ...]
+    first_sigma: Callable[[Any, dict], float]
+    sigma_range: Callable[[Any, dict], tuple[float, float]]
+    nfe: Callable[[dict], int]
+    extra_inputs: Mapping[str, Callable[[Any, Any], Any]] = MappingProxyType({})
+    check: Callable[[Any, dict], dict] = _as_given
+    presets: Mapping[str, Mapping[str, dict]] = MappingProxyType({})
+
+    @property
+    def defaults(self) -> dict:
+        """{setting: default}, the settings it takes, in fn's order: fn's keyword arguments with a
+        default, other than the call's own (net, latents, class_labels, randn_like, callback) and the
+        extra inputs."""
+        return {name: param.default for name, param in inspect.signature(self.fn).parameters.items()
+                if name not in _CALL_ARGUMENTS and name not in self.extra_inputs and param.default is not inspect.Parameter.empty}
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    'edm': SamplerSpec(
+        edm_sampler, "EDM's sampler runs Heun's method on the rho-schedule of Algorithm 2", chosen_by=(),
+        first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range, nfe=_heun_nfe),
+    'ablation': SamplerSpec(
+        ablation_sampler, "The ablation sampler runs EDM's Algorithm 1 with Table 1's choices",
+        chosen_by=('solver', 'discretization', 'schedule', 'scaling'),
+        first_sigma=_ablation_first_sigma, sigma_range=_ablation_sigma_range, nfe=_ablation_nfe, check=_check_ablation),
+    'restart': SamplerSpec(
+        restart_sampler, "Restart sampling runs EDM's Heun sampler with restart intervals", chosen_by=('restart',),
+        first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range,
+        nfe=lambda settings: restart_nfe(settings['num_steps'], settings['restart']),
+        extra_inputs=dict(D=lambda net, rnd: net.D, gamma_log_like=lambda net, rnd: rnd.gamma_log_like),
+        check=_check_restart, presets=dict(restart=RESTART_PRESETS)),
+}
+
+#----------------------------------------------------------------------------
+# What the registry implies: the settings, the choice, the settings a run records.
+
+def _default_sampler() -> str:
+    defaults = [name for name, spec in SAMPLERS.items() if not spec.chosen_by]
+    assert len(defaults) == 1, f'Exactly one sampler must have no chosen_by (the default), not {defaults}.'
+    return defaults[0]
+
+
+def _spec(sampler: str) -> SamplerSpec:
+    if sampler not in SAMPLERS:
+        raise ValueError(f'Unknown sampler {sampler!r}; choose one of {", ".join(SAMPLERS)}.')
+    return SAMPLERS[sampler]
+
+
+def sampler_keys() -> tuple[str, ...]:
+    """Every setting some sampler takes (SamplerSpec.defaults), in the registry's order."""
+    return tuple(dict.fromkeys(key for spec in SAMPLERS.values() for key in spec.defaults))
+
+
+def shared_defaults() -> dict:
+    """{setting: default} for the settings that every sampler takes with the same default, in the default
+    sampler's order (num_steps, rho, S_churn, S_min, S_max, S_noise): the ones a command line can
+    default without ruling out a sampler."""
+    all_defaults = [spec.defaults for spec in SAMPLERS.values()]
+    return {key: value for key, value in SAMPLERS[_default_sampler()].defaults.items()
+            if all(key in defaults and defaults[key] == value for defaults in all_defaults)}
+
+
+def preset_settings(sampler_kwargs: dict) -> dict:
+    """The settings a preset named in sampler_kwargs brings (SamplerSpec.presets), other than the
+    setting that names it; {} when none is named. E.g. restart='cifar10-pfgmpp-d2048' brings
+    num_steps=18, S_min=0.01, S_max=1, S_noise=1 and restart_gamma=0.05."""
+    for spec in SAMPLERS.values():
+        for key, presets in spec.presets.items():
+            preset = presets.get(str(sampler_kwargs.get(key, '')).strip())
+            if preset is not None:
+                return {k: v for k, v in preset.items() if k != key}
+    return {}
+
+
+def _refusal(sampler: str, foreign: list[str], given: dict) -> str:
+    """The error message for settings `foreign` that `sampler`, chosen for `given`, does not take."""
+    spec, default = SAMPLERS[sampler], SAMPLERS[_default_sampler()]
+    if spec is default:  # Another sampler may take them: say how to choose it.
+        ways = [f'give {" or ".join(other.chosen_by)} ({other.about})' for other in SAMPLERS.values()
+                if other.chosen_by and all(key in other.defaults for key in foreign)]
+    else:  # The default may take them: say how to fall back to it.
+        ways = [f'drop {", ".join(key for key in spec.chosen_by if key in given)} ({default.about})']
+        ways = ways if all(key in default.defaults for key in foreign) else []
+    return (f'{spec.about} and takes no {", ".join(foreign)}; drop {"it" if len(foreign) == 1 else "them"}'
+            + ''.join(f', or {way}' for way in ways) + '.')
 
 
 def choose_sampler(sampler_kwargs: dict) -> tuple[Callable, str]:
-    """EDM's rule, extended by Restart: the ablation sampler when any of solver/discretization/
-    schedule/scaling is given, restart_sampler when restart intervals are, else edm_sampler. Returns
-    (function, 'ablation' | 'restart' | 'edm'); ValueError for unknown settings or a mix of kinds."""
-    unknown = set(sampler_kwargs) - set(SAMPLER_KEYS)
+    """EDM's rule, over the registry: the sampler whose chosen_by settings are given (the ablation
+    sampler for solver/discretization/schedule/scaling, Restart sampling for restart), else the
+    default one (edm_sampler). None values count as not given. Returns (function, name); ValueError
+    for unknown settings, for settings that choose two samplers, and for settings the chosen one
+    does not take."""
+    given = {key: value for key, value in sampler_kwargs.items() if value is not None}
+    unknown = set(given) - set(sampler_keys())
     if unknown:
-        raise ValueError(f'Unknown sampler settings {sorted(unknown)}; expected some of {", ".join(SAMPLER_KEYS)}.')
-    ablation = [key for key in ABLATION_KEYS if key in sampler_kwargs]
-    restart = bool(parse_restart(sampler_kwargs.get('restart')))
-    if restart and ablation:
-        raise ValueError(f'Restart sampling runs EDM\'s Heun sampler; drop --restart or the ablation options ({", ".join(ablation)}).')
-    if restart and sampler_kwargs.get('alpha'):
-        raise ValueError('Noise injection (alpha) is a study of the plain sampler; drop --restart or alpha.')
-    if ablation:
-        return ablation_sampler, 'ablation'
-    if restart:
-        return restart_sampler, 'restart'
-    if 'restart_gamma' in sampler_kwargs:
-        raise ValueError('restart_gamma is a setting of Restart sampling; give restart intervals too, or drop it.')
-    return edm_sampler, 'edm'
+        raise ValueError(f'Unknown sampler settings {sorted(unknown)}; expected some of {", ".join(sampler_keys())}.')
+    chosen = {name: [key for key in spec.chosen_by if key in given] for name, spec in SAMPLERS.items()}
+    chosen = {name: keys for name, keys in chosen.items() if keys}
+    if len(chosen) > 1:
+        raise ValueError(' and '.join(f'{SAMPLERS[name].about} (chosen by {", ".join(keys)})' for name, keys in chosen.items())
+                         + '; these do not combine, so keep the settings of one.')
+    name = next(iter(chosen), _default_sampler())
+    foreign = [key for key in given if key not in SAMPLERS[name].defaults]
+    if foreign:
+        raise ValueError(_refusal(name, foreign, given))
+    return SAMPLERS[name].fn, name
+
+
+def resolve_sampler(sampler_kwargs: Optional[dict]) -> tuple[str, dict]:
+    """(name, settings): the sampler choose_sampler() picks for sampler_kwargs, and its every setting,
+    the given ones (those not None) over its defaults. Run it as SAMPLERS[name].fn(net, latents,
+    class_labels, randn_like, callback=callback, **settings, **its extra inputs)."""
+    given = {key: value for key, value in (sampler_kwargs or {}).items() if value is not None}
+    _, name = choose_sampler(given)
+    return name, {**SAMPLERS[name].defaults, **given}
+
+
+def _with_defaults(sampler: str, settings: dict) -> dict:
+    """The sampler's settings: those given (not None) over its defaults; others are ignored."""
+    spec = _spec(sampler)
+    return {**spec.defaults, **{key: value for key, value in settings.items() if value is not None and key in spec.defaults}}
+
+
+def first_sigma(net, sampler: str = 'edm', **settings) -> float:
+    """The noise level `sampler` (a name in SAMPLERS) starts at with these settings (over its defaults;
+    None values and settings it does not take are ignored), where the prior must be drawn
+    (pfgmpp.sample_prior): for EDM's sampler and Restart sampling sigma_max clamped to the network's
+    range and rounded, for the ablation sampler the first level of its discretization."""
+    return _spec(sampler).first_sigma(net, _with_defaults(sampler, settings))
+
+
+def sigma_range(net, sampler: str = 'edm', **settings) -> tuple[float, float]:
+    """The noise range (sigma_min, sigma_max) `sampler` actually uses with these settings (over its
+    defaults, as first_sigma()): the one requested, else the sampler's default (edm_sampler: 0.002 to
+    80; ablation_sampler: the discretization's), clamped to the network's range."""
+    return _spec(sampler).sigma_range(net, _with_defaults(sampler, settings))
 
 
 def sampler_settings(net, sampler_kwargs: Optional[dict] = None) -> dict:
     """Every setting of the sampler choose_sampler() picks for sampler_kwargs, after defaults:
-    {'sampler': 'edm' | 'ablation' | 'restart', each keyword of that sampler function with its value},
-    with sigma_min and sigma_max the range actually used (the sampler's default for its
-    discretization, clamped to the network's range) and restart intervals as [[N_Restart, K, t_min,
-    t_max], ...]. Raises ValueError for settings the sampler would refuse."""
-    sampler_kwargs = {k: v for k, v in (sampler_kwargs or {}).items() if v is not None}
-    sampler_fn, kind = choose_sampler(sampler_kwargs)
-    settings = {name: param.default for name, param in inspect.signature(sampler_fn).parameters.items()
-                if name not in _NOT_SETTINGS and param.default is not inspect.Parameter.empty}
-    settings.update(sampler_kwargs)
-    for key, choices in [('solver', SOLVERS), ('discretization', DISCRETIZATIONS), ('schedule', SCHEDULES), ('scaling', SCALINGS)]:
-        if key in settings and settings[key] not in choices:
-            raise ValueError(f'Unknown {key} {settings[key]!r}; choose one of {", ".join(choices)}.')
-    first_sigma(net, kind, **{k: v for k, v in sampler_kwargs.items() if k not in RESTART_KEYS})  # Refuses what the sampler would.
-    settings['sigma_min'], settings['sigma_max'] = sigma_range(
-        net, kind, sampler_kwargs.get('sigma_min'), sampler_kwargs.get('sigma_max'),
-        settings.get('discretization', 'edm'), settings.get('epsilon_s', 1e-3))
-    if kind == 'restart':
-        restart_plan(net, settings['num_steps'], settings['sigma_min'], settings['sigma_max'], settings['rho'], settings['restart'])
-        settings['restart'] = [list(interval) for interval in parse_restart(settings['restart'])]
-    return dict(sampler=kind, **settings)
+    {'sampler': its name in SAMPLERS, each of its settings with its value}, with sigma_min and
+    sigma_max the range actually used (SamplerSpec.sigma_range) and the rest as SamplerSpec.check
+    records them (e.g. restart intervals as [[N_Restart, K, t_min, t_max], ...]). Raises ValueError
+    for settings the sampler would refuse."""
+    name, settings = resolve_sampler(sampler_kwargs)
+    spec = SAMPLERS[name]
+    recorded = dict(spec.check(net, settings))
+    spec.first_sigma(net, settings)  # Refuses what the sampler would.
+    recorded['sigma_min'], recorded['sigma_max'] = spec.sigma_range(net, settings)
+    return dict(sampler=name, **recorded)
 
 #----------------------------------------------------------------------------

@@ -3,14 +3,14 @@ model, sample it under the paper's three robustness studies (noise injection alp
 steps, weight quantisation with the published rule) and score every folder; then tables, a figure and
 a JSON of every cell, each number a mean with its standard error over independently trained models.
 
-    python -m benchmarks.d_study                         # The default grid on the quick start's digits.
-    python -m benchmarks.d_study --quick                 # A smaller grid: a smoke test in minutes.
-    python -m benchmarks.d_study --device=cuda --data=datasets/cifar10-32x32.zip --kimg=...   # CIFAR-10, Inception FID.
+    python -m studies.d_study                         # The default grid on the quick start's digits.
+    python -m studies.d_study --quick                 # A smaller grid: a smoke test in minutes.
+    python -m studies.d_study --device=cuda --data=datasets/cifar10-32x32.zip --train-kimg=...   # CIFAR-10, Inception FID.
 
 Every stage is the project's own code: launch.train() (train.py) into OUTDIR/runs/D<D>-seed<s>/, then
 generation.run_study() with the study scripts' settings (generate_alpha.py, generate_steps.py,
 generate_quant.py) into RUN/<study>/<setting>/, then fid.py's detector statistics and Frechet
-distance. On the digits the detector is benchmarks/digits_detector.py's classifier, trained on the
+distance. On the digits the detector is metrics/digits.py's classifier, trained on the
 real digits (FD-digits, and the share of samples it recognises as the digit they were generated
 for); with another dataset and no --detector it is fid.py's Inception-v3 (FID). Re-running skips
 finished stages: trained models, complete image folders and folders already scored (score.json,
@@ -50,7 +50,7 @@ from metrics import evaluation
 from sampling import generation, provenance
 from studies import quickstart, robustness
 from torch_utils import cli, image_io, misc
-from training import checkpoint, launch
+from training import checkpoint, launch, presets
 from training.dataset import ImageFolderDataset
 
 RESULTS_FORMAT = 'pfgmpp-d-study'
@@ -109,7 +109,7 @@ DEFAULTS = dict(D_list=(16, 128, 2048, None), seeds=(0, 1, 2), kimg=12, num_samp
                 settings=dict(alpha=[0, 0.1, 0.2], steps=[4, 5, 7], quant=[3, 4, 6]))
 QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=5, num_samples=100,
              settings=dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6]))
-# Inception-v3 FID needs thousands of samples; EDM's CIFAR-10 recipe trains for 200 Mimg (set --kimg).
+# Inception-v3 FID needs thousands of samples; EDM's CIFAR-10 recipe trains for 200 Mimg (set --train-kimg).
 INCEPTION_NUM_SAMPLES = dict(default=10000, quick=1000)
 INCEPTION_KIMG = dict(default=200000, quick=2000)
 
@@ -130,18 +130,11 @@ def D_key(D: Optional[float]):
 
 
 def parse_D(value: Any) -> Optional[float]:
-    """One D: a positive finite number, or 'inf' / None for D -> infinity (returned as None)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ('inf', 'infinity')):
+    """One D as --D takes it (cli.parse_D: a number >= 1, or inf), None for D -> infinity."""
+    if value is None:
         return None
-    try:
-        D = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f'D={value!r} is not a number; pass positive numbers or inf, e.g. --D=16,128,2048,inf.') from None
-    if math.isinf(D) and D > 0:
-        return None
-    if not math.isfinite(D) or D <= 0:
-        raise ValueError(f'D={value} is not a valid PFGM++ D; each D must be > 0 (or inf for diffusion).')
-    return D
+    D = cli.parse_D(value, option='--D')
+    return None if math.isinf(D) else D
 
 
 def parse_D_list(values: Any) -> tuple:
@@ -174,7 +167,7 @@ def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kim
     D_list = parse_D_list(base['D_list'] if D_list is None else D_list)
     seeds = tuple(cli.parse_int_list(base['seeds'] if seeds is None else seeds, unique=True))
     if not seeds:
-        raise ValueError('The list of training seeds is empty; pass e.g. --seeds=0-2.')
+        raise ValueError('The list of training seeds is empty; pass e.g. --train-seeds=0-2.')
     if kimg is None:
         kimg = base['kimg'] if scoring != 'inception' else INCEPTION_KIMG['quick' if quick else 'default']
     if isinstance(kimg, bool) or not isinstance(kimg, (int, float)) or not (kimg >= 1 and float(kimg).is_integer()):
@@ -216,11 +209,11 @@ def choose_scoring(detector: Optional[str], digits_like: bool) -> str:
 
 def train_recipe(resolution: int, label_dim: int) -> dict:
     """launch.train() options (beyond data, D, seed, duration and the I/O options) for the data:
-    16x16, the quick start's recipe (quickstart.TRAIN_OPTIONS; class-conditional when the data has
+    16x16, the quick start's recipe (presets.RECIPES['quickstart']; class-conditional when the data has
     labels); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
     EMA 0.5 Mimg, dropout 0.13, augmentation 0.12: train.py's defaults)."""
     if resolution == 16:
-        options = {k: v for k, v in quickstart.TRAIN_OPTIONS.items() if k not in ('pfgmpp', 'aug_dim', 'seed', 'snap', 'dump')}
+        options = {k: v for k, v in presets.RECIPES['quickstart'].items() if k not in ('D', 'seed', 'snap', 'dump')}
         options['cres'] = cli.parse_int_list(options['cres'])
         options['cond'] = int(label_dim > 0)
         return options
@@ -613,7 +606,7 @@ def check_config(outdir: str, config: dict) -> None:
 
 
 # launch.train() options that train_model() sets for each model.
-RESERVED_TRAIN_OPTIONS = ('outdir', 'name', 'data', 'pfgmpp', 'aug_dim', 'seed', 'duration', 'tick', 'snap', 'dump', 'device', 'resume')
+RESERVED_TRAIN_OPTIONS = ('outdir', 'name', 'data', 'D', 'pfgmpp', 'aug_dim', 'seed', 'duration', 'tick', 'snap', 'dump', 'device', 'resume')
 
 
 def setting_nfe(grid: Grid, overrides: dict) -> int:
@@ -716,9 +709,8 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
     # Five ticks with a training state each (for --resume=auto after a crash), one network snapshot at
     # the end; train.py takes the duration in Mimg.
     with captured(log_path):
-        result = launch.train(outdir=os.path.dirname(m.run_dir), name=m.name, data=data, pfgmpp=m.D is not None,
-                             aug_dim=m.D if m.D is not None else launch.DEFAULTS['aug_dim'], seed=m.seed,
-                             duration=kimg / 1000, tick=kimg / 5, snap=1000, dump=1, device=device, resume='auto', **recipe)
+        result = launch.train(outdir=os.path.dirname(m.run_dir), name=m.name, data=data, D=m.D, seed=m.seed,
+                              duration=kimg / 1000, tick=kimg / 5, snap=1000, dump=1, device=device, resume='auto', **recipe)
     if result['status'] == 'stopped':
         raise Stopped(f'Training of {m.name} was stopped after saving its state; run the same command again to continue.')
     network = final_network(m, grid.kimg)
@@ -948,12 +940,12 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
 #----------------------------------------------------------------------------
 # Command line.
 
-@click.command(context_settings=dict(show_default=True, max_content_width=110))
+@click.command(context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True))
 @click.option('--outdir',      help='Where the study goes', metavar='DIR', type=str, default='d-study')
 @click.option('--data',        help='Dataset ZIP or folder  [default: the quick start\'s digits, built if missing]', metavar='ZIP|DIR', type=str)
 @click.option('--D', 'D_list', help='PFGM++ D values; inf is diffusion  [default: 16,128,2048,inf; --quick: 16,inf]', metavar='LIST', type=str)
-@click.option('--kimg',        help='Training budget per model  [default: 12; --quick: 5; Inception: 200000]', metavar='KIMG', type=float)
-@click.option('--seeds',       help='Training seeds, one model per D and seed  [default: 0-2; --quick: 0-1]', metavar='LIST', type=str)
+@click.option('--train-kimg', 'kimg', help='Training budget per model  [default: 12; --quick: 5; Inception: 200000]', metavar='KIMG', type=float)
+@click.option('--train-seeds', 'seeds', help='Training seeds, one model per D and seed  [default: 0-2; --quick: 0-1]', metavar='LIST', type=str)
 @click.option('--studies',     help='Which studies', metavar='LIST', type=str, default='alpha,steps,quant')
 @click.option('--alphas',      help='Noise injection alphas  [default: 0,0.1,0.2; --quick: 0,0.2]', metavar='LIST', type=str)
 @click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 4,5,7; --quick: 4,7]', metavar='LIST', type=str)
@@ -971,13 +963,13 @@ def cmdline(debug: bool, **kwargs):
 
     \b
     # The default grid on the quick start's digits (about an hour on 2 CPU cores):
-    python -m benchmarks.d_study --outdir=d-study
+    python -m studies.d_study --outdir=d-study
     \b
     # A smoke test (minutes):
-    python -m benchmarks.d_study --outdir=d-study-quick --quick
+    python -m studies.d_study --outdir=d-study-quick --quick
     \b
     # CIFAR-10 on a GPU, Inception FID:
-    python -m benchmarks.d_study --device=cuda --data=datasets/cifar10-32x32.zip --kimg=20000
+    python -m studies.d_study --device=cuda --data=datasets/cifar10-32x32.zip --train-kimg=20000
 
     Re-running the same command skips finished stages. Results: OUTDIR/results.json, results.md,
     d_study.png.

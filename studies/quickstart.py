@@ -35,7 +35,7 @@ from dataprep import conversion
 from metrics import quality as quickstart_quality
 from sampling import generation, provenance
 from torch_utils import image_io, misc
-from training import checkpoint
+from training import checkpoint, presets
 from training.launch import EXIT_STOPPED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The repository: its scripts are the steps' commands.
@@ -44,19 +44,7 @@ NUM_CLASSES = quickstart_quality.NUM_CLASSES
 PER_CLASS = 10  # Samples per digit: seeds 0..99, class c drawn from seeds 10c..10c+9.
 DEFAULT_DURATION = 0.035  # Mimg: 2.5 to 5 minutes of training on 2 CPU cores.
 
-# train.py options of the demo, beyond --outdir, --name, --data, --device, --duration, --tick and --resume:
-# a DDPM++ with 16 channels at 16x16 and 32 at 8x8 and 4x4, 2 residual blocks per resolution (0.43M
-# parameters; EDM's CIFAR-10 model has 56M), a high learning rate with a 1 kimg warm-up and a 2 kimg EMA
-# half-life, because the whole run is only 35 kimg (~550 steps). 2 blocks rather than DDPM++'s 4 train
-# at 1.6x the speed and make the better model in equal time (the D study's finding): on 2 CPU cores,
-# 45 kimg with 2 blocks (417 s) scored FD-digits 14.8 and 83% recognised, 30 kimg with 4 blocks (415 s)
-# 24.7 and 76%. Shipped, 35 kimg (285 to 306 s of training): FD-digits 22.6 +- 1.9, 80% recognised
-# (3 training seeds, 100 samples each; README, "Quick start").
-TRAIN_OPTIONS = dict(
-    cond=1, arch='ddpmpp', precond='edm', pfgmpp=1, aug_dim=128,
-    cbase=16, cres='1,2,2', batch=64, lr=2e-3, lr_rampup=1, ema=0.002, ema_rampup=0.05,
-    nblock=2, dropout=0, augment=0, snap=4, dump=4, workers=0,
-)
+TRAIN_OPTIONS = presets.RECIPES['quickstart']  # train.py options of the demo, beyond the I/O options.
 
 # For train.py and generate.py. Spinning OpenMP threads (GNU OpenMP's default) stall each other when
 # the CPU is shared with other work, slowing training by 3x to 30x; sleeping ones cost ~15% on an
@@ -110,8 +98,8 @@ def script(name: str) -> str:
 
 
 def cli_options(options: dict) -> list[str]:
-    """{'lr_rampup': 1} -> ['--lr-rampup=1']; train.py spells aug_dim with an underscore."""
-    return [f'--{k if k == "aug_dim" else k.replace("_", "-")}={v}' for k, v in options.items()]
+    """{'lr_rampup': 1} -> ['--lr-rampup=1'], train.py's spelling of its options."""
+    return [f'--{k.replace("_", "-")}={v}' for k, v in options.items()]
 
 
 def export_digits(dest: str) -> int:
@@ -218,7 +206,7 @@ def train_step(paths: dnnlib.EasyDict, device: str, duration: float, seed: int =
     target_kimg = max(int(round(duration * 1000, 6)), 1)  # train.py's total_kimg.
     if paths.network is None or checkpoint.kimg_from_name(paths.network) < target_kimg:
         raise StepError(f'train.py stopped before {target_kimg} kimg (newest snapshot: {paths.network}); run the quick start again to continue.')
-    model = f'class-conditional PFGM++ model (D={TRAIN_OPTIONS["aug_dim"]}, DDPM++ with --cbase={TRAIN_OPTIONS["cbase"]} --cres={TRAIN_OPTIONS["cres"]})'
+    model = f'class-conditional PFGM++ model (D={TRAIN_OPTIONS["D"]:g}, DDPM++ with --cbase={TRAIN_OPTIONS["cbase"]} --cres={TRAIN_OPTIONS["cres"]})'
     if state_kimg is None:
         return f'trained a {model} for {duration * 1000:g} kimg with train.py in {run_dir}'
     if state_kimg >= target_kimg:
@@ -233,7 +221,7 @@ def generate_step(paths: dnnlib.EasyDict, device: str, per_class: int) -> str:
     sampling."""
     clear_samples(paths.samples)
     torch_device = misc.resolve_device(device)
-    net, info = generation.load_for_sampling(paths.network, allow_pickle=False, device=torch_device, pfgmpp_flag=None, aug_dim=None)
+    net, info = generation.load_for_sampling(paths.network, allow_pickle=False, device=torch_device)
     images, labels = [], []
     for c in range(NUM_CLASSES):
         seeds = list(range(c * per_class, (c + 1) * per_class))

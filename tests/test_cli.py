@@ -1,4 +1,4 @@
-"""torch_utils/cli.py: list options, one-line errors."""
+"""torch_utils/cli.py: list options, D and its published aliases, one-line errors, help in sections."""
 
 import click
 import numpy as np
@@ -67,3 +67,44 @@ def test_user_errors_are_one_line_and_bugs_are_not_hidden():
 def test_first_line():
     assert cli.first_line(ValueError('\n  first \nsecond')) == 'first'
     assert cli.first_line(KeyError()) == 'KeyError'
+
+
+@pytest.mark.parametrize('D,pfgmpp,aug_dim,expected', [
+    (None, None, None, (False, None)),   # Nothing given.
+    ('2048', None, None, (True, 2048.0)),
+    ('inf', None, None, (True, None)),   # inf is diffusion.
+    (1, None, None, (True, 1.0)),        # D=1: PFGM.
+    (None, True, '2048', (True, 2048.0)),
+    (None, None, '2048', (True, 2048.0)),  # --aug_dim alone means that D, never silent diffusion.
+    (None, True, None, (True, 128.0)),     # --pfgmpp=1 alone: the published default D.
+    (None, False, None, (True, None)),
+    (None, False, 'inf', (True, None)),
+    ('64', True, 64, (True, 64.0)),        # Agreeing spellings.
+    (None, False, '64', '--pfgmpp=0 means diffusion'),
+    (None, True, 'inf', '--aug_dim=inf is diffusion'),
+    ('64', None, '128', 'disagree'),
+    ('inf', True, None, 'disagree'),
+    ('0.5', None, None, 'must be a number >= 1'),
+    ('nan', None, None, 'must be a number >= 1'),
+    ('x', None, None, 'must be a number >= 1'),
+    (None, None, '-3', '--aug_dim must be a number >= 1'),
+])
+def test_resolve_D(D, pfgmpp, aug_dim, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected.replace('(', r'\(')) as err:
+            cli.resolve_D(D, pfgmpp, aug_dim)
+        assert '\n' not in str(err.value) and str(err.value).endswith('.')
+    else:
+        assert cli.resolve_D(D, pfgmpp, aug_dim) == expected
+
+
+def test_sectioned_help_lists_every_option_once_under_its_section():
+    @click.command(cls=cli.SectionedCommand, sections=[('First', ['b']), ('Second', ['a'])])
+    @click.option('--a', help='option a')
+    @click.option('--b', help='option b')
+    @click.option('--c', help='option c')
+    def command(a, b, c):
+        pass
+    out = CliRunner().invoke(command, ['-h']).output
+    assert out.index('First:') < out.index('--b') < out.index('Second:') < out.index('--a') < out.index('Other options:') < out.index('--c')
+    assert all(out.count(f'--{name} ') == 1 for name in 'abc') and out.count('-h, --help') == 1

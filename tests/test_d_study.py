@@ -71,9 +71,7 @@ def test_every_stage_ran_through_the_project_functions(study):
             run = study['outdir'] / 'runs' / f'D{D}-seed{seed}'
             assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'network')] == [1]
             options = json.loads((run / 'training_options.json').read_text())
-            assert options['seed'] == seed and options['pfgmpp'] == (D != 'inf') and options['cbase'] == 8
-            if D != 'inf':
-                assert options['aug_dim'] == 16
+            assert options['seed'] == seed and options['D'] == (None if D == 'inf' else float(D)) and options['cbase'] == 8
             for folder in ('alpha/alpha_0', 'alpha/alpha_0.5', 'steps/steps_1', 'steps/steps_2', 'quant/bits_4', 'quant/bits_8'):
                 for c in range(10):  # One sample per digit, seed c, generated for digit c.
                     manifest = json.loads((run / folder / str(c) / 'generate.json').read_text())
@@ -348,9 +346,9 @@ class NotADetector(torch.nn.Module):
 @pytest.mark.parametrize('args, message', [
     (['--studies=alpha,noise'], "Error: Unknown study 'noise'; choose from alpha, steps, quant."),
     (['--D='], 'Error: The list of D is empty; pass at least one, e.g. --D=16,inf.'),
-    (['--D=16,0'], 'Error: D=0 is not a valid PFGM++ D; each D must be > 0 (or inf for diffusion).'),
-    (['--D=-4,inf'], 'Error: D=-4 is not a valid PFGM++ D; each D must be > 0 (or inf for diffusion).'),
-    (['--kimg=0.5'], 'Error: The training budget must be a whole number of kimg >= 1 (train.py counts whole kimg), got 0.5.'),
+    (['--D=16,0'], 'Error: --D must be a number >= 1 (the PFGM++ augmentation dimension), or inf for diffusion; got 0.'),
+    (['--D=-4,inf'], 'Error: --D must be a number >= 1 (the PFGM++ augmentation dimension), or inf for diffusion; got -4.'),
+    (['--train-kimg=0.5'], 'Error: The training budget must be a whole number of kimg >= 1 (train.py counts whole kimg), got 0.5.'),
     (['--bits=1'], "Error: The quant study's settings: '1' must hold bit widths from 2 to 16."),
     (['--detector=missing.pt'], 'Error: --detector missing.pt does not exist; pass a TorchScript or pickle detector file, or leave it out.'),
 ])
@@ -387,8 +385,8 @@ def test_stopped_training_exits_75_and_continues(study, tmp_path, monkeypatch):
     for name in ('digits-detector.pt', 'digits-detector.json'):  # Reused: same data, seed and version.
         (tmp_path / 'out' / name).write_bytes((study['outdir'] / name).read_bytes())
     monkeypatch.setattr(launch, 'train', lambda **kwargs: dict(status='stopped', run_dir='', cur_nimg=0))
-    result = CliRunner().invoke(d_study.cmdline, ['--outdir=out', '--device=cpu', f'--data={study["data"]}', '--D=inf', '--seeds=0',
-                                                  '--kimg=1', '--studies=steps', '--steps-list=1', '--num-samples=10'])
+    result = CliRunner().invoke(d_study.cmdline, ['--outdir=out', '--device=cpu', f'--data={study["data"]}', '--D=inf', '--train-seeds=0',
+                                                  '--train-kimg=1', '--studies=steps', '--steps-list=1', '--num-samples=10'])
     assert result.exit_code == 75 and result.output.startswith('D study in out: 1 models'), result.output
     assert result.output.splitlines()[1:] == ['Error: Training of Dinf-seed0 was stopped after saving its state; '
                                               'run the same command again to continue.']

@@ -72,25 +72,24 @@ def run_script(args, env_extra=None, timeout=120):
 #----------------------------------------------------------------------------
 # Lists and D.
 
-@pytest.mark.parametrize('info,flags,expected', [
-    (dict(D=2048.0, D_recorded=True), (None, None), 2048.0),
-    (dict(D=2048.0, D_recorded=True), (True, 2048), 2048.0),
-    (dict(D=None, D_recorded=True), (False, None), None),
-    (dict(D=None, D_recorded=False), (None, None), None),
-    (dict(D=None, D_recorded=False), (True, 128), 128.0),
-    (dict(D=None, D_recorded=False), (None, 64), 64.0),
-    (dict(D=2048.0, D_recorded=True), (False, None), 'trained for D=2048'),
-    (dict(D=2048.0, D_recorded=True), (True, 128), 'trained for D=2048'),
-    (dict(D=None, D_recorded=True), (True, 128), 'trained for diffusion'),
-    (dict(D=None, D_recorded=False), (True, None), 'needs the augmentation dimension'),
-    (dict(D=None, D_recorded=False), (False, 128), 'only used with --pfgmpp=1'),
+@pytest.mark.parametrize('args,expected', [
+    ([], 2048.0),                                 # The checkpoint's D.
+    (['--D=2048'], 2048.0),                       # Agreeing flags are accepted.
+    (['--pfgmpp=1', '--aug_dim=2048'], 2048.0),   # So are the published spellings.
+    (['--D=inf'], 'trained for D=2048'),          # Contradicting ones are refused, ...
+    (['--aug-dim=128'], 'trained for D=2048'),
+    (['--pfgmpp=0'], 'trained for D=2048'),
+    (['--D=64', '--aug_dim=128'], 'disagree'),    # ... and so are flags that contradict each other.
 ])
-def test_resolve_D(info, flags, expected):
+def test_the_network_keeps_its_checkpoints_D(tmp_path, snapshot, args, expected):
+    code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "out"}', '--seeds=0', '--steps=2',
+                                        '--device=cpu', *args])
     if isinstance(expected, str):
-        with pytest.raises(ValueError, match=expected):
-            generation.resolve_D(info, *flags)
+        assert code == 1 and expected in out and 'Traceback' not in out, out
+        assert not (tmp_path / 'out').exists()
     else:
-        assert generation.resolve_D(info, *flags) == expected
+        assert code == 0, out
+        assert json.loads((tmp_path / 'out' / provenance.MANIFEST_NAME).read_text())['D'] == expected
 
 #----------------------------------------------------------------------------
 # Per-seed streams.
@@ -204,7 +203,7 @@ def test_d_flags_agreeing_and_contradicting(tmp_path, snapshot):
     (['--network={snapshot}', '--ckpt=10'], 1, 'training run'),
     (['--network={snapshot}', '--solver=euler', '--steps=1'], 1, 'num_steps'),
     (['--network={snapshot}', '--sigma_min=5', '--sigma_max=1'], 1, 'sigma_min < sigma_max'),
-    (['--network={snapshot}', '--aug_dim=inf'], 1, 'finite'),
+    (['--network={snapshot}', '--D=0.5'], 2, '>= 1'),
     (['--network={snapshot}', '--device=tpu'], 2, 'tpu'),
     (['--outdir={missing}'], 1, 'not a folder'),
 ])

@@ -1,5 +1,6 @@
-"""training/sampling.py: the samplers, checked against the exact denoiser of a finite data set (prior,
-schedule and solver together, no training) and against EDM's Algorithm 2 written out independently."""
+"""sampling/samplers.py: the samplers, checked against the exact denoiser of a finite data set (prior,
+schedule and solver together, no training) and against EDM's Algorithm 2 written out independently;
+the registry SAMPLERS, with a toy sampler registered in it."""
 
 import inspect
 import math
@@ -8,7 +9,9 @@ import pytest
 import scipy.stats
 import torch
 
+from sampling import generation, provenance
 from sampling import samplers as sampling
+from torch_utils.rng import StackedRandomGenerator
 from training import pfgmpp
 
 from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, nearest_points
@@ -186,5 +189,74 @@ def test_bad_sampler_settings_raise(call, match):
     net = OracleNet(make_data())
     with pytest.raises(ValueError, match=match):
         call(net, torch.zeros([1, 2, 4, 4], dtype=torch.float64))
+
+#----------------------------------------------------------------------------
+# The registry: a sampler is one entry in sampling.SAMPLERS, and everything else follows from it.
+
+def test_the_registry_gives_the_settings_and_defaults_of_the_built_in_samplers():
+    assert set(sampling.sampler_keys()) >= {'num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise',
+                                            'solver', 'discretization', 'schedule', 'scaling', 'alpha', 'restart', 'restart_gamma'}
+    assert 'D' not in sampling.sampler_keys() and 'gamma_log_like' not in sampling.sampler_keys()  # Extra inputs, not settings.
+    # The command line's defaults: the settings every sampler takes with the same default.
+    assert generation.SAMPLER_DEFAULTS == dict(num_steps=18, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+    assert generation.nfe(dict(num_steps=5)) == 9 and generation.nfe(dict(num_steps=5, solver='euler')) == 5
+    assert generation.nfe(dict(num_steps=5, restart='3:2:0.5:2')) == 9 + 2 * 2 * 2
+
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(restart='2:1:0.5:1.5', alpha=0), 'Restart sampling runs EDM.* takes no alpha'),  # Once a TypeError while sampling.
+    (dict(restart_gamma=0.05), 'takes no restart_gamma; drop it, or give restart'),
+    (dict(solver='euler', restart_gamma=0.05), 'ablation sampler .* takes no restart_gamma; drop it[.]$'),
+    (dict(restart='2:1:0.5:1.5', solver='euler'), 'do not combine'),
+    (dict(steps=3), 'Unknown sampler settings'),
+])
+def test_settings_the_chosen_sampler_does_not_take_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sampling.sampler_settings(OracleNet(make_data()), kwargs)
+    with pytest.raises(ValueError, match=match):
+        generation.sample_batch(OracleNet(make_data()), [0], kwargs)
+
+
+def test_a_sampler_registered_in_the_table_needs_no_other_change(monkeypatch):
+    received = {}
+
+    def toy_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=4, sigma_min=0.5,
+                    sigma_max=30.0, toy_mode='plain', offsets=None, callback=None):
+        received.update(latents=latents, offsets=offsets, num_steps=num_steps, toy_mode=toy_mode)
+        return latents + offsets
+
+    # Unlike any built-in sampler: its own start level, cost and per-seed draws, chosen by its own setting.
+    monkeypatch.setitem(sampling.SAMPLERS, 'toy', sampling.SamplerSpec(
+        toy_sampler, 'The toy sampler adds a per-seed offset', chosen_by=('toy_mode',),
+        first_sigma=lambda net, settings: settings['sigma_max'] / 2,
+        sigma_range=lambda net, settings: (settings['sigma_min'], settings['sigma_max']),
+        nfe=lambda settings: 3 * settings['num_steps'],
+        extra_inputs=dict(offsets=lambda net, rnd: rnd.randn([len(rnd.generators), 1, 1, 1], dtype=torch.float64)),
+        presets=dict(toy_mode={'quick': dict(toy_mode='quick', num_steps=2)})))
+    net = OracleNet(make_data(), 16, WEIGHTS)
+    seeds = [3, 7, 11]
+
+    # sample_batch: per seed the prior at the toy's first level, then its extra draw; then the toy.
+    x = generation.sample_batch(net, seeds, dict(toy_mode='fast', num_steps=5, sigma_max=20))
+    rnd = StackedRandomGenerator('cpu', seeds)
+    latents = rnd.prior([2, 4, 4], 10.0, 16)
+    offsets = rnd.randn([len(seeds), 1, 1, 1], dtype=torch.float64)
+    assert torch.equal(received['latents'], latents) and torch.equal(received['offsets'], offsets)
+    assert received['num_steps'] == 5 and received['toy_mode'] == 'fast' and torch.equal(x, latents + offsets)
+
+    # The cost, the manifest's settings (defaults filled in, the range the spec reports) and presets.
+    assert generation.nfe(dict(toy_mode='fast', num_steps=5)) == 15 and generation.nfe(dict(toy_mode='fast')) == 12
+    manifest = provenance.make_manifest(net, seeds, dict(toy_mode='fast', sigma_min=None))
+    assert manifest['sampler'] == dict(sampler='toy', num_steps=4, sigma_min=0.5, sigma_max=30.0, toy_mode='fast')
+    assert list(manifest['sampler']) == ['sampler', 'num_steps', 'sigma_min', 'sigma_max', 'toy_mode']
+    assert generation.sampler_kwargs_from(dict(toy_mode='quick', num_steps=18, guidance=2)) == dict(toy_mode='quick', num_steps=2)
+    assert 'toy_mode' in sampling.sampler_keys() and sampling.first_sigma(net, 'toy') == 15.0
+
+    # Its settings are its own: the built-in samplers' are refused, and it combines with no other sampler.
+    with pytest.raises(ValueError, match='takes no S_churn'):
+        generation.sample_batch(net, seeds, dict(toy_mode='fast', S_churn=1))
+    with pytest.raises(ValueError, match='do not combine'):
+        generation.nfe(dict(toy_mode='fast', solver='euler'))
 
 #----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from helpers import TINY_TRAIN, assert_same_states, loop_config, read_stats, run
 def tiny_run(bars_zip, tmp_path_factory):
     """2 kimg of PFGM++ (D=128) with augmentation; snapshots and states every tick (1 kimg)."""
     outdir = tmp_path_factory.mktemp('runs')
-    args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128',
+    args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY_TRAIN, '--D=128',
             '--augment=0.12', '--duration=0.002', '--snap=1', '--dump=1']
     result = train_here(args)
     assert result.exit_code == 0, result.output
@@ -47,7 +47,7 @@ def test_tiny_run_writes_everything(tiny_run):
     assert [round(s['kimg']) for s in stats] == [1, 2]
     assert all(s['Loss/loss']['num'] > 0 and math.isfinite(s['Loss/loss']['mean']) for s in stats)
     options = json.load(open(os.path.join(run_dir, 'training_options.json')))
-    assert options['aug_dim'] == 128 and options['pfgmpp'] is True
+    assert options['D'] == 128 and options['pfgmpp'] is None and options['aug_dim'] is None  # One D, resolved.
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_resume_is_exact(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
     snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(2))
-    args = [f'--outdir={tmp_path}', '--name=ft', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128',
+    args = [f'--outdir={tmp_path}', '--name=ft', f'--data={bars_zip}', *TINY_TRAIN, '--D=128',
             '--augment=0.12', f'--transfer={snapshot}', '--duration=0.001', '--snap=1', '--dump=0']
     result = train_here(args)
     assert result.exit_code == 0, result.output
@@ -205,11 +205,29 @@ def test_batch_not_divisible(bars_zip, tmp_path):
                          'multiple of --batch-gpu', out)
 
 
-@pytest.mark.parametrize('aug_dim', ['0', '-3', 'nan', 'inf'])
-def test_bad_aug_dim(bars_zip, tmp_path, aug_dim):
+@pytest.mark.parametrize('args,message', [
+    (['--pfgmpp=1', '--aug_dim=0'], '--aug_dim must be a number >= 1'),
+    (['--pfgmpp=1', '--aug_dim=-3'], '--aug_dim must be a number >= 1'),
+    (['--pfgmpp=1', '--aug_dim=nan'], '--aug_dim must be a number >= 1'),
+    (['--pfgmpp=1', '--aug_dim=inf'], '--aug_dim=inf is diffusion'),
+    (['--pfgmpp=0', '--aug_dim=64'], '--pfgmpp=0 means diffusion'),
+    (['--D=0.5'], '--D must be a number >= 1'),
+    (['--D=64', '--aug-dim=128'], 'disagree'),
+])
+def test_bad_D(bars_zip, tmp_path, args, message):
     out = str(tmp_path / 'out')
-    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', f'--aug_dim={aug_dim}']),
-                         '--aug_dim', out)
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, *args]), message, out)
+
+
+@pytest.mark.parametrize('args,D', [
+    ([], 'infinity (diffusion)'), (['--D=64'], '64.0'), (['--D=inf'], 'infinity (diffusion)'), (['--aug_dim=64'], '64.0'),
+    (['--aug-dim=64', '--pfgmpp=1'], '64.0'), (['--pfgmpp=1'], '128.0'), (['--pfgmpp=0'], 'infinity (diffusion)'), (['--D=1'], '1.0'),
+])
+def test_one_D_from_every_spelling(bars_zip, tmp_path, args, D):
+    # --aug_dim alone trains that D: never silent diffusion.
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *TINY_TRAIN, *args, '--dry-run'])
+    assert result.exit_code == 0, result.output
+    assert f'PFGM++ D:                {D}\n' in result.output
 
 
 def test_outdir_is_a_file(bars_zip, tmp_path):
@@ -236,7 +254,7 @@ def test_resume_not_a_training_state(bars_zip, tiny_run, tmp_path):
 def test_resume_other_architecture(bars_zip, tiny_run, tmp_path):
     out = str(tmp_path / 'out')
     state = os.path.join(tiny_run['run_dir'], checkpoint.state_name(1))
-    args = [f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', f'--resume={state}']
+    args = [f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--D=128', '--augment=0.12', f'--resume={state}']
     assert_clean_failure(invoke(args + ['--cbase=16']), 'another architecture', out)
     assert_clean_failure(invoke(args + ['--arch=ncsnpp']), 'another architecture', out)
 
@@ -273,7 +291,7 @@ def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run, tmp_path):
         folder = os.path.join(run_dir, f'ckpt_{kimg:06d}')
         assert sorted(os.listdir(folder)) == [f'{seed:06d}.png' for seed in range(4)] + ['generate.json']
     # A flag that contradicts the recorded D=128 is refused.
-    result = CliRunner().invoke(generate.main, [f'--outdir={run_dir}', '--seeds=4-5', '--pfgmpp=1', '--aug_dim=2048', '--device=cpu'])
+    result = CliRunner().invoke(generate.main, [f'--outdir={run_dir}', '--seeds=4-5', '--D=2048', '--device=cpu'])
     assert result.exit_code != 0 and 'Traceback' not in result.output and '128' in result.output, result.output
 
 #----------------------------------------------------------------------------
@@ -286,7 +304,7 @@ def test_bf16_losses_track_fp32(bars_zip, tmp_path):
     # counts whole kimg.
     losses = {}
     for name, args in [('fp32', []), ('bf16', ['--precision=bf16'])]:
-        config = loop_config(tmp_path, bars_zip, '--pfgmpp=1', '--aug_dim=128', '--augment=0.12', *args)
+        config = loop_config(tmp_path, bars_zip, '--D=128', '--augment=0.12', *args)
         (tmp_path / name).mkdir()
         training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=0.512, kimg_per_tick=0.256,
                                            state_dump_ticks=None))
@@ -467,7 +485,7 @@ def test_nonfinite_losses_show_in_log_and_stats(bars_zip, tmp_path, monkeypatch)
 def test_train_is_callable_with_keyword_arguments(bars_zip, tmp_path):
     result = launch.train(outdir=str(tmp_path), name='py', data=bars_zip, cond=True, arch='ddpmpp', cbase=8, cres=[1],
                          batch=16, tick=1, lr=2e-3, lr_rampup=0, ema=0.0005, dropout=0, workers=0, device='cpu', seed=3,
-                         duration=0.001, pfgmpp=True, aug_dim=64, augment=0)
+                         duration=0.001, D=64, augment=0)
     assert result['status'] == 'done' and result['cur_nimg'] == 1008 and result['run_dir'] == str(tmp_path / 'py')
     net, info = checkpoint.load_network(str(tmp_path / 'py' / checkpoint.snapshot_name(1)))
     assert info['D'] == 64.0 and net.label_dim == 2
@@ -475,6 +493,8 @@ def test_train_is_callable_with_keyword_arguments(bars_zip, tmp_path):
         launch.train(outdir=str(tmp_path), data=bars_zip, learning_rate=1)
     with pytest.raises(ValueError, match='--aug_dim'):
         launch.train(outdir=str(tmp_path / 'bad'), data=bars_zip, pfgmpp=True, aug_dim=-1, device='cpu')
+    with pytest.raises(ValueError, match='--D'):
+        launch.train(outdir=str(tmp_path / 'bad'), data=bars_zip, D=0, device='cpu')
     assert not (tmp_path / 'bad').exists()
 
 

@@ -100,7 +100,7 @@ def checksums(workdir: str) -> dict:
     return results
 
 
-@click.command()
+@click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.option('--out', help='Write the checksums to this JSON file', metavar='JSON', type=str)
 @click.option('--expect', help='Compare with the checksums in this JSON file', metavar='JSON', type=str)
 def main(out, expect):

@@ -1,5 +1,6 @@
-"""Command-line helpers shared by every script: list options, the device option, and the rule that an
-error a user can cause ends the command with one line (exit status 1) instead of a traceback.
+"""Command-line helpers shared by every script: list options, the PFGM++ D and its published aliases,
+the device option, help grouped into sections, and the rule that an error a user can cause ends the
+command with one line (exit status 1) instead of a traceback.
 
 Each script is a plain function with named parameters that raises ordinary exceptions (ValueError,
 OSError, ...) and a click `cmdline()` that only parses the options and calls it inside
@@ -16,8 +17,8 @@ import click
 import dnnlib
 from torch_utils import misc
 
-__all__ = ['parse_int_list', 'format_int_list', 'parse_float_list', 'click_list', 'first_line', 'USER_ERRORS', 'one_line_errors',
-           'device_option', 'debug_option']
+__all__ = ['parse_int_list', 'format_int_list', 'parse_float_list', 'click_list', 'parse_D', 'resolve_D', 'D_options', 'first_line',
+           'USER_ERRORS', 'one_line_errors', 'device_option', 'debug_option', 'CONTEXT_SETTINGS', 'SectionedCommand', 'SectionedGroup']
 
 #----------------------------------------------------------------------------
 # Lists on the command line.
@@ -84,6 +85,62 @@ def click_list(parse: Callable, **kwargs) -> Callable:
     return callback
 
 #----------------------------------------------------------------------------
+# D: one option, --D, with PFGM++'s published spellings --pfgmpp/--aug_dim as aliases, parsed here only.
+
+PUBLISHED_DEFAULT_D = 128.0  # PFGM++'s --aug_dim default: what --pfgmpp=1 alone means.
+
+
+def parse_D(value: str | float, option: str = '--D') -> float:
+    """A D from the command line: a number >= 1, or inf (infinity) for diffusion; returns a float
+    (math.inf for diffusion)."""
+    text = str(value).strip().lower()
+    try:
+        D = math.inf if text in ('inf', 'infinity') else float(text)
+    except ValueError:
+        D = math.nan
+    if not (D >= 1):  # Also refuses NaN.
+        raise ValueError(f'{option} must be a number >= 1 (the PFGM++ augmentation dimension), or inf for diffusion; got {value}.')
+    return D
+
+
+def resolve_D(D: Optional[float] = None, pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None) -> tuple[bool, Optional[float]]:
+    """(given, D) from --D and the aliases, each None when not given; D None means diffusion (D -> inf).
+    --pfgmpp=1 --aug_dim=X and --aug_dim=X alone mean --D=X, --pfgmpp=1 alone --D=128, --pfgmpp=0
+    --D=inf; spellings that contradict each other are a ValueError."""
+    alias = None
+    if pfgmpp is not None or aug_dim is not None:
+        alias = parse_D(aug_dim, '--aug_dim') if aug_dim is not None else (PUBLISHED_DEFAULT_D if pfgmpp else math.inf)
+        if pfgmpp is False and math.isfinite(alias):
+            raise ValueError(f'--pfgmpp=0 means diffusion, but --aug_dim={alias:g} asks for PFGM++ with that D; pass --D={alias:g} or --D=inf.')
+        if pfgmpp is True and math.isinf(alias):
+            raise ValueError('--pfgmpp=1 asks for PFGM++, but --aug_dim=inf is diffusion; pass --D with the augmentation dimension.')
+    if D is not None:
+        D = parse_D(D)
+        if alias is not None and alias != D:
+            raise ValueError(f'--D={D:g} and --pfgmpp/--aug_dim (D={alias:g}) disagree; pass --D alone.')
+    value = D if D is not None else alias
+    if value is None:
+        return False, None
+    return True, (None if math.isinf(value) else float(value))
+
+
+def D_options(default_help: str) -> Callable:
+    """--D, and the published aliases --pfgmpp and --aug-dim/--aug_dim (all None when not given);
+    resolve_D() reads them."""
+    def decorator(fn: Callable) -> Callable:
+        for option in reversed([
+            click.option('--D', 'D', help=f'PFGM++ augmentation dimension D >= 1, or inf for diffusion  [default: {default_help}]',
+                         metavar='D|inf', type=str, default=None, callback=click_list(parse_D)),
+            click.option('--pfgmpp', help='Published alias: PFGM++ (1, D from --aug-dim, 128 without it) or diffusion (0)', metavar='BOOL',
+                         type=click.BOOL, default=None),
+            click.option('--aug-dim', '--aug_dim', 'aug_dim', help='Published alias of --D', metavar='FLOAT', type=str, default=None,
+                         callback=click_list(parse_D, option='--aug_dim')),
+        ]):
+            fn = option(fn)
+        return fn
+    return decorator
+
+#----------------------------------------------------------------------------
 # Errors: one line for what the user got wrong.
 
 # CheckpointError, the pickle errors and DownloadError are ValueErrors or OSErrors.
@@ -121,5 +178,38 @@ def debug_option(fn: Optional[Callable] = None):
     """--debug: show the full traceback of errors."""
     option = click.option('--debug', help='Show the full traceback of errors', is_flag=True)
     return option(fn) if fn is not None else option
+
+#----------------------------------------------------------------------------
+# Help: -h as well as --help, and options in sections.
+
+CONTEXT_SETTINGS = dict(help_option_names=['-h', '--help'], max_content_width=110)
+
+
+class SectionedCommand(click.Command):
+    """A click command whose --help lists its options in sections: sections=[(title, [parameter
+    names])], in order; options in no section come last under 'Other options'."""
+
+    def __init__(self, *args, sections: Sequence[tuple[str, Sequence[str]]] = (), **kwargs):
+        kwargs.setdefault('context_settings', CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
+        self.sections = [(title, list(names)) for title, names in sections]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)}
+        placed = set()
+        for title, names in self.sections + [('Other options', [n for n in records if not any(n in ns for _, ns in self.sections)])]:
+            rows = [records[n] for n in names if records.get(n) is not None and n not in placed]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class SectionedGroup(click.Group):
+    """A click group with -h as well as --help, for its own help and its subcommands'."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('context_settings', CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
 
 #----------------------------------------------------------------------------

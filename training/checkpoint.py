@@ -41,7 +41,6 @@ import dnnlib
 from torch_utils import persistence
 from torch_utils.cli import first_line
 from training import networks
-from training.pfgmpp import check_D
 
 __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
            'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
@@ -168,18 +167,38 @@ def save_network_snapshot(path: str, net: torch.nn.Module, kimg: Optional[int] =
     save_atomic(data, path)
 
 
-def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.device | str = 'cpu'
-                 ) -> tuple[torch.nn.Module, dict]:
-    """Load the network to sample from, in eval mode without gradients, on `device`.
+RECORDED = 'recorded'  # load_network(D=RECORDED): the D the file records (diffusion for a file that records none).
+
+
+def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.device | str = 'cpu',
+                 D: Optional[float] | str = RECORDED) -> tuple[torch.nn.Module, dict]:
+    """Load the network to sample from, in eval mode without gradients, on `device`, built for its one D.
 
     Reads our network-snapshot-*.pt ('network') and training-state-*.pt (its 'ema'), and, only with
     allow_pickle, EDM's network-snapshot-*.pkl ('ema') and PFGM++'s training-state-*.pt ('ema' or
-    'net'). Returns (net, info) with info = {'D': None or float, 'D_recorded': whether the file says
-    which D the network was trained for (legacy EDM files do not), 'kimg': int or None, 'source': one
-    of SOURCE_KINDS, 'path': the local file}. Raises CheckpointError for unreadable or foreign files,
+    'net'). D: RECORDED, or the D asked for (None: diffusion), which must agree with a D the file
+    records and is the network's D where the file records none (legacy EDM files). Returns (net, info)
+    with info = {'D': net.D, 'D_recorded': whether the file says which D the network was trained for,
+    'kimg': int or None, 'source': one of SOURCE_KINDS, 'path': the local file}. Raises
+    CheckpointError for unreadable or foreign files and a D that contradicts the file's,
     persistence.UntrustedPickleError for a legacy file without allow_pickle, FileNotFoundError and
     dnnlib.DownloadError for files that cannot be had.
     """
+    net, info = _load_network(path_or_url, allow_pickle, device, D)
+    if D != RECORDED and info['D_recorded'] and net.D != D:
+        raise CheckpointError(f'{path_or_url} was trained for {describe_D(net.D)}, but --D={describe_D(D, short=True)} was asked for; '
+                              f'drop --D (and --pfgmpp/--aug_dim) to use the checkpoint\'s D.')
+    return net, info
+
+
+def describe_D(D: Optional[float], short: bool = False) -> str:
+    """'D=2048' or 'diffusion (D -> infinity)'; short: '2048' or 'inf', as --D takes it."""
+    if short:
+        return 'inf' if D is None else f'{D:g}'
+    return 'diffusion (D -> infinity)' if D is None else f'D={D:g}'
+
+
+def _load_network(path_or_url: str, allow_pickle: bool, device: torch.device | str, D: Optional[float] | str) -> tuple[torch.nn.Module, dict]:
     path = dnnlib.open_url(path_or_url, return_filename=True, verbose=False)
     name = str(path_or_url)
     kimg = kimg_from_name(path_or_url.split('?')[0]) if isinstance(path_or_url, str) else None
@@ -223,8 +242,8 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
     else:
         keys = ', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f'{name} holds no network (found {keys}); expected EDM\'s dict with \'ema\' or PFGM++\'s with \'net\'.')
-    net, D, D_recorded = network_from_legacy(legacy, name=name, device=device)
-    return net, dict(D=D, D_recorded=D_recorded, kimg=kimg, source=source, path=path)
+    net, D_recorded = network_from_legacy(legacy, name=name, device=device, D_unrecorded=None if D == RECORDED else D)
+    return net, dict(D=net.D, D_recorded=D_recorded, kimg=kimg, source=source, path=path)
 
 
 def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], device) -> tuple[torch.nn.Module, dict]:
@@ -234,21 +253,21 @@ def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], dev
         raise CheckpointError(f'{name} was written by a newer version of this code (format version {data["version"]}); update the code.')
     is_snapshot = data['format'] == SNAPSHOT_FORMAT
     net = network_from_dict(data.get('network' if is_snapshot else 'ema'), device=device)
-    D = check_D(data['D']) if 'D' in data else net.D
-    if D != net.D:
-        raise CheckpointError(f'{name} records D={D} but its network was built for D={net.D}; the file is inconsistent.')
+    if 'D' in data and data['D'] != net.D:  # The network's constructor has validated its D.
+        raise CheckpointError(f'{name} records D={data["D"]} but its network was built for D={net.D}; the file is inconsistent.')
     if data.get('kimg') is not None:
         kimg = int(data['kimg'])
-    return net, dict(D=D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
+    return net, dict(D=net.D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
 
 #----------------------------------------------------------------------------
 # Legacy networks (EDM, PFGM++) into our classes.
 
-def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device: torch.device | str = 'cpu'
-                        ) -> tuple[torch.nn.Module, Optional[float], bool]:
+def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device: torch.device | str = 'cpu',
+                        D_unrecorded: Optional[float] = None) -> tuple[torch.nn.Module, bool]:
     """Rebuild a network unpickled from EDM or PFGM++ as our class of the same name: the persistent
     object's recorded constructor arguments (init_args, init_kwargs) with PFGM++'s pfgmpp/D/aug_dim
-    turned into our D, then its state dict loaded strictly. Returns (net, D, D_recorded)."""
+    turned into our D (D_unrecorded where it records none: EDM's files), then its state dict loaded
+    strictly. Returns (net, D_recorded)."""
     class_name = type(legacy).__name__
     cls = NETWORK_CLASSES.get(class_name)
     if cls is None or not isinstance(legacy, torch.nn.Module):
@@ -273,13 +292,13 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
     elif D_values:
         if any(not math.isclose(float(v), float(D_values[0])) for v in D_values):
             raise CheckpointError(f'{name} records contradicting augmentation dimensions {D_values}.')
-        D, D_recorded = check_D(float(D_values[0])), True
+        D, D_recorded = float(D_values[0]), True  # Validated by the network's constructor.
     else:
-        D, D_recorded = None, False  # EDM (or PFGM++ without a recorded D): the caller decides.
+        D, D_recorded = D_unrecorded, False  # EDM (or PFGM++ without a recorded D): the caller's.
 
     state_dict = {k: v.detach().to('cpu') for k, v in legacy.state_dict().items()}
     net = network_from_dict(dict(class_name=class_name, init_kwargs=dict(init_kwargs, D=D), state_dict=state_dict), device=device)
-    return net, D, D_recorded
+    return net, D_recorded
 
 #----------------------------------------------------------------------------
 # Post-hoc EMA snapshots (--phema): every tracked profile at one time.

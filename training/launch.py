@@ -13,7 +13,7 @@ import torch
 
 import dnnlib
 from torch_utils import cli, distributed
-from training import checkpoint, networks, pfgmpp, phema
+from training import checkpoint, networks, phema
 from training.dataset import ImageFolderDataset
 from training.presets import ARCHITECTURES, PRECONDITIONERS
 from training.training_loop import training_loop
@@ -31,8 +31,9 @@ class TrainOptions:
     cond: bool = False
     arch: str = 'ddpmpp'
     precond: str = 'edm'
-    pfgmpp: bool = False
-    aug_dim: float = 128
+    D: Optional[float] = None          # PFGM++ D (None or inf: diffusion); after construction, the resolved D.
+    pfgmpp: Optional[bool] = None      # Published alias (cli.resolve_D); None after construction.
+    aug_dim: Optional[float] = None    # Published alias of D; None after construction.
     name: Optional[str] = None
     stf: bool = False
     rbatch: int = 4096
@@ -72,15 +73,10 @@ class TrainOptions:
     allow_pickle: bool = False
     dry_run: bool = False
 
-    @property
-    def D(self) -> Optional[float]:
-        """The PFGM++ D of --pfgmpp/--aug_dim (None: diffusion), validated; the one place they merge."""
-        if not self.pfgmpp:
-            return None
-        try:
-            return pfgmpp.check_D(self.aug_dim)
-        except ValueError:
-            raise ValueError(f'--aug_dim must be a positive number (the PFGM++ D), got {self.aug_dim}.') from None
+    def __post_init__(self):
+        """D from --D or its aliases, resolved here once (cli.resolve_D); D None means diffusion."""
+        _given, self.D = cli.resolve_D(self.D, self.pfgmpp, self.aug_dim)
+        self.pfgmpp = self.aug_dim = None
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
@@ -269,7 +265,7 @@ def train(**kwargs) -> dict:
         raise ValueError(f'train(): {err}') from None
     device = distributed.init(opts.device)
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    D = opts.D  # Validated once, here.
+    D = opts.D  # Resolved and validated once, by TrainOptions.
     c = setup_training_config(opts, world_size)
 
     # Validate the dataset now, with a clear message, before anything is written.
