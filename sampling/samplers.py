@@ -334,7 +334,7 @@ RESTART_PRESETS = {
     'cifar10-vp-k10': dict(num_steps=18, restart='{"0": [3, 10, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
     'cifar10-vp-k20': dict(num_steps=18, restart='{"0": [3, 20, 0.06, 0.30]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
     'cifar10-vp-k30': dict(num_steps=20, restart='{"0": [9, 30, 0.06, 0.20]}', S_min=0.01, S_max=1, S_noise=1, restart_gamma=0.05),
-    # README: EDM, class-conditional ImageNet-64, NFE 203, FID 1.41.
+    # Restart's README: EDM, class-conditional ImageNet-64, NFE 203, FID 1.41.
     'imagenet64-edm-nfe203': dict(num_steps=36, restart='{"0": [4, 1, 19.35, 40.79], "1": [4, 1, 1.09, 1.92], '
                                   '"2": [4, 5, 0.59, 1.09], "3": [4, 5, 0.30, 0.59], "4": [6, 6, 0.06, 0.30]}',
                                   S_min=0.01, S_max=1, S_noise=1.003, restart_gamma=0.05),

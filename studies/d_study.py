@@ -100,7 +100,7 @@ class Grid:
         return dict(num_steps=self.num_steps)
 
 
-# The default grid, sized for an hour on 2 CPU cores (README, "The D trade-off on your laptop"): 4 D x 3
+# The default grid, 49 minutes on 2 CPU cores (docs/d_study.md): 4 D x 3
 # training seeds = 12 models of 12 kimg, each sampled with 9 Heun steps (17 network evaluations) for 3
 # settings of each study, 200 samples (20 per digit) per cell. --quick, a smoke test within 10 minutes:
 # 2 D x 2 seeds = 4 models of 5 kimg, 2 settings per study, 100 samples per cell.
@@ -210,15 +210,14 @@ def choose_scoring(detector: Optional[str], digits_like: bool) -> str:
 def train_recipe(resolution: int, label_dim: int) -> dict:
     """launch.train() options (beyond data, D, seed, duration and the I/O options) for the data:
     16x16, the quick start's recipe (presets.RECIPES['quickstart']; class-conditional when the data has
-    labels); 32x32, EDM's CIFAR-10 recipe as PFGM++ trains it (unconditional DDPM++, batch 512, lr 1e-3,
-    EMA 0.5 Mimg, dropout 0.13, augmentation 0.12: train.py's defaults)."""
+    labels); 32x32, presets.RECIPES['cifar10'] (train.py's defaults)."""
     if resolution == 16:
         options = {k: v for k, v in presets.RECIPES['quickstart'].items() if k not in ('D', 'seed', 'snap', 'dump')}
         options['cres'] = cli.parse_int_list(options['cres'])
         options['cond'] = int(label_dim > 0)
         return options
     if resolution == 32:
-        return dict(cond=0, arch='ddpmpp', precond='edm', batch=512, lr=1e-3, ema=0.5, dropout=0.13, augment=0.12)
+        return dict(presets.RECIPES['cifar10'])
     raise ValueError(f'The D study has training recipes for 16x16 data (the quick start\'s) and 32x32 data (EDM\'s CIFAR-10), '
                      f'not for {resolution}x{resolution}.')
 
@@ -966,7 +965,7 @@ def cmdline(debug: bool, **kwargs):
     over the seeds.
 
     \b
-    # The default grid on the quick start's digits (about an hour on 2 CPU cores):
+    # The default grid on the quick start's digits (49 minutes on 2 CPU cores):
     python -m studies.d_study --outdir=d-study
     \b
     # A smoke test (minutes):

@@ -307,7 +307,7 @@ def run_quickstart(
     done.append('scored them with a classifier trained on the real digits')
     print_summary(paths, done, seconds, quality)
     if problems:
-        raise StepError('The samples fail the quality bar: ' + '; '.join(problems) + '; train longer (--duration) or see README.md.')
+        raise StepError('The samples fail the quality bar: ' + '; '.join(problems) + '; train longer (--duration) or see docs/quickstart.md.')
     return dict(paths=dict(paths), seconds=seconds, quality=quality, passed=True)
 
 #----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import dnnlib
 import generate
 import train
-from training import checkpoint, launch, training_loop
+from training import checkpoint, launch, presets, training_loop
 
 from helpers import TINY_TRAIN, assert_same_states, loop_config, read_stats, run_train, train_here
 
@@ -552,3 +552,12 @@ def test_duration_in_whole_kimg_despite_float_rounding(bars_zip, tmp_path, durat
     # 1.001 * 1000 is 1000.9999999999999 in floating point: the duration must not lose a kimg.
     opts = launch.TrainOptions(outdir=str(tmp_path), data=bars_zip, duration=duration)
     assert launch.setup_training_config(opts, world_size=1).total_kimg == kimg
+
+
+def test_recipes_are_train_options():
+    # One table of recipes (training/presets.py): every entry is train.py options, and 'cifar10' is train.py's defaults.
+    fields = {f.name for f in dataclasses.fields(launch.TrainOptions)}
+    for name, recipe in presets.RECIPES.items():
+        assert set(recipe) <= fields, (name, set(recipe) - fields)
+    assert all(launch.DEFAULTS[k] == v for k, v in presets.RECIPES['cifar10'].items())
+    assert presets.RECIPES['quickstart']['D'] == 128.0 and set(presets.ARCHITECTURES) == {'ddpmpp', 'ncsnpp', 'adm'}

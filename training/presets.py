@@ -27,12 +27,15 @@ PRECONDITIONERS = {
 # at 1.6x the speed and make the better model in equal time (the D study's finding): on 2 CPU cores,
 # 45 kimg with 2 blocks (417 s) scored FD-digits 14.8 and 83% recognised, 30 kimg with 4 blocks (415 s)
 # 24.7 and 76%. Shipped, 35 kimg (285 to 306 s of training): FD-digits 22.6 +- 1.9, 80% recognised
-# (3 training seeds, 100 samples each; README, "Quick start").
+# (3 training seeds, 100 samples each; docs/quickstart.md).
 RECIPES = {
     'quickstart': dict(
         cond=1, arch='ddpmpp', precond='edm', D=128.0,
         cbase=16, cres='1,2,2', batch=64, lr=2e-3, lr_rampup=1, ema=0.002, ema_rampup=0.05,
         nblock=2, dropout=0, augment=0, snap=4, dump=4, workers=0),
+    # 'cifar10': train.py's defaults, EDM's unconditional CIFAR-10 recipe with DDPM++ (the D study's for
+    # 32x32 data; the paper's 1.91 used NCSN++, --arch=ncsnpp).
+    'cifar10': dict(cond=0, arch='ddpmpp', precond='edm', batch=512, lr=1e-3, ema=0.5, dropout=0.13, augment=0.12),
 }
 
 #----------------------------------------------------------------------------
