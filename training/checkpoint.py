@@ -1,30 +1,7 @@
-"""Checkpoint reading and writing: the one module that knows the file formats.
-
-Our files are torch.save() archives of plain data (dicts, lists, numbers, strings, tensors) that load
-with torch.load(weights_only=True): no pickled classes, no code. A network is stored as its class
-name (one of training.networks' preconditioners), its constructor arguments and its state dict.
-
-- network-snapshot-<kimg>.pt: {'format': 'pfgmpp-network-snapshot', 'network': <network>, 'D',
-  'img_resolution', 'img_channels', 'label_dim', 'kimg', ...}; the EMA network, all generate.py needs.
-- training-state-<kimg>.pt: {'format': 'pfgmpp-training-state', 'net', 'ema', 'optimizer', ...}; all
-  the training loop needs to continue bit for bit.
-- phema-snapshot-<kimg>.pt: {'format': 'pfgmpp-phema-snapshot', 'nimg', 'profiles': [{'std', 'network'}],
-  ...}; the power-function EMAs of --phema (training/phema.py), which reconstruct_phema.py combines.
-
-load_network() is the one entry point that generate.py, fid.py and train.py use to read a network from
-any of these, and from the legacy files of the published code bases, which are pickles and therefore
-execute code from the file (only with allow_pickle, i.e. --allow-pickle):
-- EDM's network-snapshot-<kimg>.pkl: a persistence pickle of {'ema', 'loss_fn', 'augment_pipe', ...}.
-- PFGM++'s training-state-<kimg>.pt: a torch.save() of {'net': <persistent module>, 'optimizer_state'}.
-The legacy network is rebuilt as our class of the same name from its recorded constructor arguments and
-its state dict, so from then on it runs as ours.
-
-A training run's folder holds these files and, once generate.py has sampled them, one image folder
-per checkpoint (ckpt_<kimg>/); find_checkpoints() lists either kind, for train.py (resume), generate.py
-and fid.py (run-directory mode) and the quick start.
-
-Files are written atomically (temporary file in the same folder, fsync, rename), so a crash never
-leaves a truncated newest checkpoint.
+"""Checkpoint reading and writing: the one module that knows the file formats (docs/development.md,
+"Checkpoint files"). Ours are torch.save() archives of plain data that load with
+torch.load(weights_only=True); load_network() also reads the published EDM and PFGM++ pickles, only
+with allow_pickle (they execute code). Files are written atomically (temporary file, fsync, rename).
 """
 
 import inspect
