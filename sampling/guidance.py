@@ -1,17 +1,9 @@
-"""Guidance: classifier-free guidance (Ho & Salimans, 2022), autoguidance (Karras et al., NeurIPS 2024,
-"Guiding a Diffusion Model with a Bad Version of Itself") and the guidance interval (Kynkaanniemi et
-al., NeurIPS 2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality in
-Diffusion Models").
-
-All three change only the denoiser the sampler calls, never the sampler or the prior, so they are a
-wrapper that behaves as a network: guided_network() returns something with net(x, sigma,
-class_labels), round_sigma(), sigma_min, sigma_max, img_resolution, img_channels, label_dim and D,
-which every sampler in training/sampling.py accepts. Guidance is D-independent: PFGM++ networks are
-denoisers too, and the combination acts on their outputs.
-
-Wrap networks that are already prepared for sampling (torch_utils.precision.prepare_network): the
-wrapper is not a torch.nn.Module, so precision settings and torch.compile must reach the networks
-themselves.
+"""Guidance: classifier-free guidance (Ho & Salimans, 2022), autoguidance (Karras et al., NeurIPS 2024)
+and the guidance interval (Kynkaanniemi et al., NeurIPS 2024). All three change only the denoiser the
+sampler calls, never the sampler or the prior (so they are D-independent): guided_network() returns a
+wrapper that behaves as a network (net(x, sigma, class_labels), round_sigma(), sigma_min, sigma_max,
+img_resolution, img_channels, label_dim, D). Wrap networks already prepared for sampling
+(torch_utils.precision.prepare_network): the wrapper is not a torch.nn.Module.
 """
 
 import math

@@ -1,18 +1,10 @@
 """Image files: the one place that reads them (training datasets, fid.py, dataset_tool.py, the quick
-start's scorer) and the one place that writes them (PNG images, image grids, GIF trajectories).
-
-Reading. A source is a folder or a ZIP archive; its images are the files at any depth whose names end
-in one of IMAGE_EXTENSIONS, hidden files and macOS archive debris (__MACOSX) left out, listed by
-relative '/'-separated path in sorted order, the same for a folder and a ZIP of it. Every image
-decodes to uint8 [C, H, W] by one rule: 8-bit grayscale modes (with or without alpha) give C = 1,
-every other mode (RGB, RGBA, palette, CMYK, ...) gives RGB, C = 3, alpha dropped; 16-bit and float
-images are refused rather than clipped to 8 bits. An optional dataset.json holds labels,
-{"labels": [[relpath, label], ...]} or {"labels": null}, as dataset_tool.py writes it.
-
-Writing. Float images are in [-1, 1] and become uint8 as EDM's generate.py does, (x * 127.5 + 128)
-clipped to [0, 255] and truncated, so our PNGs equal EDM's for equal samples. Every file is written to
-a hidden temporary name in the target folder and renamed into place, so a file that exists is complete
-and a folder of PNGs never holds a half-written image (readers skip hidden files).
+start's scorer) and writes them (PNGs, grids, GIF trajectories). Sources are folders or ZIPs, listed
+alike (images at any depth, sorted relative paths, hidden files and __MACOSX left out); every image
+decodes to uint8 [C, H, W] by one rule (8-bit grayscale -> C = 1, any other mode -> RGB; 16-bit and
+float refused rather than clipped); dataset.json holds labels. Float images in [-1, 1] are written as
+EDM's generate.py writes them, (x * 127.5 + 128) clipped and truncated, to a hidden temporary name
+renamed into place, so a file that exists is complete.
 """
 
 import io

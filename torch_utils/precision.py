@@ -1,17 +1,9 @@
-"""Numerical precision of training and sampling: one name per mode, shared by every entry point.
-
-    fp32  float32 throughout; TF32 tensor-core arithmetic is switched off for matmuls and convolutions,
-          so results do not depend on the GPU generation. The reference against which the others are
-          measured.
-    tf32  float32 storage; CUDA matmuls and convolutions may round their inputs to TF32 (10-bit
-          mantissa) on Ampere and later. No effect on the CPU.
-    bf16  autocast to bfloat16 for convolutions, linear layers and attention.
-    fp16  autocast to float16, as bf16; training uses dynamic loss scaling (torch.amp.GradScaler).
-
-Under bf16 and fp16 the parameters, the optimizer and the EMA stay float32, and the networks keep in
-float32 what is sensitive to rounding: the preconditioning arithmetic (c_skip, c_out, c_in, c_noise),
-the noise and class embedding, group-normalisation statistics, the attention softmax (accumulated in
-float32 inside scaled_dot_product_attention's kernels) and the loss (training/networks.py).
+"""Numerical precision of training and sampling, one name per mode for every entry point: fp32
+(float32, TF32 off: the reference), tf32 (CUDA matmuls and convolutions may round to TF32), bf16 and
+fp16 (autocast; fp16 training with dynamic loss scaling). Under bf16 and fp16 the parameters, the
+optimizer and the EMA stay float32, and the networks keep in float32 what is sensitive to rounding:
+the preconditioning, the noise and class embedding, group-norm statistics, the attention softmax and
+the loss (training/networks.py; docs/PERFORMANCE.md).
 """
 
 from typing import Optional
