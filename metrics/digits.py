@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import cli
+from torch_utils import cli, rng
 from training.dataset import ImageFolderDataset
 
 VERSION = 1                 # Of the recipe below; a detector file of another version is trained again.
@@ -147,9 +147,8 @@ def train_detector(images: np.ndarray, labels: np.ndarray, seed: int = 0, epochs
     `epochs` passes, each batch the shifted digits (cross-entropy to their class) and as many outliers
     (make_outliers; cross-entropy to the uniform distribution, weight OUTLIER_WEIGHT). Deterministic:
     the initialisation, the order and every random draw come from `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    gen = rng.make_generator(seed)
+    with rng.seeded_global_rng(seed):  # The layers initialise from torch's global generator.
         net = DigitsNet()
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     x_all, y_all = to_input(images), torch.as_tensor(labels)
@@ -185,7 +184,7 @@ def evaluate(net: torch.nn.Module, images: np.ndarray, labels: np.ndarray, seed:
     noisy digits) without labels, which should be near 0."""
     x = torch.as_tensor(images)[:, None].expand(-1, 3, -1, -1)
     probs = net(x).numpy()
-    outliers = make_outliers(to_input(images), torch.Generator().manual_seed(seed + 1))
+    outliers = make_outliers(to_input(images), rng.make_generator(seed + 1))
     outlier_probs = net(torch.round((outliers + 1) * 127.5).to(torch.uint8).expand(-1, 3, -1, -1)).numpy()
     return dict(heldout_accuracy=float((probs.argmax(axis=1) == labels).mean()),
                 heldout_recognised=float(recognised(probs, labels).mean()),

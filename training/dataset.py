@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from torch_utils import image_io
-from torch_utils.rng import epoch_seed
+from torch_utils.rng import epoch_seed, make_generator
 
 __all__ = ['ImageFolderDataset', 'InfiniteSampler', 'epoch_seed', 'make_dataloader']
 
@@ -235,7 +235,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
         """int64 [dataset_size]: the indices of epoch `epoch` in stream order."""
         if not self.shuffle:
             return np.arange(self.dataset_size, dtype=np.int64)
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        generator = make_generator(epoch_seed(self.seed, epoch))
         return torch.randperm(self.dataset_size, generator=generator).numpy()
 
     def __iter__(self) -> Iterator[int]:
@@ -282,7 +282,7 @@ def make_dataloader(
         prefetch_factor=(prefetch_factor if workers > 0 else None),
         # The loader draws its workers' base seed from this generator; without one it would draw from
         # torch's global RNG and shift every later global draw.
-        generator=torch.Generator().manual_seed(epoch_seed(seed, -1)),
+        generator=make_generator(epoch_seed(seed, -1)),
     )
     return iter(loader)
 
