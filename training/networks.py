@@ -581,13 +581,45 @@ def set_attention_backend(net: torch.nn.Module, backend: str) -> torch.nn.Module
     return net
 
 class Preconditioner(torch.nn.Module):
-    """What the four preconditioners share: running the U-Net F in the precision chosen for the run.
+    """What the four preconditioners share: the constructor's common arguments and the U-Net F, and
+    the denoiser D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)) around
+    it. A subclass gives its own arguments and coefficients().
 
     The preconditioning arithmetic around F stays float32. F runs in float16 when EDM's use_fp16 is
     set (CUDA only, as EDM), and under autocast to amp_dtype when torch_utils.precision has set one;
     force_fp32 turns both off."""
 
     amp_dtype: Optional[torch.dtype] = None  # Run-time setting, not part of checkpoints.
+    learned_variance: bool = False           # iDDPM: F also predicts a variance per channel, which D ignores.
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool,
+                 model_type: str, D: Optional[float], **model_kwargs):
+        """Keep what every preconditioner records and build F, model_type's U-Net from img_channels to
+        img_channels (twice as many with learned_variance) channels at img_resolution."""
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.use_fp16 = use_fp16
+        self.D = check_D(D)
+        out_channels = img_channels * 2 if self.learned_variance else img_channels
+        self.model = make_unet(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=out_channels, label_dim=label_dim, **model_kwargs)
+
+    def coefficients(self, sigma: torch.Tensor) -> tuple[SigmaLike, SigmaLike, SigmaLike, torch.Tensor]:
+        """(c_skip, c_out, c_in, c_noise) for float32 sigma [B or 1, 1, 1, 1]; each subclass has its own."""
+        raise NotImplementedError(f'{type(self).__name__} must define coefficients(sigma).')
+
+    def forward(self, x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[torch.Tensor] = None,
+                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
+        """Denoised D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) [B, C, H, W] for noisy x [B, C, H, W]
+        at noise level sigma (scalar or [B]), according to EDM's Equation 7."""
+        x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
+        if self.learned_variance:
+            F_x = F_x[:, :self.img_channels]
+        D_x = c_skip * x + c_out * F_x
+        return D_x
 
     def run_model(self, x_in: torch.Tensor, c_noise: torch.Tensor, class_labels: Optional[torch.Tensor],
                   force_fp32: bool, **model_kwargs) -> torch.Tensor:
@@ -602,6 +634,10 @@ class Preconditioner(torch.nn.Module):
         with region:
             F_x = self.model(x_in.to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
         return F_x.to(torch.float32)
+
+    def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
+        """Identity: a network of continuous noise levels accepts any sigma (iDDPM's overrides it)."""
+        return torch.as_tensor(sigma)
 
 #----------------------------------------------------------------------------
 # Constructor arguments kept on the network, so a checkpoint can rebuild it from plain data.
@@ -647,34 +683,22 @@ class VPPrecond(Preconditioner):
         D: Optional[float] = None,      # PFGM++ augmentation dimension the net is trained for, None = diffusion.
         **model_kwargs,                 # Keyword arguments for the underlying model.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, D, **model_kwargs)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
-        self.D = check_D(D)
         with torch.device('cpu'): # float() needs real data, also when built under torch.device('meta')
             self.sigma_min = float(self.sigma(epsilon_t))
             self.sigma_max = float(self.sigma(1))
-        self.model = make_unet(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[torch.Tensor] = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
-        x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-
+    def coefficients(self, sigma: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = (M - 1) t(sigma) (EDM Table 1, VP)."""
         c_skip = 1
         c_out = -sigma
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = (self.M - 1) * self.sigma_inv(sigma)
-
-        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
-        D_x = c_skip * x + c_out * F_x
-        return D_x
+        return c_skip, c_out, c_in, c_noise
 
     def sigma(self, t: SigmaLike) -> torch.Tensor:
         """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (EDM Table 1, VP schedule)."""
@@ -685,10 +709,6 @@ class VPPrecond(Preconditioner):
         """t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d, the inverse of sigma(t)."""
         sigma = torch.as_tensor(sigma)
         return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
-
-    def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
-        """Identity: the VP network accepts any continuous sigma."""
-        return torch.as_tensor(sigma)
 
 #----------------------------------------------------------------------------
 # Preconditioning corresponding to the variance exploding (VE) formulation
@@ -710,33 +730,17 @@ class VEPrecond(Preconditioner):
         D: Optional[float] = None,      # PFGM++ augmentation dimension the net is trained for, None = diffusion.
         **model_kwargs,                 # Keyword arguments for the underlying model.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, D, **model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.D = check_D(D)
-        self.model = make_unet(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[torch.Tensor] = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
-        x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-
+    def coefficients(self, sigma: torch.Tensor) -> tuple[int, torch.Tensor, int, torch.Tensor]:
+        """c_skip = 1, c_out = sigma, c_in = 1, c_noise = log(sigma / 2) (EDM Table 1, VE)."""
         c_skip = 1
         c_out = sigma
         c_in = 1
         c_noise = (0.5 * sigma).log()
-
-        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
-        D_x = c_skip * x + c_out * F_x
-        return D_x
-
-    def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
-        """Identity: the VE network accepts any continuous sigma."""
-        return torch.as_tensor(sigma)
+        return c_skip, c_out, c_in, c_noise
 
 #----------------------------------------------------------------------------
 # Preconditioning corresponding to improved DDPM (iDDPM) formulation from
@@ -746,6 +750,8 @@ class VEPrecond(Preconditioner):
 class iDDPMPrecond(Preconditioner):
     """D(x; sigma) = x - sigma F(x / sqrt(sigma^2 + 1), M - 1 - argmin_j |u_j - sigma|)[:, :C]
     (EDM Table 1, iDDPM column); the model predicts 2C channels, the second half being iDDPM's variance."""
+
+    learned_variance = True
 
     def __init__(self,
         img_resolution: int,                # Image resolution.
@@ -759,16 +765,10 @@ class iDDPMPrecond(Preconditioner):
         D: Optional[float] = None,          # PFGM++ augmentation dimension the net is trained for, None = diffusion.
         **model_kwargs,                     # Keyword arguments for the underlying model.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, D, **model_kwargs)
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        self.D = check_D(D)
-        self.model = make_unet(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels * 2, label_dim=label_dim, **model_kwargs)
 
         # Discrete noise levels u_M = 0 < u_{M-1} < ... < u_0 of iDDPM's cosine schedule; on the CPU
         # because float() needs real data, also when built under torch.device('meta').
@@ -780,19 +780,14 @@ class iDDPMPrecond(Preconditioner):
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])
 
-    def forward(self, x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[torch.Tensor] = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
-        x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-
+    def coefficients(self, sigma: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = M - 1 - j(sigma) with u_j the
+        level nearest sigma (EDM Table 1, iDDPM)."""
         c_skip = 1
         c_out = -sigma
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
-
-        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
-        D_x = c_skip * x + c_out * F_x[:, :self.img_channels]
-        return D_x
+        return c_skip, c_out, c_in, c_noise
 
     def alpha_bar(self, j: Union[int, torch.Tensor]) -> torch.Tensor:
         """alpha_bar(j) = sin^2(pi/2 * j / (M (C_2 + 1)))."""
@@ -828,33 +823,18 @@ class EDMPrecond(Preconditioner):
         D: Optional[float] = None,          # PFGM++ augmentation dimension the net is trained for, None = diffusion.
         **model_kwargs,                     # Keyword arguments for the underlying model.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, D, **model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.D = check_D(D)
-        self.model = make_unet(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[torch.Tensor] = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        """Denoised x [B, C, H, W] for noisy x [B, C, H, W] at noise level sigma (scalar or [B])."""
-        x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
-
+    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_skip = s_d^2 / (sigma^2 + s_d^2), c_out = sigma s_d / sqrt(sigma^2 + s_d^2),
+        c_in = 1 / sqrt(s_d^2 + sigma^2), c_noise = ln(sigma) / 4 (EDM Table 1, "Ours")."""
         c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
         c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
         c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log() / 4
-
-        F_x = self.run_model(c_in * x, c_noise, class_labels, force_fp32, **model_kwargs)
-        D_x = c_skip * x + c_out * F_x
-        return D_x
-
-    def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
-        """Identity: the EDM network accepts any continuous sigma."""
-        return torch.as_tensor(sigma)
+        return c_skip, c_out, c_in, c_noise
 
 #----------------------------------------------------------------------------
