@@ -155,18 +155,15 @@ def test_peak_table():
 #----------------------------------------------------------------------------
 # Bad input: one clear error, no traceback, no JSON.
 
-@pytest.mark.parametrize('args, message', [
-    (['--configs=fp32,bf17'], "'bf17'"),
-    (['--configs=,'], '--configs'),
-    (['--batch=0'], '--batch'),
-    (['--batch=8,x'], '--batch'),
-    (['--iters=0'], '--iters'),
-    (['--peak-tflops=-1'], '--peak-tflops'),
-    (['--device=tpu'], '--device'),
-])
-def test_bad_input_is_a_clean_error(tmp_path, args, message):
+# A bad option and what its error names.
+BAD_OPTIONS = {'--configs=fp32,bf17': "'bf17'", '--configs=,': '--configs', '--batch=0': '--batch', '--batch=8,x': '--batch',
+               '--iters=0': '--iters', '--peak-tflops=-1': '--peak-tflops', '--device=tpu': '--device'}
+
+
+@pytest.mark.parametrize('arg, message', BAD_OPTIONS.items())
+def test_bad_input_is_a_clean_error(tmp_path, arg, message):
     out = tmp_path / 'out.json'
-    result = _invoke('--small', '--device=cpu', *args, '--out', out)
+    result = _invoke('--small', '--device=cpu', arg, '--out', out)
     assert result.exit_code == 2, result.output
     assert message in result.output and 'Traceback' not in result.output
     assert isinstance(result.exception, SystemExit)

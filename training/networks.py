@@ -269,6 +269,21 @@ class FourierEmbedding(torch.nn.Module):
         return x
 
 #----------------------------------------------------------------------------
+# What EDM's two U-Net families share: the embedding runs in float32, then the U-Net proper.
+
+class UNet(torch.nn.Module):
+    """Base of SongUNet and DhariwalUNet: subclasses give mapping() (noise, class and augmentation
+    embedding) and unet() (the encoder-decoder); no parameters of its own."""
+
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
+                augment_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [B, in_channels, H, W], noise_labels [B or 1], class_labels [B or 1, label_dim] or None,
+        augment_labels [B, augment_dim] or None -> [B, out_channels, H, W]."""
+        with float32_region(x.device.type):
+            emb = self.mapping(x, noise_labels, class_labels, augment_labels)
+        return self.unet(x, emb)
+
+#----------------------------------------------------------------------------
 # Reimplementation of the DDPM++ and NCSN++ architectures from the paper
 # "Score-Based Generative Modeling through Stochastic Differential Equations".
 # Equivalent to the original implementation by Song et al., available at
@@ -282,7 +297,7 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f'Unknown {name} {value!r}; expected one of {", ".join(map(repr, allowed))}.')
 
-class SongUNet(torch.nn.Module):
+class SongUNet(UNet):
     """F_theta(x, c_noise, class_labels) [B, in_channels, H, W] -> [B, out_channels, H, W] for DDPM++
     (positional, standard, standard, [1,1]) and NCSN++ (fourier, residual, standard, [1,3,3,1])."""
 
@@ -375,14 +390,6 @@ class SongUNet(torch.nn.Module):
                 self.dec[f'{res}x{res}_aux_norm'] = GroupNorm(num_channels=cout, eps=1e-6)
                 self.dec[f'{res}x{res}_aux_conv'] = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
-                augment_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [B, in_channels, H, W], noise_labels [B or 1], class_labels [B or 1, label_dim] or None,
-        augment_labels [B, augment_dim] or None -> [B, out_channels, H, W]."""
-        with float32_region(x.device.type):
-            emb = self.mapping(x, noise_labels, class_labels, augment_labels)
-        return self.unet(x, emb)
-
     def mapping(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
                 augment_labels: Optional[torch.Tensor]) -> torch.Tensor:
         """The embedding [B or 1, emb_channels] of noise level, class and augmentation (in float32)."""
@@ -438,7 +445,7 @@ class SongUNet(torch.nn.Module):
 # original implementation by Dhariwal and Nichol, available at
 # https://github.com/openai/guided-diffusion
 
-class DhariwalUNet(torch.nn.Module):
+class DhariwalUNet(UNet):
     """F_theta(x, c_noise, class_labels) [B, in_channels, H, W] -> [B, out_channels, H, W] (ADM)."""
 
     def __init__(self,
@@ -502,14 +509,6 @@ class DhariwalUNet(torch.nn.Module):
                 self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(in_channels=cin, out_channels=cout, attention=(res in attn_resolutions), **block_kwargs)
         self.out_norm = GroupNorm(num_channels=cout)
         self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
-
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
-                augment_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [B, in_channels, H, W], noise_labels [B or 1], class_labels [B or 1, label_dim] or None,
-        augment_labels [B, augment_dim] or None -> [B, out_channels, H, W]."""
-        with float32_region(x.device.type):
-            emb = self.mapping(x, noise_labels, class_labels, augment_labels)
-        return self.unet(x, emb)
 
     def mapping(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
                 augment_labels: Optional[torch.Tensor]) -> torch.Tensor:
