@@ -72,4 +72,4 @@ gpu-check: check-python $(STAMP)
 
 # Regenerate docs/*-help.txt from every script's --help (tests/test_docs.py checks they are current).
 docs: check-python $(STAMP)
-	$(PY) tools/make_help_docs.py
+	$(PY) -m tools.make_help_docs

@@ -1,10 +1,10 @@
-"""Regenerate docs/<script>-help.txt from every script's --help (run: make docs).
+"""Regenerate docs/<script>-help.txt from every script's --help (run: make docs, i.e.
+python -m tools.make_help_docs from the repository root).
 
 tests/test_docs.py checks that the committed files are current."""
 
 import importlib.util
 import os
-import sys
 
 import click
 from click.testing import CliRunner
@@ -44,7 +44,6 @@ def help_texts() -> dict[str, str]:
 
 
 def main() -> None:
-    sys.path.insert(0, REPO)
     os.makedirs(os.path.join(REPO, 'docs'), exist_ok=True)
     for name, text in help_texts().items():
         with open(os.path.join(REPO, 'docs', name), 'w') as f:
