@@ -1,12 +1,16 @@
 """Convert image datasets (CIFAR-10, MNIST, LSUN, FFHQ, AFHQv2, ImageNet, image folders and ZIPs) into
 the ZIP (or folder) layout that training/dataset.py reads; dataprep/conversion.py does the work."""
 
-from typing import Optional
+from torch_utils.threads import use_passive_threads
 
-import click
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 
-from dataprep import conversion
-from torch_utils import cli
+from typing import Optional  # noqa: E402
+
+import click  # noqa: E402
+
+from dataprep import conversion  # noqa: E402
+from torch_utils import cli  # noqa: E402
 
 #----------------------------------------------------------------------------
 

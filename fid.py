@@ -6,15 +6,19 @@ Distance (KID), computed with the Inception-v3 detector that EDM and PFGM++ repo
     python fid.py sweep --run=training-runs/exp_name --ref=fid-refs/cifar10-32x32.npz
 """
 
-import functools
-import os
-from typing import Any, Callable
+from torch_utils.threads import use_passive_threads
 
-import click
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 
-from metrics.evaluation import calc, check_metrics, ref, sweep
-from torch_utils import cli
-from torch_utils import distributed as dist
+import functools  # noqa: E402
+import os  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import click  # noqa: E402
+
+from metrics.evaluation import calc, check_metrics, ref, sweep  # noqa: E402
+from torch_utils import cli  # noqa: E402
+from torch_utils import distributed as dist  # noqa: E402
 
 #----------------------------------------------------------------------------
 # Command line: thin wrappers.

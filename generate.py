@@ -30,12 +30,16 @@ options and code (sampling/). From Python, sampling.generation.generate(**option
 options by name.
 """
 
-import click
+from torch_utils.threads import use_passive_threads
 
-from sampling import generation
-from sampling.options import command, network_options, output_options, performance_options, sampler_options
-from torch_utils import cli
-from torch_utils import distributed as dist
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+import click  # noqa: E402
+
+from sampling import generation  # noqa: E402
+from sampling.options import command, network_options, output_options, performance_options, sampler_options  # noqa: E402
+from torch_utils import cli  # noqa: E402
+from torch_utils import distributed as dist  # noqa: E402
 
 #----------------------------------------------------------------------------
 

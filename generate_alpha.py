@@ -8,11 +8,15 @@ python generate_alpha.py --network=network-snapshot-200000.pt --outdir=robustnes
 torchrun --standalone --nproc_per_node=8 fid.py calc --images=robustness/alpha_0.1 --ref=...
 """
 
-import click
+from torch_utils.threads import use_passive_threads
 
-from sampling.options import study_command
-from studies import robustness
-from torch_utils import cli
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+import click  # noqa: E402
+
+from sampling.options import study_command  # noqa: E402
+from studies import robustness  # noqa: E402
+from torch_utils import cli  # noqa: E402
 
 #----------------------------------------------------------------------------
 

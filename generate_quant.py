@@ -10,12 +10,16 @@ python generate_quant.py --network=network-snapshot-200000.pt --outdir=quant \\
     --bits=5,6,7,8,9 --seeds=0-49999
 """
 
-import click
+from torch_utils.threads import use_passive_threads
 
-from sampling import quantization
-from sampling.options import study_command
-from studies import robustness
-from torch_utils import cli
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+import click  # noqa: E402
+
+from sampling import quantization  # noqa: E402
+from sampling.options import study_command  # noqa: E402
+from studies import robustness  # noqa: E402
+from torch_utils import cli  # noqa: E402
 
 #----------------------------------------------------------------------------
 

@@ -7,11 +7,15 @@ python generate_steps.py --network=network-snapshot-200000.pt --outdir=nfe \\
     --steps-list=4,6,9,13,18 --seeds=0-49999
 """
 
-import click
+from torch_utils.threads import use_passive_threads
 
-from sampling.options import study_command
-from studies import robustness
-from torch_utils import cli
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+import click  # noqa: E402
+
+from sampling.options import study_command  # noqa: E402
+from studies import robustness  # noqa: E402
+from torch_utils import cli  # noqa: E402
 
 #----------------------------------------------------------------------------
 

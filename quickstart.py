@@ -1,11 +1,9 @@
 """The quick-start demo (`make quickstart`): the whole PFGM++ pipeline on scikit-learn's bundled 8x8
 handwritten digits; studies/quickstart.py runs the steps."""
 
-import os
+from torch_utils.threads import use_passive_threads
 
-if __name__ == '__main__':
-    # Before torch starts OpenMP: spinning threads stall each other on a shared CPU (studies/quickstart.py, CHILD_ENV).
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 
 import click  # noqa: E402
 

@@ -17,10 +17,14 @@ profile) and refuses, with one line, an std the stored profiles cannot represent
 --max-residual), or a run without profiles. It runs on the CPU, one snapshot in memory at a time.
 """
 
-import click
+from torch_utils.threads import use_passive_threads
 
-from torch_utils import cli
-from training import phema, phema_reconstruct
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+import click  # noqa: E402
+
+from torch_utils import cli  # noqa: E402
+from training import phema, phema_reconstruct  # noqa: E402
 
 #----------------------------------------------------------------------------
 

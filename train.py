@@ -11,13 +11,17 @@ SIGINT stopped it after writing a training state (run the same command with --re
 continue: a job script can requeue on 75), 1 for an error.
 """
 
-import sys
+from torch_utils.threads import use_passive_threads
 
-import click
+use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 
-from torch_utils import cli, distributed
-from torch_utils.precision import PRECISIONS
-from training import launch, presets
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from torch_utils import cli, distributed  # noqa: E402
+from torch_utils.precision import PRECISIONS  # noqa: E402
+from training import launch, presets  # noqa: E402
 
 #----------------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ digits that the rule above recognises (what a perfect generator would score), an
 fresh noise images it recognises (what it should not).
 """
 
+if __name__ == '__main__':
+    from torch_utils.threads import use_passive_threads
+    use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+
 import json
 import os
 import time

@@ -18,6 +18,11 @@ This is a benchmark, not a timed test: it needs scikit-learn (requirements-demo.
 model's samples. quickstart.py calls score_samples() at its end.
 """
 
+if __name__ == '__main__':
+    from torch_utils.threads import use_passive_threads
+    use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
+
+
 import json
 import os
 from typing import Optional

@@ -25,8 +25,8 @@ import os
 import sys
 
 if __name__ == '__main__':
-    # Before torch starts OpenMP: spinning threads stall each other on a shared CPU (quickstart.py).
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    from torch_utils.threads import use_passive_threads
+    use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 
 import contextlib
 import dataclasses
@@ -721,6 +721,9 @@ def train_model(m: Model, grid: Grid, recipe: dict, data: str, device: str, bar:
         raise ValueError(f'Training of {m.name} ended before {kimg} kimg; see {log_path}.')
     for _k, path in checkpoint.find_checkpoints(m.run_dir, 'state')[:-1]:  # They served a resume; the last one stays.
         os.remove(path)
+    for name in os.listdir(m.run_dir):  # Tick 0's snapshot: the study samples the final one only.
+        if checkpoint.kimg_from_name(name) is not None and name.startswith('network-snapshot-') and name != os.path.basename(network):
+            os.remove(os.path.join(m.run_dir, name))
     bar.stage('train', m.label, kimg, time.time() - start, time.process_time() - cpu)
     return network
 

@@ -46,11 +46,6 @@ DEFAULT_DURATION = 0.035  # Mimg: 2.5 to 5 minutes of training on 2 CPU cores.
 
 TRAIN_OPTIONS = presets.RECIPES['quickstart']  # train.py options of the demo, beyond the I/O options.
 
-# For train.py and generate.py. Spinning OpenMP threads (GNU OpenMP's default) stall each other when
-# the CPU is shared with other work, slowing training by 3x to 30x; sleeping ones cost ~15% on an
-# idle machine. A value the user set wins.
-CHILD_ENV = dict(OMP_WAIT_POLICY='PASSIVE')
-
 #----------------------------------------------------------------------------
 # Helpers.
 
@@ -201,9 +196,9 @@ def train_step(paths: dnnlib.EasyDict, device: str, duration: float, seed: int =
     tick = max(round(duration * 1000 / 10, 3), 0.001)  # About ten progress lines.
     run_command([sys.executable, script('train.py'), f'--outdir={paths.outdir}', f'--name={paths.name}', f'--data={paths.dataset}',
                  *cli_options(TRAIN_OPTIONS), f'--duration={duration:g}', f'--tick={tick:g}', f'--device={device}',
-                 f'--seed={seed}', '--resume=auto'], 'train.py', env=CHILD_ENV)
+                 f'--seed={seed}', '--resume=auto'], 'train.py')
     paths.network = newest_snapshot(run_dir)
-    target_kimg = max(int(round(duration * 1000, 6)), 1)  # train.py's total_kimg.
+    target_kimg = round(duration * 1000, 6)  # train.py's total_kimg: the run ends at the first step that reaches it.
     if paths.network is None or checkpoint.kimg_from_name(paths.network) < target_kimg:
         raise StepError(f'train.py stopped before {target_kimg} kimg (newest snapshot: {paths.network}); run the quick start again to continue.')
     model = f'class-conditional PFGM++ model (D={TRAIN_OPTIONS["D"]:g}, DDPM++ with --cbase={TRAIN_OPTIONS["cbase"]} --cres={TRAIN_OPTIONS["cres"]})'

@@ -70,8 +70,24 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     path = tmp_path / 'network-snapshot-000001.pt'
     checkpoint.save_network_snapshot(str(path), tiny_net())
     (tmp_path / 'truncated.pt').write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises((checkpoint.CheckpointError, FileNotFoundError)):
+    with pytest.raises(checkpoint.CheckpointError, match='incomplete or damaged checkpoint'):
         checkpoint.load_network(str(tmp_path / 'truncated.pt'))
+
+
+def test_names_carry_the_exact_point_and_sort_in_training_order(tmp_path):
+    # Whole kimg as EDM names them; otherwise thousandths of a kimg, so no two points share a name.
+    assert checkpoint.snapshot_name(2) == 'network-snapshot-000002.pt' and checkpoint.state_name(200000) == 'training-state-200000.pt'
+    assert checkpoint.snapshot_name(2.048) == 'network-snapshot-000002.048.pt' and checkpoint.phema_name(0.016) == 'phema-snapshot-000000.016.pt'
+    assert checkpoint.samples_dir_name(1.5) == 'ckpt_000001.500' and checkpoint.kimg_tag(1001.001) == '001001.001'
+    nimgs = [16, 528, 1000, 1008, 2000, 2048, 2560, 999999, 1000000]
+    assert len({checkpoint.kimg_tag(checkpoint.kimg_of(n)) for n in nimgs}) == len(nimgs)
+    for n in nimgs:
+        assert round(checkpoint.kimg_from_name(checkpoint.snapshot_name(checkpoint.kimg_of(n))) * 1000) == n
+        (tmp_path / checkpoint.state_name(checkpoint.kimg_of(n))).write_bytes(b'')
+        (tmp_path / checkpoint.samples_dir_name(checkpoint.kimg_of(n))).mkdir()
+    for kind in ('state', 'samples'):
+        assert [round(k * 1000) for k, _ in checkpoint.find_checkpoints(str(tmp_path), kind)] == nimgs
+    assert [round(k * 1000) for k, _ in checkpoint.find_checkpoints(str(tmp_path), 'state', min_kimg=1, max_kimg=2.048)] == [1000, 1008, 2000, 2048]
 
 
 def test_kimg_from_name():

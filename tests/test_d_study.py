@@ -69,7 +69,7 @@ def test_every_stage_ran_through_the_project_functions(study):
     for D in ('16', 'inf'):
         for seed in (0, 1):
             run = study['outdir'] / 'runs' / f'D{D}-seed{seed}'
-            assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'network')] == [1]
+            assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'network')] == [1.024]  # 16 steps of 64 images.
             options = json.loads((run / 'training_options.json').read_text())
             assert options['seed'] == seed and options['D'] == (None if D == 'inf' else float(D)) and options['cbase'] == 8
             for folder in ('alpha/alpha_0', 'alpha/alpha_0.5', 'steps/steps_1', 'steps/steps_2', 'quant/bits_4', 'quant/bits_8'):
@@ -98,7 +98,7 @@ def test_results_json_cells(study):
             assert cell[key]['se'] == pytest.approx(statistics.stdev(values) / math.sqrt(2), abs=1e-12)
         for model, fd in zip(cell['models'], cell['fd']['per_seed']):
             run = d_study.run_name(None if cell["D"] == "inf" else cell["D"], model["seed"])
-            network = study['outdir'] / 'runs' / run / 'network-snapshot-000001.pt'
+            network = study['outdir'] / 'runs' / run / 'network-snapshot-000001.024.pt'
             assert model['score']['fd'] == fd and model['provenance']['network'] == str(network)
             assert model['provenance']['network_sha256'] == dnnlib.util.file_sha256(str(network))
             assert model['provenance']['study']['folder'] == f'{cell["study"]}/{cell["folder"]}/0'

@@ -37,5 +37,5 @@ def test_two_node_training_run(bars_zip, tmp_path):
     assert [p.returncode for p in launchers] == [0, 0], '\n'.join(outputs)
     log = (tmp_path / 'mn' / 'log.txt').read_text()
     assert '8 per rank and round x 1 rounds x 2 ranks' in log
-    state = torch.load(tmp_path / 'mn' / checkpoint.state_name(1), weights_only=True)
+    state = torch.load(tmp_path / 'mn' / checkpoint.state_name(1.008), weights_only=True)
     assert state['cur_nimg'] == 1008 and state['training_options']['world_size'] == 2

@@ -23,7 +23,8 @@ from helpers import TINY_TRAIN, assert_same_states, loop_config, read_stats, run
 
 @pytest.fixture(scope='module')
 def tiny_run(bars_zip, tmp_path_factory):
-    """2 kimg of PFGM++ (D=128) with augmentation; snapshots and states every tick (1 kimg)."""
+    """2 kimg of PFGM++ (D=128) with augmentation in 16-image steps; snapshots and states every tick:
+    tick 0 after the first step (16 images), tick 1 at 1,024 images (a kimg later), the end at 2,000."""
     outdir = tmp_path_factory.mktemp('runs')
     args = [f'--outdir={outdir}', '--name=tiny', f'--data={bars_zip}', *TINY_TRAIN, '--D=128',
             '--augment=0.12', '--duration=0.002', '--snap=1', '--dump=1']
@@ -36,15 +37,16 @@ def tiny_run(bars_zip, tmp_path_factory):
 def test_tiny_run_writes_everything(tiny_run):
     run_dir = tiny_run['run_dir']
     names = sorted(os.listdir(run_dir))
-    for kimg in (1, 2):
-        assert checkpoint.snapshot_name(kimg) in names and checkpoint.state_name(kimg) in names
-    assert {'log.txt', 'stats.jsonl', 'training_options.json'} <= set(names)
+    for kimg, tag in ((0.016, '000000.016'), (1.024, '000001.024'), (2, '000002')):
+        assert f'network-snapshot-{tag}.pt' in names and f'training-state-{tag}.pt' in names
+        assert checkpoint.snapshot_name(kimg) == f'network-snapshot-{tag}.pt'
+    assert {'log.txt', 'stats.jsonl', 'training_options.json'} <= set(names) and len(names) == 3 + 2 * 3
     assert not [n for n in names if '.tmp' in n]
     with open(os.path.join(run_dir, 'log.txt')) as f:
         log = f.read()
-    assert 'tick 0' in log and 'tick 1' in log and 'sec/kimg' in log and 'loss' in log
+    assert 'tick 0 ' in log and 'tick 2 ' in log and 'sec/kimg' in log and 'loss' in log
     stats = read_stats(run_dir)
-    assert [round(s['kimg']) for s in stats] == [1, 2]
+    assert [s['kimg'] for s in stats] == [0.016, 1.024, 2.0]  # Tick 0 right after the first step, as EDM's.
     assert all(s['Loss/loss']['num'] > 0 and math.isfinite(s['Loss/loss']['mean']) for s in stats)
     options = json.load(open(os.path.join(run_dir, 'training_options.json')))
     assert options['D'] == 128 and options['pfgmpp'] is None and options['aug_dim'] is None  # One D, resolved.
@@ -72,9 +74,9 @@ def test_loss_goes_down(tiny_run):
 
 @pytest.mark.slow
 def test_resume_is_exact(tiny_run, tmp_path):
-    # Continue the run's 1-kimg state in a new run directory; the 2-kimg states must be identical.
+    # Continue the run's state at tick 1 in a new run directory; the final states must be identical.
     args = [a for a in tiny_run['args'] if not a.startswith(('--name=', '--outdir='))] + [
-        f'--outdir={tmp_path}', '--name=resumed', f'--resume={os.path.join(tiny_run["run_dir"], checkpoint.state_name(1))}']
+        f'--outdir={tmp_path}', '--name=resumed', f'--resume={os.path.join(tiny_run["run_dir"], checkpoint.state_name(1.024))}']
     result = train_here(args)
     assert result.exit_code == 0, result.output
     assert_same_states(os.path.join(tiny_run['run_dir'], checkpoint.state_name(2)), str(tmp_path / 'resumed' / checkpoint.state_name(2)))
@@ -97,8 +99,9 @@ def test_transfer_starts_from_checkpoint_weights(bars_zip, tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_on_gloo_resume_bitwise(bars_zip, tmp_path):
-    # Two ranks with two accumulation rounds each and post-hoc EMA, 1 kimg in ticks of half a kimg
-    # (states at 512 and 1008 images); then the same run resumed from its state at 512 images.
+    # Two ranks with two accumulation rounds each and post-hoc EMA, 1 kimg in ticks of half a kimg: tick 0
+    # after the first step (16 images), tick 1 at 528, the end at 1,008; a state at each. Then the same
+    # run resumed from its state at 528 images.
     args = [f'--data={bars_zip}', *TINY_TRAIN, '--batch=16', '--batch-gpu=4', '--augment=0', '--tick=0.5',
             '--duration=0.001', '--snap=2', '--dump=1', '--phema=0.05,0.1']
     result = run_train([f'--outdir={tmp_path}', '--name=ddp', *args], torchrun=True)
@@ -106,24 +109,26 @@ def test_torchrun_two_ranks_on_gloo_resume_bitwise(bars_zip, tmp_path):
     run_dir = tmp_path / 'ddp'
     assert 'Number of ranks:         2' in result.stdout
     assert '8 per rank' not in result.stdout and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout
-    # Rank 0 alone writes the snapshots, the post-hoc EMA snapshot with them, and the states.
-    assert sorted(os.listdir(run_dir)) == sorted([checkpoint.snapshot_name(1), checkpoint.phema_name(1), checkpoint.state_name(0),
-                                                  checkpoint.state_name(1), 'log.txt', 'stats.jsonl', 'training_options.json'])
-    half = torch.load(run_dir / checkpoint.state_name(0), weights_only=True)
-    assert half['cur_nimg'] == 512 and half['phema']['stds'] == [0.05, 0.1]
-    # Statistics gathered from both ranks: each of the 496 images of the last tick contributes 3*8*8 losses.
-    assert read_stats(run_dir)[-1]['Loss/loss']['num'] == 496 * 3 * 8 * 8
+    # Rank 0 alone writes the snapshots (ticks 0 and 2, and the end), the post-hoc EMA snapshots with them, and the states.
+    assert sorted(os.listdir(run_dir)) == sorted([
+        checkpoint.snapshot_name(0.016), checkpoint.phema_name(0.016), checkpoint.snapshot_name(1.008), checkpoint.phema_name(1.008),
+        checkpoint.state_name(0.016), checkpoint.state_name(0.528), checkpoint.state_name(1.008), 'log.txt', 'stats.jsonl', 'training_options.json'])
+    half = torch.load(run_dir / checkpoint.state_name(0.528), weights_only=True)
+    assert half['cur_nimg'] == 528 and half['phema']['stds'] == [0.05, 0.1]
+    # Statistics gathered from both ranks: each of the 480 images of the last tick contributes 3*8*8 losses.
+    assert read_stats(run_dir)[-1]['Loss/loss']['num'] == 480 * 3 * 8 * 8
 
-    resumed = run_train([f'--outdir={tmp_path}', '--name=resumed', *args, f'--resume={run_dir / checkpoint.state_name(0)}'],
+    resumed = run_train([f'--outdir={tmp_path}', '--name=resumed', *args, f'--resume={run_dir / checkpoint.state_name(0.528)}'],
                         torchrun=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f'Resuming from {run_dir / checkpoint.state_name(0)} at 0.512 kimg' in resumed.stdout
-    assert_same_states(run_dir / checkpoint.state_name(1), tmp_path / 'resumed' / checkpoint.state_name(1))
-    a, b = (torch.load(d / checkpoint.state_name(1), weights_only=True)['phema'] for d in (run_dir, tmp_path / 'resumed'))
+    assert f'Resuming from {run_dir / checkpoint.state_name(0.528)} at 0.528 kimg' in resumed.stdout
+    final = checkpoint.state_name(1.008)
+    assert_same_states(run_dir / final, tmp_path / 'resumed' / final)
+    a, b = (torch.load(d / final, weights_only=True)['phema'] for d in (run_dir, tmp_path / 'resumed'))
     for x, y in zip(a['emas'], b['emas'], strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert any(not torch.equal(t, half['net']['state_dict'][k]) for k, t in
-               torch.load(run_dir / checkpoint.state_name(1), weights_only=True)['net']['state_dict'].items())  # It trained on.
+               torch.load(run_dir / final, weights_only=True)['net']['state_dict'].items())  # It trained on.
 
 
 @pytest.mark.slow
@@ -148,14 +153,14 @@ def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path, monke
     assert 'Received SIGTERM' in result.output and '--resume=auto' in result.output
     assert len(steps) == 3 and signal.getsignal(signal.SIGTERM) is handler  # The loop's handler is gone again.
     states = [n for n in os.listdir(tmp_path / 'pre') if n.startswith('training-state-')]
-    assert states == [checkpoint.state_name(0)]
+    assert states == [checkpoint.state_name(0.048)] == ['training-state-000000.048.pt']
     assert torch.load(tmp_path / 'pre' / states[0], weights_only=True)['cur_nimg'] == 48
 
     result = invoke([*args, '--duration=0.001', '--resume=auto', '--dump=1'])
     assert result.exit_code == 0, result.output
     assert f'continuing from {tmp_path / "pre" / states[0]}' in result.output
     assert f'Resuming from {tmp_path / "pre" / states[0]} at 0.048 kimg' in result.output
-    final_path = tmp_path / 'pre' / checkpoint.state_name(1)
+    final_path = tmp_path / 'pre' / checkpoint.state_name(1.008)
     assert torch.load(final_path, weights_only=True)['cur_nimg'] == 1008
     # The same command again: the run is finished, nothing is trained or rewritten.
     mtime = final_path.stat().st_mtime_ns
@@ -166,14 +171,14 @@ def test_sigterm_writes_state_and_resume_auto_finishes(bars_zip, tmp_path, monke
 
 @pytest.mark.slow
 def test_resume_auto_skips_a_truncated_state(tmp_path, tiny_run):
-    # Copy the run, then truncate its newest state: auto must fall back to the 1-kimg one.
+    # Copy the run, then truncate its newest state: auto must fall back to the one before (tick 1).
     run_dir = tmp_path / 'tiny'
     shutil.copytree(tiny_run['run_dir'], run_dir)
     newest = run_dir / checkpoint.state_name(2)
     newest.write_bytes(newest.read_bytes()[:1000])
     messages = []
     found = checkpoint.newest_valid_state(str(run_dir), log=messages.append)
-    assert found == str(run_dir / checkpoint.state_name(1))
+    assert found == str(run_dir / checkpoint.state_name(1.024))
     assert any(str(newest) in m for m in messages)
 
 #----------------------------------------------------------------------------
@@ -233,15 +238,54 @@ def test_one_D_from_every_spelling(bars_zip, tmp_path, args, D):
 def test_outdir_is_a_file(bars_zip, tmp_path):
     out = tmp_path / 'file'
     out.write_text('x')
-    result = invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN])
-    assert result.exit_code != 0 and 'is a file' in result.output and 'Traceback' not in result.output
-    assert out.read_text() == 'x'
+    for outdir in (out, out / 'runs'):  # The folder, or one of its parents, is a file.
+        result = invoke([f'--outdir={outdir}', f'--data={bars_zip}', *TINY_TRAIN])
+        assert result.exit_code == 1 and 'is a file' in result.output and 'Traceback' not in result.output, result.output
+        assert result.output.count('\n') == 1 and 'Training options' not in result.output  # One line, before the summary.
+    assert out.read_text() == 'x' and sorted(os.listdir(tmp_path)) == ['file']
+
+
+@pytest.mark.parametrize('cres,arch', [('1,1,1,1,1', 'ddpmpp'), ('1,1,1,1,1,1', 'ncsnpp'), ('1,1,1,1,1', 'adm')])
+def test_a_network_that_does_not_fit_the_images_is_one_line(bars_zip, tmp_path, cres, arch):
+    # 8x8 images can be halved three times: four resolution levels at most.
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, f'--arch={arch}', f'--cres={cres}']),
+                         '8x8 images can be halved only 3 times', out)
+    assert invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, f'--arch={arch}', '--cres=1,1,1,1', '--dry-run']).exit_code == 0
+
+
+def test_the_learning_rate_ramp_up_longer_than_the_run_is_one_warning(bars_zip, tmp_path):
+    common = [f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *[a for a in TINY_TRAIN if not a.startswith('--lr-rampup')], '--dry-run']
+    result = invoke([*common, '--duration=0.001'])  # EDM's 10 Mimg ramp-up against 1 kimg.
+    warnings = [line for line in result.output.splitlines() if line.startswith('Warning:')]
+    assert result.exit_code == 0 and len(warnings) == 1 and '--lr-rampup=10000 kimg' in warnings[0], result.output
+    assert 'ends at 2e-07 instead of --lr=0.002' in warnings[0]  # 2e-3 x 1 / 10000.
+    for args in (['--lr-rampup=0'], ['--lr-rampup=1'], ['--duration=10']):
+        assert 'Warning:' not in invoke([*common, *args]).output
+
+
+@pytest.mark.slow
+def test_short_ticks_keep_every_checkpoint_and_tick_0_has_one(bars_zip, tmp_path):
+    # --tick=0.25 (a quarter kimg) and a duration that is not a whole kimg: tick 0 after the first
+    # step, then every 256 images, the end at 752; every snapshot and state is kept, each under its
+    # own name, and the run stops at the first step that reaches the duration.
+    result = train_here([f'--outdir={tmp_path}', '--name=r', f'--data={bars_zip}', *TINY_TRAIN, '--tick=0.25', '--duration=0.00075',
+                         '--snap=1', '--dump=1'])
+    assert result.exit_code == 0, result.output
+    points = [0.016, 0.272, 0.528, 0.752]
+    names = sorted(os.listdir(tmp_path / 'r'))
+    assert names == sorted([checkpoint.snapshot_name(k) for k in points] + [checkpoint.state_name(k) for k in points] +
+                           ['log.txt', 'stats.jsonl', 'training_options.json'])
+    assert [s['kimg'] for s in read_stats(tmp_path / 'r')] == points
+    assert 'tick 0 ' in result.output and 'kimg 0.016' in result.output  # A sign of life after the first step.
+    assert [k for k, _ in checkpoint.find_checkpoints(str(tmp_path / 'r'), 'network')] == points
+    assert checkpoint.newest_valid_state(str(tmp_path / 'r')) == str(tmp_path / 'r' / checkpoint.state_name(0.752))
 
 
 @pytest.mark.slow
 def test_resume_not_a_training_state(bars_zip, tiny_run, tmp_path):
     out = str(tmp_path / 'out')
-    snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(1))
+    snapshot = os.path.join(tiny_run['run_dir'], checkpoint.snapshot_name(1.024))
     assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, f'--resume={snapshot}']),
                          'not a pfgmpp-training-state', out)
     garbage = tmp_path / 'garbage.pt'
@@ -253,7 +297,7 @@ def test_resume_not_a_training_state(bars_zip, tiny_run, tmp_path):
 @pytest.mark.slow
 def test_resume_other_architecture(bars_zip, tiny_run, tmp_path):
     out = str(tmp_path / 'out')
-    state = os.path.join(tiny_run['run_dir'], checkpoint.state_name(1))
+    state = os.path.join(tiny_run['run_dir'], checkpoint.state_name(1.024))
     args = [f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, '--D=128', '--augment=0.12', f'--resume={state}']
     assert_clean_failure(invoke(args + ['--cbase=16']), 'another architecture', out)
     assert_clean_failure(invoke(args + ['--arch=ncsnpp']), 'another architecture', out)
@@ -287,8 +331,9 @@ def test_generate_samples_every_checkpoint_of_a_train_run(tiny_run, tmp_path):
     shutil.copytree(tiny_run['run_dir'], run_dir)
     result = CliRunner().invoke(generate.main, [f'--outdir={run_dir}', '--seeds=0-3', '--batch=2', '--steps=4', '--device=cpu'])
     assert result.exit_code == 0, result.output
-    for kimg in (1, 2):
-        folder = os.path.join(run_dir, f'ckpt_{kimg:06d}')
+    assert sorted(n for n in os.listdir(run_dir) if n.startswith('ckpt_')) == ['ckpt_000000.016', 'ckpt_000001.024', 'ckpt_000002']
+    for kimg in (0.016, 1.024, 2):
+        folder = os.path.join(run_dir, checkpoint.samples_dir_name(kimg))
         assert sorted(os.listdir(folder)) == [f'{seed:06d}.png' for seed in range(4)] + ['generate.json']
     # A flag that contradicts the recorded D=128 is refused.
     result = CliRunner().invoke(generate.main, [f'--outdir={run_dir}', '--seeds=4-5', '--D=2048', '--device=cpu'])
@@ -309,7 +354,7 @@ def test_bf16_losses_track_fp32(bars_zip, tmp_path):
         training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=0.512, kimg_per_tick=0.256,
                                            state_dump_ticks=None))
         losses[name] = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / name))]
-    assert len(losses['bf16']) == len(losses['fp32']) == 2
+    assert len(losses['bf16']) == len(losses['fp32']) == 3  # Tick 0 after the first step, then two.
     assert all(abs(b - f) <= 1e-3 * f for b, f in zip(losses['bf16'], losses['fp32'])), losses
     assert losses['bf16'] != losses['fp32']  # bf16 really ran.
 
@@ -327,7 +372,7 @@ def test_fp16_loss_scaler_is_saved_and_resume_is_exact(bars_zip, tmp_path):
         resume_state = states[resume] if resume else None
         result = training_loop.training_loop(**dict(config, run_dir=str(run_dir), total_kimg=nimg / 1000, resume_state=resume_state))
         assert result == dict(status='done', cur_nimg=nimg)
-        states[name] = str(run_dir / checkpoint.state_name(0))
+        states[name] = str(run_dir / checkpoint.state_name(nimg / 1000))
     a, b = (torch.load(states[name], weights_only=True) for name in ('full', 'resumed'))
     assert a['cur_nimg'] == b['cur_nimg'] == 64
     assert a['grad_scaler'] == b['grad_scaler'] and 0 < a['grad_scaler']['scale'] < 2.0 ** 16
@@ -362,7 +407,7 @@ def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_
         result = training_loop.training_loop(**dict(config, run_dir=str(run_dir), total_kimg=nimg / 1000, snapshot_ticks=4,
                                                     resume_state=states.get(resume)))
         assert result == dict(status='done', cur_nimg=nimg)
-        states[name] = str(run_dir / checkpoint.state_name(0))
+        states[name] = str(run_dir / checkpoint.state_name(nimg / 1000))
     assert_same_states(states['full'], states['resumed'])
     losses = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / 'full'))]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
@@ -374,7 +419,7 @@ def test_stf_with_augmentation_trains_resumes_exactly_and_samples(bars_zip, tmp_
     plain_losses = [s['Loss/loss']['mean'] for s in read_stats(str(tmp_path / 'plain'))]
     assert plain_losses[0] != losses[0]
 
-    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0)
+    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0.064)
     result = CliRunner().invoke(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "samples"}', '--seeds=0-1',
                                                 '--steps=4', '--device=cpu'])
     assert result.exit_code == 0, result.output
@@ -410,7 +455,7 @@ def test_transfer_turns_the_ema_rampup_off(bars_zip, tmp_path):
     (tmp_path / 'ft').mkdir()
     training_loop.training_loop(**dict(config, run_dir=str(tmp_path / 'ft'), total_kimg=0.032, state_dump_ticks=2,
                                        transfer=dict(net=source, source='test')))
-    state = torch.load(tmp_path / 'ft' / checkpoint.state_name(0), weights_only=True)
+    state = torch.load(tmp_path / 'ft' / checkpoint.state_name(0.032), weights_only=True)
     beta = 0.5 ** (16 / 500)
     w0 = source.state_dict()
     changed = 0
@@ -487,7 +532,7 @@ def test_train_is_callable_with_keyword_arguments(bars_zip, tmp_path):
                          batch=16, tick=1, lr=2e-3, lr_rampup=0, ema=0.0005, dropout=0, workers=0, device='cpu', seed=3,
                          duration=0.001, D=64, augment=0)
     assert result['status'] == 'done' and result['cur_nimg'] == 1008 and result['run_dir'] == str(tmp_path / 'py')
-    net, info = checkpoint.load_network(str(tmp_path / 'py' / checkpoint.snapshot_name(1)))
+    net, info = checkpoint.load_network(str(tmp_path / 'py' / checkpoint.snapshot_name(1.008)))
     assert info['D'] == 64.0 and net.label_dim == 2
     with pytest.raises(ValueError, match='unexpected keyword'):
         launch.train(outdir=str(tmp_path), data=bars_zip, learning_rate=1)
@@ -513,7 +558,7 @@ def test_cond_drop_zeroes_labels_resumes_exactly_and_guides(bars_zip, tmp_path):
     assert config.network_kwargs['label_dropout'] == 1
     (tmp_path / 'all').mkdir()
     training_loop.training_loop(**dict(config, run_dir=str(tmp_path / 'all'), total_kimg=0.032))
-    state = torch.load(tmp_path / 'all' / checkpoint.state_name(0), weights_only=True)
+    state = torch.load(tmp_path / 'all' / checkpoint.state_name(0.032), weights_only=True)
     names = [name for name, _ in train_network(config).named_parameters()]  # Adam's state is in this order.
     moments = {name: state['optimizer']['state'][i]['exp_avg'] for i, name in enumerate(names)}
     assert not moments['model.map_label.weight'].any()  # A zero label: no gradient, ever.
@@ -525,10 +570,10 @@ def test_cond_drop_zeroes_labels_resumes_exactly_and_guides(bars_zip, tmp_path):
         (tmp_path / name).mkdir()
         training_loop.training_loop(**dict(config, run_dir=str(tmp_path / name), total_kimg=nimg / 1000, snapshot_ticks=4,
                                            resume_state=states.get(resume)))
-        states[name] = str(tmp_path / name / checkpoint.state_name(0))
+        states[name] = str(tmp_path / name / checkpoint.state_name(nimg / 1000))
     assert_same_states(states['full'], states['resumed'])
 
-    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0)
+    snapshot = tmp_path / 'full' / checkpoint.snapshot_name(0.064)
     result = CliRunner().invoke(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "guided"}', '--seeds=0-1',
                                                 '--steps=4', '--device=cpu', '--guidance=2'])
     assert result.exit_code == 0, result.output
@@ -547,9 +592,10 @@ def test_cond_drop_needs_a_conditional_model(bars_zip, tmp_path):
     assert result.exit_code == 0 and 'labels dropped with probability 0.1' in result.output
 
 
-@pytest.mark.parametrize('duration,kimg', [(0.001, 1), (1.001, 1001), (0.0015, 1), (200, 200000), (0.0291, 29)])
-def test_duration_in_whole_kimg_despite_float_rounding(bars_zip, tmp_path, duration, kimg):
-    # 1.001 * 1000 is 1000.9999999999999 in floating point: the duration must not lose a kimg.
+@pytest.mark.parametrize('duration,kimg', [(0.001, 1), (1.001, 1001), (0.0015, 1.5), (200, 200000), (0.0291, 29.1), (1e-6, 0.001)])
+def test_duration_is_honoured_exactly_despite_float_rounding(bars_zip, tmp_path, duration, kimg):
+    # 1.001 * 1000 is 1000.9999999999999 in floating point: the duration must not lose a kimg, and a
+    # duration that is not a whole kimg is kept (the run ends at the first step that reaches it).
     opts = launch.TrainOptions(outdir=str(tmp_path), data=bars_zip, duration=duration)
     assert launch.setup_training_config(opts, world_size=1).total_kimg == kimg
 

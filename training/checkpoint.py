@@ -20,7 +20,7 @@ from torch_utils.cli import first_line
 from training import networks
 
 __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
-           'save_atomic', 'load_plain', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
+           'save_atomic', 'load_plain', 'kimg_tag', 'kimg_of', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
            'save_network_snapshot', 'load_network', 'network_from_legacy', 'SOURCE_KINDS', 'training_state',
            'load_training_state', 'check_same_architecture', 'check_transfer_fits', 'copy_matching_weights',
            'find_checkpoints', 'newest_valid_state', 'PHEMA_FORMAT', 'phema_name', 'save_phema_snapshot',
@@ -108,24 +108,45 @@ def load_plain(path: str, expected_format: Optional[str] = None) -> dict:
     return data
 
 #----------------------------------------------------------------------------
-# File names: <kimg> as six digits.
+# File names: the point in training as kimg, six digits, and the exact image count in thousandths of a
+# kimg when it is not a whole kimg (network-snapshot-000002.048.pt at 2,048 images), so that two points
+# of a run never share a name, whatever the tick, and names sort in training order.
 
-def snapshot_name(kimg: int) -> str:
-    return f'network-snapshot-{int(kimg):06d}.pt'
-
-
-def state_name(kimg: int) -> str:
-    return f'training-state-{int(kimg):06d}.pt'
+KIMG_PATTERN = r'(\d+)(?:\.(\d{3}))?'
 
 
-def phema_name(kimg: int) -> str:
-    return f'phema-snapshot-{int(kimg):06d}.pt'
+def kimg_tag(kimg: float) -> str:
+    """'000002' for 2 kimg, '000002.048' for 2.048 kimg (2,048 images)."""
+    nimg = int(round(float(kimg) * 1000))
+    return f'{nimg // 1000:06d}' if nimg % 1000 == 0 else f'{nimg // 1000:06d}.{nimg % 1000:03d}'
 
 
-def kimg_from_name(name: str) -> Optional[int]:
+def kimg_of(nimg: int) -> float | int:
+    """nimg images as kimg: an int for a whole kimg, else the float nimg / 1000 (what names and records hold)."""
+    return int(nimg) // 1000 if int(nimg) % 1000 == 0 else int(nimg) / 1000
+
+
+def parse_kimg(whole: str, thousandths: Optional[str]) -> float | int:
+    """The kimg of a name's KIMG_PATTERN groups: an int for a whole kimg, else the float nimg / 1000."""
+    return int(whole) if thousandths is None else (int(whole) * 1000 + int(thousandths)) / 1000
+
+
+def snapshot_name(kimg: float) -> str:
+    return f'network-snapshot-{kimg_tag(kimg)}.pt'
+
+
+def state_name(kimg: float) -> str:
+    return f'training-state-{kimg_tag(kimg)}.pt'
+
+
+def phema_name(kimg: float) -> str:
+    return f'phema-snapshot-{kimg_tag(kimg)}.pt'
+
+
+def kimg_from_name(name: str) -> Optional[float | int]:
     """The <kimg> of network-snapshot-<kimg>.* or training-state-<kimg>.*, else None."""
-    match = re.fullmatch(r'(?:network-snapshot|training-state)-(\d+)\.(?:pt|pkl)', os.path.basename(name))
-    return int(match.group(1)) if match else None
+    match = re.fullmatch(rf'(?:network-snapshot|training-state)-{KIMG_PATTERN}\.(?:pt|pkl)', os.path.basename(name))
+    return parse_kimg(*match.groups()) if match else None
 
 #----------------------------------------------------------------------------
 # Network snapshots, and loading a network from any checkpoint we know.
@@ -139,7 +160,7 @@ def save_network_snapshot(path: str, net: torch.nn.Module, kimg: Optional[int] =
     adds further plain-data fields (e.g. the training options)."""
     data = dict(format=SNAPSHOT_FORMAT, version=FORMAT_VERSION, network=network_to_dict(net), D=net.D,
                 img_resolution=int(net.img_resolution), img_channels=int(net.img_channels),
-                label_dim=int(net.label_dim), kimg=None if kimg is None else int(kimg))
+                label_dim=int(net.label_dim), kimg=None if kimg is None else kimg_of(round(float(kimg) * 1000)))
     data.update(extra)
     save_atomic(data, path)
 
@@ -207,6 +228,9 @@ def _load_network(path_or_url: str, allow_pickle: bool, device: torch.device | s
             source = 'pfgmpp-training-state'
         else:
             source = 'edm-pickle'
+    elif head == b'PK':  # A zip archive (torch.save) whose end, the central directory, is missing.
+        raise CheckpointError(f'{name} is an incomplete or damaged checkpoint (a truncated zip archive); copy or download it again, '
+                              f'or pass an earlier checkpoint.')
     else:
         raise CheckpointError(f'{name} is neither one of our .pt checkpoints nor an EDM/PFGM++ pickle; pass a network-snapshot-*.pt/.pkl or training-state-*.pt.')
 
@@ -233,7 +257,7 @@ def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], dev
     if 'D' in data and data['D'] != net.D:  # The network's constructor has validated its D.
         raise CheckpointError(f'{name} records D={data["D"]} but its network was built for D={net.D}; the file is inconsistent.')
     if data.get('kimg') is not None:
-        kimg = int(data['kimg'])
+        kimg = data['kimg']
     return net, dict(D=net.D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
 
 #----------------------------------------------------------------------------
@@ -284,7 +308,7 @@ def save_phema_snapshot(path: str, profiles: list[tuple[float, torch.nn.Module]]
     """Write phema-snapshot-<kimg>.pt: each power-function EMA [(std, network)] as plain data, at
     nimg images seen (the time reconstruct_phema.py needs), with what samplers need (D, shapes)."""
     net = profiles[0][1]
-    data = dict(format=PHEMA_FORMAT, version=FORMAT_VERSION, nimg=int(nimg), kimg=int(nimg) // 1000, D=net.D,
+    data = dict(format=PHEMA_FORMAT, version=FORMAT_VERSION, nimg=int(nimg), kimg=kimg_of(nimg), D=net.D,
                 img_resolution=int(net.img_resolution), img_channels=int(net.img_channels), label_dim=int(net.label_dim),
                 profiles=[dict(std=float(std), network=network_to_dict(ema)) for std, ema in profiles])
     data.update(extra)
@@ -312,7 +336,7 @@ def training_state(net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.
         net=network_to_dict(net), ema=network_to_dict(ema),
         optimizer=optimizer.state_dict(), grad_scaler=(grad_scaler.state_dict() if grad_scaler is not None else None),
         cur_nimg=int(cur_nimg), cur_tick=int(cur_tick),
-        tick_start_nimg=int(tick_start_nimg), kimg=cur_nimg // 1000, D=ema.D,
+        tick_start_nimg=int(tick_start_nimg), kimg=kimg_of(cur_nimg), D=ema.D,
         img_resolution=ema.img_resolution, img_channels=ema.img_channels, label_dim=ema.label_dim,
         training_options=options,
     )
@@ -375,13 +399,13 @@ _NETWORK_PREFERENCE = (('network-snapshot-', '.pt'), ('network-snapshot-', '.pkl
 CHECKPOINT_KINDS = ('network', 'state', 'samples', 'phema')
 
 
-def samples_dir_name(kimg: int) -> str:
-    """ckpt_<kimg:06d>: the folder of a run where generate.py's run-directory mode writes a checkpoint's images."""
-    return f'ckpt_{int(kimg):06d}'
+def samples_dir_name(kimg: float) -> str:
+    """ckpt_<kimg>: the folder of a run where generate.py's run-directory mode writes a checkpoint's images."""
+    return f'ckpt_{kimg_tag(kimg)}'
 
 
-def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[int] = None,
-                     max_kimg: Optional[int] = None) -> list[tuple[int, str]]:
+def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[float] = None,
+                     max_kimg: Optional[float] = None) -> list[tuple[float | int, str]]:
     """[(kimg, path)] in run_dir sorted by kimg, limited to [min_kimg, max_kimg]:
 
     kind='network': one file per kimg to sample from, by _NETWORK_PREFERENCE (generate.py, the quick start);
@@ -398,10 +422,10 @@ def find_checkpoints(run_dir: str, kind: str = 'network', min_kimg: Optional[int
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if kind in ('samples', 'phema'):
-            pattern = r'ckpt_(\d+)' if kind == 'samples' else r'phema-snapshot-(\d+)\.pt'
+            pattern = rf'ckpt_{KIMG_PATTERN}' if kind == 'samples' else rf'phema-snapshot-{KIMG_PATTERN}\.pt'
             match = re.fullmatch(pattern, name)
             found = match and (os.path.isdir(path) if kind == 'samples' else os.path.isfile(path))
-            kimg, rank = (int(match.group(1)), 0) if found else (None, None)
+            kimg, rank = (parse_kimg(*match.groups()), 0) if found else (None, None)
         else:
             kimg = kimg_from_name(name)
             rank = next((i for i, (prefix, ext) in enumerate(preference) if name.startswith(prefix) and name.endswith(ext)), None)

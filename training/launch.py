@@ -116,7 +116,7 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
                                 scale=1, rotate_frac=1, aniso=1, translate_frac=1)
         c.network_kwargs['augment_dim'] = 9
     batch_gpu = check_batch(opts, world_size)
-    c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=max(int(round(opts.duration * 1000, 6)), 1),  # round: 1.001 * 1000 is 1000.999...
+    c.update(seed=opts.seed, batch_size=opts.batch, batch_gpu=batch_gpu, total_kimg=round(opts.duration * 1000, 6),  # Exact; round: 1.001 * 1000 is 1000.999...
              ema_halflife_kimg=opts.ema * 1000, ema_rampup_ratio=ema_rampup_ratio(opts), lr_rampup_kimg=opts.lr_rampup,
              phema_stds=check_phema(opts.phema),
              loss_scaling=opts.ls, kimg_per_tick=opts.tick, snapshot_ticks=opts.snap or None,
@@ -184,6 +184,48 @@ def run_description(opts: TrainOptions, dataset_name: str, world_size: int) -> s
     kind = f'pfgmpp{opts.D:g}' if opts.D is not None else opts.precond
     desc = f'{dataset_name:s}-{cond:s}-{opts.arch:s}-{kind}-gpus{world_size:d}-batch{opts.batch:d}'
     return desc + (f'-{opts.desc}' if opts.desc else '')
+
+
+def build_meta_network(network_kwargs: dict, dataset: ImageFolderDataset, opts: TrainOptions) -> torch.nn.Module:
+    """The network for the dataset's images on the meta device (shapes only, no memory), after one
+    forward pass that shows it fits them: ValueError in one line, before anything is written, for a
+    --cres with more resolution levels than the images can be halved, or any other misfit."""
+    res, levels = dataset.resolution, len(network_kwargs.get('channel_mult', ()))
+    if levels and (res % (1 << (levels - 1)) or res >> (levels - 1) < 1):
+        raise ValueError(f'--cres has {levels} resolution levels, but {res}x{res} images can be halved only '
+                         f'{res.bit_length() - 1} times; pass at most {res.bit_length()} values, e.g. --cres={",".join(["2"] * min(levels - 1, res.bit_length()))}.')
+    with torch.device('meta'):
+        net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=res, img_channels=dataset.num_channels,
+                                             label_dim=dataset.label_dim)
+        labels = torch.zeros([1, dataset.label_dim]) if dataset.label_dim else None
+        try:
+            with torch.no_grad():
+                net(torch.zeros([1, dataset.num_channels, res, res]), torch.ones([1]), labels)
+        except RuntimeError as err:
+            raise ValueError(f'The network ({opts.arch}, --cbase/--cres/--nblock) does not fit {res}x{res} images: '
+                             f'{cli.first_line(err)}.') from None
+    return net
+
+
+def check_writable(run_dir: str) -> None:
+    """ValueError in one line unless run_dir exists as a writable folder or can be created (its nearest
+    existing ancestor is a writable folder); nothing is created here."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ValueError(f'Cannot create the run directory {run_dir}: {path} is a file; choose another --outdir.')
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f'Cannot create the run directory {run_dir}: {path} is not writable; choose another --outdir.')
+
+
+def rampup_warning(lr_rampup_kimg: float, total_kimg: float, lr: float) -> Optional[str]:
+    """One line when the learning-rate ramp-up is longer than the run (the rate never reaches --lr), else None."""
+    if lr_rampup_kimg <= total_kimg:
+        return None
+    return (f'Warning: the learning-rate ramp-up (--lr-rampup={lr_rampup_kimg:g} kimg) is longer than the run ({total_kimg:g} kimg), '
+            f'so the learning rate ends at {lr * total_kimg / lr_rampup_kimg:.3g} instead of --lr={lr:g}; '
+            f'pass --lr-rampup={total_kimg / 10:g} or less (or 0) for a short run.')
 
 
 def choose_run_dir(opts: TrainOptions, desc: str) -> str:
@@ -273,17 +315,19 @@ def train(**kwargs) -> dict:
         dataset = ImageFolderDataset(**c.dataset_kwargs)
     except ValueError as err:
         raise ValueError(f'--data: {err}') from None
-    with torch.device('meta'):  # Shapes and arguments only, no memory.
-        meta_net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=dataset.resolution,
-                                                  img_channels=dataset.num_channels, label_dim=dataset.label_dim)
+    meta_net = build_meta_network(c.network_kwargs, dataset, opts)
     assert meta_net.D == D
     run_dir = choose_run_dir(opts, run_description(opts, dataset.name, world_size))
+    check_writable(run_dir)
     resume = resolve_resume(opts, run_dir, meta_net)
     transfer = load_transfer(opts, meta_net) if (opts.transfer and not resume) else None
     c.update(run_dir=run_dir, resume_state=resume, transfer=transfer, device=device)
     options = json.loads(json.dumps(dict(dataclasses.asdict(opts), run_dir=run_dir, resume_state=resume, world_size=world_size), default=str))
     if rank == 0:
         print_summary(opts, c, options, run_dir, world_size, device)
+        warning = rampup_warning(c.lr_rampup_kimg, c.total_kimg, opts.lr)
+        if warning:
+            print(warning, flush=True)
     if opts.dry_run:
         distributed.print0('Dry run; exiting.')
         return dict(status='dry-run', run_dir=run_dir, cur_nimg=0)

@@ -23,10 +23,11 @@ from training.pfgmpp import check_D
 
 SigmaLike = Union[float, torch.Tensor]
 
-def float32_region(device_type: str) -> torch.autocast:
+def float32_region(device_type: str) -> torch.autocast | contextlib.nullcontext:
     """A region that autocast (bf16 / fp16 training and sampling, torch_utils/precision.py) leaves
-    alone: its operations run in the dtype of their inputs."""
-    return torch.autocast(device_type=device_type, enabled=False)
+    alone: its operations run in the dtype of their inputs. The meta device (shape checks) has no
+    autocast to leave."""
+    return contextlib.nullcontext() if device_type == 'meta' else torch.autocast(device_type=device_type, enabled=False)
 
 #----------------------------------------------------------------------------
 # Unified routine for initializing weights and biases.

@@ -297,16 +297,17 @@ class Training:
     def save_checkpoints(self, done: bool, stopping: Optional[str]) -> None:
         """Rank 0 writes the network snapshot every snapshot_ticks and the training state every
         state_dump_ticks, both at the end, and the state when stopping (the signal's name)."""
-        c, kimg = self.c, self.cur_nimg // 1000
+        c, kimg = self.c, checkpoint.kimg_of(self.cur_nimg)  # The exact point: names never collide (checkpoint.kimg_tag).
+        tick = self.cur_tick - 1  # The tick just finished: 0, 1, ... (EDM's count; tick 0 is snapshotted).
         if self.rank != 0:
             return
-        if c.snapshot_ticks is not None and (done or self.cur_tick % c.snapshot_ticks == 0):
+        if c.snapshot_ticks is not None and (done or tick % c.snapshot_ticks == 0):
             checkpoint.save_network_snapshot(os.path.join(c.run_dir, checkpoint.snapshot_name(kimg)), self.ema, kimg=kimg,
                                              cur_nimg=self.cur_nimg, training_options=c.options)
             if self.phema is not None:
                 checkpoint.save_phema_snapshot(os.path.join(c.run_dir, checkpoint.phema_name(kimg)), self.phema.networks(),
                                                self.cur_nimg, training_options=c.options)
-        if (c.state_dump_ticks is not None and (done or self.cur_tick % c.state_dump_ticks == 0)) or stopping:
+        if (c.state_dump_ticks is not None and (done or tick % c.state_dump_ticks == 0)) or stopping:
             path = os.path.join(c.run_dir, checkpoint.state_name(kimg))
             checkpoint.save_atomic(checkpoint.training_state(self.net, self.ema, self.optimizer, self.cur_nimg, self.cur_tick,
                                                              self.tick_start_nimg, c.options, self.grad_scaler,
@@ -319,7 +320,7 @@ class Training:
     def run(self) -> dict:
         """Optimisation steps until total_kimg or a stop signal, with a tick every kimg_per_tick."""
         c = self.c
-        total_nimg = int(c.total_kimg * 1000)
+        total_nimg = max(int(round(c.total_kimg * 1000)), 1)  # At least one step; the last step may pass it.
         self.log(f'Training for {c.total_kimg} kimg: batch {c.batch_size} = {self.batch_gpu} per rank and round x '
                  f'{self.num_rounds} rounds x {self.world_size} ranks, device {self.device}')
         if self.cur_nimg >= total_nimg:
@@ -333,7 +334,9 @@ class Training:
                 self.cur_nimg += c.batch_size
                 done = self.cur_nimg >= total_nimg
                 stopping = stop.requested(self.device) if self.world_size > 1 or stop.signal_name else False
-                if not (done or stopping or self.cur_nimg >= self.tick_start_nimg + c.kimg_per_tick * 1000):
+                # Tick 0 ends after the first step, as EDM's: a status line and a snapshot at once.
+                tick_due = self.cur_tick == 0 or self.cur_nimg >= self.tick_start_nimg + c.kimg_per_tick * 1000
+                if not (done or stopping or tick_due):
                     continue
                 self.report_tick(tick_start_time, start_time)
                 self.cur_tick += 1
