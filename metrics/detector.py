@@ -30,6 +30,16 @@ def _accepts_keyword(net: Callable, name: str) -> bool:
         return False
 
 
+def detector_error(err: BaseException) -> str:
+    """The line of a detector's error that says what went wrong. A TorchScript error's message is the
+    interpreter's traceback, headed by 'The following operation failed in the TorchScript
+    interpreter.' and ending with the original exception: the last line, then."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and 'TorchScript' in lines[0]:
+        return lines[-1].removeprefix('builtins.')
+    return cli.first_line(err)
+
+
 @dataclasses.dataclass
 class Detector:
     """A network called as net(images, return_features=True) -> [N, D] features and
@@ -41,12 +51,18 @@ class Detector:
     sha256: Optional[str] = None  # Of the file the detector was loaded from.
 
     def _call(self, images: torch.Tensor, what: str, **kwargs: Any) -> torch.Tensor:
+        # torch.jit.Error, which a TorchScript `raise` becomes, is no RuntimeError: catch it by name.
         try:
             out = self.net(images.to(self.device), **kwargs)
-        except RuntimeError as err:
+        except torch.cuda.OutOfMemoryError as err:
+            raise ValueError(f'The detector {self.source} ran out of memory on uint8 images of shape '
+                             f'{list(images.shape)}; lower --batch.') from err
+        except (RuntimeError, torch.jit.Error, TypeError) as err:
             call = ', '.join(['images'] + [f'{k}={v}' for k, v in kwargs.items()])
+            height, width = images.shape[-2:]
             raise ValueError(f'The detector {self.source} failed on uint8 images of shape {list(images.shape)} '
-                             f'({cli.first_line(err)}); it must be callable as detector({call}).') from err
+                             f'({detector_error(err)}); use a detector that takes {height}x{width} images and is '
+                             f'callable as detector({call}) (Inception-v3 takes any size).') from err
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f'The detector {self.source} returned {shape} as {what} for {images.shape[0]} '
@@ -73,10 +89,11 @@ def load_detector(url_or_path: Optional[str] = None, allow_pickle: bool = False,
     try:
         path = dnnlib.open_url(url, return_filename=True, verbose=(dist.get_rank() == 0))
     except dnnlib.DownloadError as err:
+        # A copy in the cache is still the official (trusted) pickle; the same file as --detector=PATH is not.
         raise dnnlib.DownloadError(
             f'Cannot download the detector {url} and no copy is cached in {os.path.dirname(dnnlib.util.url_cache_path(url))}; '
-            f'download it where the network is reachable and pass --detector=PATH, or copy it to '
-            f'{dnnlib.util.url_cache_path(url)}.') from err
+            f'download it where the network is reachable and copy it to {dnnlib.util.url_cache_path(url)}, or pass '
+            f'--detector=PATH (with --allow-pickle for a pickle).') from err
     except FileNotFoundError as err:
         raise FileNotFoundError(f'--detector {url} does not exist; pass a pickle or TorchScript file.') from err
 

@@ -49,6 +49,20 @@ class ImageFiles(torch.utils.data.Dataset):
             return i, str(err)
         return i, torch.from_numpy(np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image)
 
+    def resolution(self) -> tuple[int, int]:
+        """(H, W) of the first image, from its header (all must share it to be evaluated)."""
+        return tuple(self._source.read_shape(self._first())[1:])
+
+    def channels(self) -> int:
+        """3 if any image is stored in colour, else 1, from the headers (up to the first colour one)."""
+        self._first()
+        return 3 if any(self._source.read_shape(name)[0] == 3 for name in self.names) else 1
+
+    def _first(self) -> str:
+        if not self.names:
+            raise ValueError(f'Found no PNG/JPEG images in {self.path}; pass a folder or .zip of images.')
+        return self.names[0]
+
 
 def select_images(num_available: int, num: Optional[int], seed: int = 0, block: Optional[int] = None,
                   path: str = 'the image folder') -> np.ndarray:
@@ -241,6 +255,72 @@ def load_ref_stats(path_or_url: str, need_features: bool = False) -> dict:
     return stats
 
 
+REF_METADATA = ('resolution', 'channels', 'num_images', 'detector', 'detector_sha256', 'data', 'data_sha256')
+
+
+def ref_metadata(data: str, detector: Detector, num_images: int) -> dict:
+    """What reference statistics record beside mu and sigma, as extra .npz arrays (so that EDM's .npz
+    files, which hold only mu and sigma, load all the same): the images' resolution [H, W] and
+    channels (3 if any is in colour, else 1), num_images, the detector's source (URL or absolute path)
+    and file SHA-256, the data's absolute path and, for a .zip, its SHA-256 (a folder is not hashed:
+    that would read every image a second time)."""
+    source = detector.source if dnnlib.util.is_url(detector.source) else os.path.abspath(detector.source)
+    images = ImageFiles(data)
+    meta = dict(resolution=np.asarray(images.resolution(), dtype=np.int64), channels=np.int64(images.channels()),
+                num_images=np.int64(num_images), detector=np.str_(source), data=np.str_(os.path.abspath(data)))
+    if detector.sha256 is not None:
+        meta['detector_sha256'] = np.str_(detector.sha256)
+    if os.path.isfile(data):
+        meta['data_sha256'] = np.str_(dnnlib.util.file_sha256(data))
+    return meta
+
+
+def read_ref_metadata(stats: dict, path: str) -> dict:
+    """The ref_metadata() that reference statistics hold, as Python values: resolution (H, W),
+    channels and num_images int, the rest str; {} for EDM's .npz files."""
+    meta = {}
+    for key in (k for k in REF_METADATA if k in stats):
+        value = np.asarray(stats[key])
+        try:
+            if key == 'resolution':
+                meta[key] = tuple(int(v) for v in value.reshape(2))
+            else:
+                meta[key] = int(value) if key in ('channels', 'num_images') else str(value.item())
+        except (TypeError, ValueError) as err:
+            raise ValueError(f'{path} holds "{key}" {value.dtype}{list(value.shape)}, not what "python fid.py ref" '
+                             f'writes; make it again with that command.') from err
+    return meta
+
+
+def note_unchecked_ref(path: str, stats: dict) -> None:
+    """One line (rank 0) when reference statistics do not record what check_ref_matches() compares."""
+    missing = [what for key, what in [('resolution', 'resolution'), ('detector_sha256', 'detector')] if key not in stats]
+    if missing:
+        dist.print0(f'Note: {path} does not record the {" or the ".join(missing)} it was made with (EDM\'s .npz files '
+                    f'do not), so it cannot be checked against these images and this detector.')
+
+
+def check_ref_matches(path: str, stats: dict, detector: Detector, images: Optional[ImageFiles] = None) -> None:
+    """Refuse (ValueError) reference statistics that record another detector (file SHA-256) than
+    `detector`, or another resolution than the first image of `images`. What the reference does not
+    record goes unchecked (note_unchecked_ref)."""
+    meta = read_ref_metadata(stats, path)
+    made_with = meta.get('detector_sha256')
+    if made_with and detector.sha256 and made_with != detector.sha256:
+        source = meta.get('detector', 'another detector')
+        use = 'leave out --detector' if source == DETECTOR_URL else f'pass --detector={source}'
+        again = '' if detector.source == DETECTOR_URL else f' --detector={detector.source}'
+        raise ValueError(f'{path} was made with the detector {source} (SHA-256 {made_with[:12]}), not {detector.source} '
+                         f'({detector.sha256[:12]}); {use}, or make the reference again with this one '
+                         f'("python fid.py ref --data=DATASET --dest=FILE.npz{again}").')
+    if images is None or not len(images) or 'resolution' not in meta:
+        return
+    (h, w), (h_img, w_img) = meta['resolution'], images.resolution()
+    if (h, w) != (h_img, w_img):
+        raise ValueError(f'{path} was made from {h}x{w} images, but {images.path} holds {h_img}x{w_img} images; pass '
+                         f'reference statistics of the data at {h_img}x{w_img} ("python fid.py ref --data=DATASET --dest=FILE.npz").')
+
+
 def ref_sha256(ref_path: str) -> str:
     """SHA-256 of the reference statistics file (for a URL, of its cached copy)."""
     return dnnlib.util.file_sha256(dnnlib.open_url(ref_path, return_filename=True, verbose=False))
@@ -289,15 +369,16 @@ def _append_jsonl(path: str, record: dict) -> None:
 
 def ref(data: str, dest: str, features: bool = False, detector: Optional[str] = None, allow_pickle: bool = False,
         batch: int = 64, workers: int = 3, device: str = 'auto') -> dict:
-    """Reference statistics of the images in `data` (folder or .zip) into the .npz `dest`: mu, sigma
-    and, with features=True, the features KID needs. Returns the statistics (the same on every process)."""
+    """Reference statistics of the images in `data` (folder or .zip) into the .npz `dest`: mu, sigma,
+    the metadata of ref_metadata() and, with features=True, the features KID needs. Returns the
+    statistics (the same on every process)."""
     dev = dist.init(device)
     check_writable(dest, '--dest')
     net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
     dist.print0(f'Calculating statistics of {data}...')
     stats = calculate_inception_stats(data, net, max_batch_size=batch, num_workers=workers, with_features=features)
     if dist.get_rank() == 0:
-        arrays = dict(mu=stats['mu'], sigma=stats['sigma'])
+        arrays = dict(mu=stats['mu'], sigma=stats['sigma'], **ref_metadata(data, net, stats['num']))
         if features:
             arrays['features'] = stats['features']
         dnnlib.util.write_atomic(dest, lambda f: np.savez(f, **arrays))
@@ -318,7 +399,9 @@ def calc(images: str, ref: str, num: int = 50000, seed: int = 0, metrics: Sequen
     if json_path is not None:
         check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
+    note_unchecked_ref(ref, ref_stats)
     net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
+    check_ref_matches(ref, ref_stats, net, ImageFiles(images))
     origin = {}
     if json_path is not None:  # Before the long computation, so that a bad manifest fails early.
         origin = dict(ref_sha256=ref_sha256(ref), detector_sha256=net.sha256, **provenance(images))
@@ -361,6 +444,7 @@ def sweep(run: str, ref: str, num: int = 50000, seed: int = 0, ranges: int = 1, 
     if json_path is not None:
         check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
+    note_unchecked_ref(ref, ref_stats)
     key = dict(num=num, seed=seed, ref=ref, detector=detector or DETECTOR_URL)
     blocks = [None] if ranges == 1 else list(range(ranges))
     evaluator = _SweepEvaluator(ref_stats, metrics, detector, allow_pickle, dev, batch, workers)
@@ -409,11 +493,12 @@ class _SweepEvaluator:
             return None
         path = os.path.join(run, name)
         needed = num * (1 if block is None else block + 1)
-        available = len(ImageFiles(path))
-        if available < needed:
-            dist.print0(f'Skipping {name}: {available} images, {needed} needed.')
+        files = ImageFiles(path)
+        if len(files) < needed:
+            dist.print0(f'Skipping {name}: {len(files)} images, {needed} needed.')
             return False
         self.net = self.net or load_detector(self.detector, allow_pickle=self.allow_pickle, device=self.device)
+        check_ref_matches(ref, self.ref_stats, self.net, files)
         self.ref_hash = self.ref_hash or ref_sha256(ref)
         origin = dict(ref_sha256=self.ref_hash, detector_sha256=self.net.sha256, **provenance(path))
         results = calculate_metrics(path, self.ref_stats, self.net, self.metrics, num_expected=num, seed=seed, block=block,

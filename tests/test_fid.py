@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import dnnlib
 import fid
 from metrics import detector as detector_lib
 from metrics import evaluation
@@ -87,7 +88,10 @@ def test_zip_with_workers_matches_folder(data, tmp_path):
                                            str(data['detector']), '--device', 'cpu', '--workers', '2', '--batch', '4'])
     assert result.exit_code == 0, result.output
     ours, ref = np.load(dest), np.load(data['ref'])
-    assert sorted(ours.files) == ['mu', 'sigma']  # Features only when asked for.
+    assert sorted(ours.files) == sorted(['mu', 'sigma', *evaluation.REF_METADATA])  # Features only when asked for.
+    assert evaluation.read_ref_metadata(ours, str(dest)) == dict(
+        resolution=(RESOLUTION, RESOLUTION), channels=3, num_images=NUM_IMAGES, detector=str(data['detector']),
+        detector_sha256=sha256_of(data['detector']), data=str(data['zip']), data_sha256=sha256_of(data['zip']))
     np.testing.assert_allclose(ours['mu'], ref['mu'], rtol=1e-6)
     np.testing.assert_allclose(ours['sigma'], ref['sigma'], rtol=1e-6, atol=1e-10)
     assert [p.name for p in tmp_path.joinpath('sub').iterdir()] == ['zip.npz']  # No temporary left behind.
@@ -262,8 +266,10 @@ def test_sweep_records_provenance(data, tmp_path):
         assert record['ref_sha256'] == sha256_of(data['ref']) and record['detector_sha256'] == sha256_of(data['detector'])
 
 
-def test_pickle_detector_needs_allow_pickle(data):
-    args = ['calc', '--images', data['images'], '--ref', data['ref'], '--num', NUM_IMAGES]
+def test_pickle_detector_needs_allow_pickle(data, tmp_path):
+    ref = np.load(data['ref'])
+    np.savez(tmp_path / 'edm.npz', mu=ref['mu'], sigma=ref['sigma'])  # The same network, but another detector file.
+    args = ['calc', '--images', data['images'], '--ref', tmp_path / 'edm.npz', '--num', NUM_IMAGES]
     refused = _invoke(*args, detector=data['detector_pkl'])
     assert refused.exit_code == 1 and '--allow-pickle' in refused.output and 'executes code' in refused.output
     allowed = _invoke(*args, '--allow-pickle', detector=data['detector_pkl'])
@@ -366,6 +372,146 @@ def test_bad_input(data, tmp_path, refused_url, case, message):
     assert 'Traceback' not in result.output and not out.exists()
     if case == 'detector_offline':
         assert detector in errors[0] and str(tmp_path / 'empty-cache') in errors[0]
+
+
+#----------------------------------------------------------------------------
+# Reference metadata: what the statistics were made from, checked by calc and sweep.
+
+def _edm_ref(data, folder) -> Path:
+    """data['ref'] as EDM publishes reference statistics: mu and sigma, nothing else."""
+    ref = np.load(data['ref'])
+    np.savez(folder / 'edm.npz', mu=ref['mu'], sigma=ref['sigma'])
+    return folder / 'edm.npz'
+
+
+def _one_error(result) -> str:
+    """The one-line error of a command that failed as a user's mistake, with nothing else wrong."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.output)
+    errors = [line for line in result.output.splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1 and 'Traceback' not in result.output, result.output
+    return errors[0]
+
+
+def test_ref_records_metadata(data, tmp_path):
+    meta = evaluation.read_ref_metadata(np.load(data['ref']), str(data['ref']))
+    assert meta == dict(resolution=(RESOLUTION, RESOLUTION), channels=3, num_images=NUM_IMAGES, detector=str(data['detector']),
+                        detector_sha256=sha256_of(data['detector']), data=str(data['images']))  # No SHA-256 of a folder.
+    gray = tmp_path / 'gray'
+    gray.mkdir()
+    for i in range(3):
+        PIL.Image.new('L', (6, 4), i * 40).save(gray / f'{i}.png')
+    evaluation.ref(data=str(gray), dest=str(tmp_path / 'gray.npz'), detector=str(data['detector']), device='cpu', workers=0)
+    meta = evaluation.read_ref_metadata(np.load(tmp_path / 'gray.npz'), 'gray.npz')
+    assert meta['resolution'] == (4, 6) and meta['channels'] == 1 and meta['num_images'] == 3
+    assert evaluation.read_ref_metadata(np.load(_edm_ref(data, tmp_path)), 'edm.npz') == {}
+
+
+def test_edm_ref_without_metadata_is_noted(data, tmp_path):
+    edm = _edm_ref(data, tmp_path)
+    ours = _invoke('calc', '--images', data['other'], '--ref', data['ref'], '--num', NUM_IMAGES, detector=data['detector'])
+    theirs = _invoke('calc', '--images', data['other'], '--ref', edm, '--num', NUM_IMAGES, detector=data['detector'])
+    assert ours.exit_code == 0 and theirs.exit_code == 0, theirs.output
+    assert 'Note:' not in ours.output
+    assert f'Note: {edm} does not record the resolution or the detector it was made with' in theirs.output
+    assert ours.stdout.splitlines()[-1] == theirs.stdout.splitlines()[-1]  # The same FID, digit for digit.
+    run = tmp_path / 'run'
+    run.mkdir()
+    for name in ['ckpt_000010', 'ckpt_000020']:
+        (run / name).symlink_to(data['other'])
+    swept = _invoke('sweep', '--run', run, '--ref', edm, '--num', 12, detector=data['detector'])
+    assert swept.exit_code == 0 and swept.output.count('does not record') == 1, swept.output
+
+
+def test_calc_and_sweep_refuse_a_mismatched_ref(data, tmp_path, monkeypatch):
+    copy = tmp_path / 'copy.pt'  # The same detector file elsewhere is the same detector.
+    shutil.copy(data['detector'], copy)
+    same = _invoke('calc', '--images', data['images'], '--ref', data['ref'], '--num', NUM_IMAGES, detector=copy)
+    assert same.exit_code == 0 and abs(float(same.stdout.splitlines()[-1])) < 1e-8, same.output
+
+    large, other = tmp_path / 'large', tmp_path / 'other.pt'
+    noise_images(large, 4, np.random.default_rng(5), (40, 215), resolution=16)
+    save_standin_detector(other, seed=7)
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'ckpt_000010').symlink_to(large)
+    (tmp_path / 'same-size-run').mkdir()
+    (tmp_path / 'same-size-run' / 'ckpt_000010').symlink_to(data['images'])
+    monkeypatch.setattr(evaluation, 'calculate_metrics', lambda *args, **kwargs: pytest.fail('computed with a mismatched reference'))
+    resolution = f'{data["ref"]} was made from 8x8 images, but'
+    for args, detector, message in [
+        (['calc', '--images', large, '--num', 4, '--json', tmp_path / 'r.json'], data['detector'], f'{resolution} {large} holds 16x16 images'),
+        (['calc', '--images', data['images'], '--num', 4, '--json', tmp_path / 'r.json'], other, f'not {other}'),
+        (['sweep', '--run', tmp_path / 'run', '--num', 4, '--json', tmp_path / 'r.json'], data['detector'], resolution),
+        (['sweep', '--run', tmp_path / 'same-size-run', '--num', 4], other, f'pass --detector={data["detector"]}'),
+    ]:
+        error = _one_error(_invoke(*args, '--ref', data['ref'], detector=detector))
+        assert message in error, error
+    assert 'made with the detector' in error and f'--detector={other}' in error
+    assert not (tmp_path / 'r.json').exists() and not list(tmp_path.rglob('metrics.jsonl'))
+
+#----------------------------------------------------------------------------
+# A detector that cannot take the images: one line, whatever it raised.
+
+class SixteenPixelDetector(torch.nn.Module):
+    """Built for 16x16 images: a linear layer over the flattened pixels (RuntimeError on other sizes)."""
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 16 * 16, 8)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.fc(x.to(torch.float32).flatten(1))
+
+
+class SizeCheckingDetector(torch.nn.Module):
+    """Refuses other sizes itself: a `raise` in TorchScript becomes torch.jit.Error, which is not a
+    RuntimeError (PyTorch 2.x)."""
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if x.shape[-1] != 16:
+            raise ValueError('this detector takes 16x16 images')
+        return x.to(torch.float32).mean(dim=[2, 3])
+
+
+@pytest.mark.parametrize('net, message', [(SixteenPixelDetector, 'RuntimeError: mat1 and mat2 shapes cannot be multiplied'),
+                                          (SizeCheckingDetector, 'ValueError: this detector takes 16x16 images')])
+def test_detector_failing_on_the_images(data, tmp_path, net, message):
+    path = tmp_path / 'detector.pt'
+    torch.jit.save(torch.jit.script(net()), str(path))
+    edm = _edm_ref(data, tmp_path)  # No detector recorded, so the detector itself is what fails.
+    for args in [['ref', '--data', data['images'], '--dest', tmp_path / 'ref.npz'],
+                 ['calc', '--images', data['images'], '--ref', edm, '--num', NUM_IMAGES, '--json', tmp_path / 'r.json']]:
+        error = _one_error(_invoke(*args, detector=path))
+        assert f'The detector {path} failed on uint8 images of shape [{NUM_IMAGES}, 3, 8, 8] ({message}' in error, error
+        assert 'use a detector that takes 8x8 images' in error
+    assert not (tmp_path / 'ref.npz').exists() and not (tmp_path / 'r.json').exists()
+
+
+def test_detector_errors_say_what_to_do():
+    images = torch.zeros([4, 3, 8, 8], dtype=torch.uint8)
+    def out_of_memory(x, return_features=False):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+    detector = detector_lib.Detector(net=out_of_memory, source='big.pt', device=torch.device('cpu'), prob_kwargs={})
+    with pytest.raises(ValueError, match=r'^The detector big.pt ran out of memory on uint8 images of shape \[4, 3, 8, 8\]; lower --batch.$'):
+        detector.features(images)
+    detector = detector_lib.Detector(net=lambda x: x.flatten(1), source='plain.pt', device=torch.device('cpu'), prob_kwargs={})
+    with pytest.raises(ValueError, match=r'unexpected keyword argument .*callable as detector\(images, return_features=True\)'):
+        detector.features(images)
+
+
+def test_default_detector_offline_says_how_to_supply_it(data, tmp_path, refused_url, monkeypatch):
+    url = refused_url('metrics/inception-2015-12-05.pkl')
+    monkeypatch.setattr(detector_lib, 'DETECTOR_URL', url)  # No --detector: the default, unreachable.
+    cache = tmp_path / 'cache'
+    result = _invoke('calc', '--images', data['images'], '--ref', data['ref'], '--num', NUM_IMAGES, '--json', tmp_path / 'r.json',
+                     env=dict(DNNLIB_CACHE_DIR=str(cache)))
+    error = _one_error(result)
+    copy = dnnlib.util.url_cache_path(url, str(cache / 'downloads'))
+    assert f'Cannot download the detector {url}' in error and f'copy it to {copy}' in error, error
+    assert '--detector=PATH (with --allow-pickle for a pickle)' in error and not (tmp_path / 'r.json').exists()
+
+
+def test_offline_docs_name_the_official_detector_and_its_cache_file():
+    text = (ROOT / 'docs' / 'evaluation.md').read_text()
+    assert detector_lib.DETECTOR_URL in text
+    assert f'${{DNNLIB_CACHE_DIR:-$HOME/.cache/dnnlib}}/downloads/{os.path.basename(dnnlib.util.url_cache_path(detector_lib.DETECTOR_URL))}' in text
 
 
 def test_error_in_a_real_process(data, tmp_path):
