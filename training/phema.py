@@ -21,7 +21,9 @@ reconstructed minus the requested profile (posthoc_residuals reports ||fit - q||
 
 Traditional EMA: halflife_to_std() gives the sigma_rel of EDM's constant half-life. While EDM's ramp-up
 binds (half-life = ratio * t), beta = 2^(-delta / (ratio t)) ~ (1 - delta / t)^(ln 2 / ratio), i.e. a
-power-function EMA with gamma = ln 2 / ratio - 1 (ratio 0.05: gamma 12.9, std 0.063).
+power-function EMA with gamma = ln 2 / ratio - 1 (ratio 0.05: gamma 12.9, std 0.063). The EMA train.py
+keeps, ramp-up included, is fitted as a whole from its per-step decays: ema_step_weights(),
+solve_posthoc_coefficients_for_steps() (reconstruct_phema.py --half-life).
 """
 
 import copy
@@ -34,8 +36,9 @@ import torch
 
 __all__ = ['STD_MAX', 'DEFAULT_MAX_RESIDUAL', 'std_to_exp', 'exp_to_std', 'power_function_beta',
            'power_function_inner_product', 'solve_posthoc_coefficients', 'posthoc_residuals',
-           'check_representable', 'halflife_to_std', 'std_to_halflife', 'PowerFunctionEMA',
-           'Snapshot', 'Reconstruction', 'reconstruct']
+           'check_representable', 'halflife_to_std', 'std_to_halflife', 'ema_step_weights', 'step_profile_std',
+           'solve_posthoc_coefficients_for_steps', 'PowerFunctionEMA', 'Snapshot',
+           'Reconstruction', 'noise_gain', 'used_snapshots', 'reconstruct', 'combine_snapshots']
 
 ArrayLike = Union[float, Sequence[float], np.ndarray]
 
@@ -150,20 +153,45 @@ def _gram(in_ofs: np.ndarray, in_std: np.ndarray, out_ofs: np.ndarray, out_std: 
     return A, B, C
 
 
-def _check_profiles(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: ArrayLike, out_std: ArrayLike):
+def _check_stored(in_ofs: ArrayLike, in_std: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     in_ofs, in_std = np.broadcast_arrays(_check_times('in_ofs', in_ofs), _check_std('in_std', in_std))
-    out_ofs, out_std = np.broadcast_arrays(_check_times('out_ofs', out_ofs), _check_std('out_std', out_std))
-    in_ofs, in_std, out_ofs, out_std = (np.array(x, dtype=np.float64).ravel() for x in (in_ofs, in_std, out_ofs, out_std))
+    in_ofs, in_std = (np.array(x, dtype=np.float64).ravel() for x in (in_ofs, in_std))
     if in_ofs.size == 0:
         raise ValueError('At least one stored profile (in_ofs, in_std) is needed.')
-    if out_ofs.size == 0:
-        raise ValueError('At least one requested profile (out_std) is needed.')
     pairs = set()
     for t, s in zip(in_ofs.tolist(), in_std.tolist()):
         if (t, s) in pairs:
             raise ValueError(f'The stored profile at time {t:g} with std {s:g} appears twice; keep one copy.')
         pairs.add((t, s))
+    return in_ofs, in_std
+
+
+def _check_profiles(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: ArrayLike, out_std: ArrayLike):
+    in_ofs, in_std = _check_stored(in_ofs, in_std)
+    out_ofs, out_std = np.broadcast_arrays(_check_times('out_ofs', out_ofs), _check_std('out_std', out_std))
+    out_ofs, out_std = (np.array(x, dtype=np.float64).ravel() for x in (out_ofs, out_std))
+    if out_ofs.size == 0:
+        raise ValueError('At least one requested profile (out_std) is needed.')
     return in_ofs, in_std, out_ofs, out_std
+
+
+def _solve_normal_equations(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    # according to Algorithm 3: the normal equations A X = B of the least-squares fit, A the Gram
+    # matrix of the stored profiles, B their inner products with the requested ones.
+    try:
+        X = np.linalg.solve(A, B)
+    except np.linalg.LinAlgError:
+        raise ValueError('The stored profiles are linearly dependent; remove duplicate snapshots.') from None
+    # The averaged weights must keep their scale: normalise each column to sum to 1 (Algorithm 3).
+    return X / np.sum(X, axis=0, keepdims=True)
+
+
+def _relative_residuals(X: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray) -> np.ndarray:
+    # ||sum_i X[i, j] p_i - q_j||^2 = x'Ax - 2x'b + <q, q>, expanded from the inner products.
+    sq = np.einsum('ij,ik,kj->j', X, A, X) - 2 * np.einsum('ij,ij->j', X, B) + C
+    # Rounding in the expansion is about eps * (|x|'|A||x|); below that the residual is noise.
+    floor = 4 * np.finfo(np.float64).eps * np.einsum('ij,ik,kj->j', np.abs(X), np.abs(A), np.abs(X))
+    return np.sqrt(np.maximum(sq, floor) / C)
 
 
 def solve_posthoc_coefficients(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: ArrayLike, out_std: ArrayLike) -> np.ndarray:
@@ -171,15 +199,8 @@ def solve_posthoc_coefficients(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: Ar
     of std out_std[j] ending at out_ofs (broadcast with out_std) in the least-squares sense; p_i are the
     stored profiles ending at in_ofs[i] (images) with std in_std[i]. Each column sums to 1."""
     in_ofs, in_std, out_ofs, out_std = _check_profiles(in_ofs, in_std, out_ofs, out_std)
-    # according to Algorithm 3: the normal equations A X = B of the least-squares fit, A the Gram
-    # matrix of the stored profiles, B their inner products with the requested ones.
     A, B, _ = _gram(in_ofs, in_std, out_ofs, out_std)
-    try:
-        X = np.linalg.solve(A, B)
-    except np.linalg.LinAlgError:
-        raise ValueError('The stored profiles are linearly dependent; remove duplicate snapshots.') from None
-    # The averaged weights must keep their scale: normalise each column to sum to 1 (Algorithm 3).
-    return X / np.sum(X, axis=0, keepdims=True)
+    return _solve_normal_equations(A, B)
 
 
 def posthoc_residuals(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: ArrayLike, out_std: ArrayLike,
@@ -191,11 +212,7 @@ def posthoc_residuals(in_ofs: ArrayLike, in_std: ArrayLike, out_ofs: ArrayLike, 
     X = solve_posthoc_coefficients(in_ofs, in_std, out_ofs, out_std) if coefficients is None else np.asarray(coefficients, dtype=np.float64)
     if X.shape != (in_ofs.size, out_std.size):
         raise ValueError(f'coefficients must have shape {(in_ofs.size, out_std.size)}, got {X.shape}.')
-    A, B, C = _gram(in_ofs, in_std, out_ofs, out_std)
-    sq = np.einsum('ij,ik,kj->j', X, A, X) - 2 * np.einsum('ij,ij->j', X, B) + C
-    # Rounding in the expansion is about eps * (|x|'|A||x|); below that the residual is noise.
-    floor = 4 * np.finfo(np.float64).eps * np.einsum('ij,ik,kj->j', np.abs(X), np.abs(A), np.abs(X))
-    return np.sqrt(np.maximum(sq, floor) / C)
+    return _relative_residuals(X, *_gram(in_ofs, in_std, out_ofs, out_std))
 
 
 def _refuse_unrepresentable(out_std: np.ndarray, residuals: np.ndarray, max_residual: float) -> None:
@@ -269,6 +286,97 @@ def std_to_halflife(std: ArrayLike, training_mimg: ArrayLike) -> Union[np.float6
         lo, hi = np.where(too_wide, mid, lo), np.where(too_wide, hi, mid)
     a = np.exp((lo + hi) / 2)
     return _scalar_or_array(math.log(2) * t / a)
+
+#----------------------------------------------------------------------------
+# Any EMA given by its per-step decays (EDM's half-life with ramp-up), fitted step by step.
+#
+# An EMA updated ema <- beta_k ema + (1 - beta_k) theta_k at step k (from t_{k-1} to t_k images seen,
+# t_0 = 0) holds sum_k v_k theta_k + v_0 theta_0 with v_k = (1 - beta_k) prod_{j>k} beta_j, and a
+# power-function EMA ending at T_i holds sum_k w_ik theta_k with w_ik the mass of its profile p_i on
+# (t_{k-1}, t_k] (module docstring). So what a combination sum_i x_i (EMA i) gets right or wrong is
+# only the step masses: we fit them by least squares in the L2 norm of step profiles (mass / step
+# length on each step), ||a - v||^2 = sum_k (a_k - v_k)^2 / delta_k with a = W x. It is the L2 norm
+# of the profiles averaged over each step, so it tends to posthoc_residuals()' norm as the steps
+# shrink, without the profiles' variation within a step, which no combination of snapshots can see.
+
+def _log_power_mass(g1: float, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    # log(hi^g1 - lo^g1) = g1 log(hi) + log(1 - (lo / hi)^g1), without forming hi^g1 (it underflows).
+    return g1 * np.log(hi) + np.log(-np.expm1(g1 * (np.log(lo) - np.log(hi))))
+
+
+def ema_step_weights(betas: ArrayLike) -> tuple[np.ndarray, float]:
+    """Weights [n] of the networks after steps 1..n, and the weight of the initial network, in an EMA
+    with per-step decays betas [n] (ema <- beta_k ema + (1 - beta_k) net after step k); they sum to 1."""
+    betas = _as_float64('betas', betas).ravel()
+    if betas.size == 0 or np.any((betas < 0) | (betas > 1)):
+        raise ValueError('betas must be one EMA decay in [0, 1] per step, at least one step.')
+    later = np.append(np.cumprod(betas[::-1])[::-1][1:], 1.0)  # prod_{j>k} beta_j for k = 1..n.
+    return (1 - betas) * later, float(np.prod(betas))
+
+
+def _check_steps(t_end: ArrayLike, weights: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    t_end, weights = _check_times('t_end', t_end).ravel(), _as_float64('weights', weights).ravel()
+    if t_end.size == 0 or t_end.size != weights.size:
+        raise ValueError(f'A step profile needs one weight per step end, got {weights.size} weights for {t_end.size} steps.')
+    if np.any(np.diff(t_end) <= 0):
+        raise ValueError('The step ends t_end must increase (images seen after each step).')
+    if np.any(weights < 0) or not np.sum(weights) > 0:
+        raise ValueError('The step weights must be >= 0 with a positive sum.')
+    return t_end, weights / np.sum(weights)
+
+
+def step_profile_std(t_end: ArrayLike, weights: ArrayLike) -> float:
+    """Relative std (sigma_rel: std / t_n, as exp_to_std()) of the step profile that spreads weights[k]
+    evenly over (t_end[k-1], t_end[k]] (t_end[-1] read as 0 before the first step); the weights are
+    normalised to sum to 1, so the initial network's weight (ema_step_weights()) is dropped, as
+    the power-function EMA drops it."""
+    t, w = _check_steps(t_end, weights)
+    u = t / t[-1]
+    u0 = np.concatenate([[0.0], u[:-1]])
+    mid = (u + u0) / 2
+    mean = np.sum(w * mid)
+    # Law of total variance: between the steps, plus (step length)^2 / 12 within each.
+    return float(np.sqrt(np.sum(w * ((mid - mean) ** 2 + (u - u0) ** 2 / 12))))
+
+
+def _step_gram(in_ofs: np.ndarray, in_std: np.ndarray, t: np.ndarray, w: np.ndarray):
+    # Sums over the steps as cumulative log-sum-exps, so long runs and steep profiles (t^(gamma + 1))
+    # neither overflow nor underflow; time in units of the last step's end (inner products scale as 1 / t[-1]).
+    k = np.searchsorted(t, in_ofs)
+    if np.any(k >= t.size) or np.any(t[np.minimum(k, t.size - 1)] != in_ofs):
+        raise ValueError('Every stored profile must end at a step end no later than the last one (t_end), as snapshots are saved between steps.')
+    u = t / t[-1]
+    u0 = np.concatenate([[0.0], u[:-1]])
+    log_du = np.log(u - u0)
+    log_b, log_A = np.empty(in_ofs.size), np.empty((in_ofs.size, in_ofs.size))
+    groups = {s: np.flatnonzero(in_std == s) for s in np.unique(in_std).tolist()}
+    g1 = {s: float(std_to_exp(s)) + 1 for s in groups}
+    with np.errstate(divide='ignore'):  # log(0) = -inf (a zero weight, u0 = 0) is what the sums need.
+        log_w = np.log(w)
+        log_mass = {s: _log_power_mass(g1[s], u, u0) for s in groups}  # log (u_k^g1 - u0_k^g1), the mass times U^g1.
+        log_norm = np.log(in_ofs / t[-1]) * np.array([g1[s] for s in in_std.tolist()])  # log U_i^g1.
+        # np.logaddexp.accumulate(terms)[k]: the log of the sum over the steps up to k.
+        for s, rows in groups.items():
+            log_b[rows] = np.logaddexp.accumulate(log_mass[s] + log_w - log_du)[k[rows]]
+            for r, cols in groups.items():
+                cum = np.logaddexp.accumulate(log_mass[s] + log_mass[r] - log_du)
+                log_A[np.ix_(rows, cols)] = cum[np.minimum.outer(k[rows], k[cols])]
+    A = np.exp(log_A - log_norm[:, None] - log_norm[None, :]) / t[-1]
+    return A, np.exp(log_b - log_norm) / t[-1], float(np.sum(w ** 2 / (u - u0)) / t[-1])
+
+
+def solve_posthoc_coefficients_for_steps(in_ofs: ArrayLike, in_std: ArrayLike, t_end: ArrayLike,
+                                         weights: ArrayLike) -> tuple[np.ndarray, float]:
+    """(x [len(in_ofs)], residual): the coefficients, summing to 1, of the stored power-function
+    profiles (ending at in_ofs images, each one of the step ends t_end, with stds in_std) whose
+    combination's step masses are the least-squares closest to `weights` (an EMA's weights of the
+    networks after each step, ema_step_weights(); normalised to sum to 1), and the relative error
+    ||a - v|| / ||v|| of that fit, in the step profiles' L2 norm ||a||^2 = sum_k a_k^2 / (t_k - t_{k-1})."""
+    in_ofs, in_std = _check_stored(in_ofs, in_std)
+    t, w = _check_steps(t_end, weights)
+    A, b, c = _step_gram(in_ofs, in_std, t, w)
+    X = _solve_normal_equations(A, b[:, None])
+    return X[:, 0], float(_relative_residuals(X, A, b[:, None], np.array([c]))[0])
 
 #----------------------------------------------------------------------------
 # Tracking power-function EMAs during training.
@@ -364,10 +472,18 @@ class Reconstruction(NamedTuple):
     """reconstruct()'s result, one entry per requested std (in the order requested)."""
     state_dicts: list[dict[str, torch.Tensor]]
     residuals: np.ndarray       # [len(out_std)] relative L2 profile error (posthoc_residuals).
-    amplification: np.ndarray   # [len(out_std)] sum_i |X[i, j]|: how much snapshot rounding noise grows.
+    noise_gain: np.ndarray      # [len(out_std)] noise_gain(coefficients): how much errors in the snapshots can grow.
     coefficients: np.ndarray    # [len(used), len(out_std)] coefficients X of the used snapshots.
     used: list[Snapshot]        # the snapshots that entered the sum (nimg in (0, out_nimg]).
     nimg: int                   # the time reconstructed, images seen.
+
+
+def noise_gain(coefficients: np.ndarray) -> np.ndarray:
+    """sum_i |X[i, j]| [columns of X]: the most by which errors in the stored snapshots (weights rounded
+    to float32, bf16 ...) can grow in the combination sum_i X[i, j] theta_i, because
+    |sum_i x_i e_i| <= sum_i |x_i| max_i |e_i|. The columns sum to 1, so it is 1 for non-negative
+    coefficients and large when large coefficients of both signs cancel."""
+    return np.abs(np.asarray(coefficients, dtype=np.float64)).sum(axis=0)
 
 
 def _as_snapshot(i: int, s: Any) -> Snapshot:
@@ -378,18 +494,13 @@ def _as_snapshot(i: int, s: Any) -> Snapshot:
     raise ValueError(f"Snapshot {i} must be a Snapshot or a dict with 'nimg', 'std' and 'state_dict'.")
 
 
-def reconstruct(snapshots: Sequence[Union[Snapshot, Mapping[str, Any]]], out_std: ArrayLike, out_nimg: Optional[int] = None,
-                max_residual: Optional[float] = DEFAULT_MAX_RESIDUAL) -> Reconstruction:
-    """Synthesise the EMA of each std in out_std at time out_nimg (images seen; default the latest
-    snapshot's, otherwise it must be one of the snapshots' times) from stored power-function EMA
-    snapshots. Snapshots after out_nimg or at time 0 are ignored. Floating-point tensors are summed
-    with the coefficients of solve_posthoc_coefficients() in float64 and cast back to their dtype;
-    tensors equal in every snapshot (constant buffers) and non-float tensors are copied from the latest.
-    ValueError if a requested profile's relative error exceeds max_residual (None: no limit)."""
+def used_snapshots(snapshots: Sequence[Union[Snapshot, Mapping[str, Any]]], out_nimg: Optional[int] = None) -> tuple[list[Snapshot], int]:
+    """(used, out_nimg): the snapshots saved after 0 and up to out_nimg images, ordered by (nimg, std)
+    (the rows of the coefficients that combine_snapshots() takes), and out_nimg (default the latest
+    snapshot's time; otherwise it must be one of the snapshots' times)."""
     snaps = [_as_snapshot(i, s) for i, s in enumerate(snapshots)]
     if len(snaps) == 0:
         raise ValueError('No snapshots to reconstruct from.')
-    out_std_arr = np.atleast_1d(_check_std('out_std', out_std)).ravel()
     for s in snaps:
         if not isinstance(s.nimg, (int, np.integer)) or isinstance(s.nimg, bool) or s.nimg < 0:
             raise ValueError(f'Snapshot times must be non-negative integers (images seen), got {s.nimg!r}.')
@@ -403,25 +514,53 @@ def reconstruct(snapshots: Sequence[Union[Snapshot, Mapping[str, Any]]], out_std
     used = sorted([s for s in snaps if 0 < s.nimg <= out_nimg], key=lambda s: (s.nimg, s.std))
     if len(used) == 0:
         raise ValueError(f'No snapshot was saved after 0 and up to {out_nimg} images.')
+    return used, out_nimg
+
+
+def reconstruct(snapshots: Sequence[Union[Snapshot, Mapping[str, Any]]], out_std: ArrayLike, out_nimg: Optional[int] = None,
+                max_residual: Optional[float] = DEFAULT_MAX_RESIDUAL) -> Reconstruction:
+    """Synthesise the EMA of each std in out_std at time out_nimg (images seen; default the latest
+    snapshot's, otherwise it must be one of the snapshots' times) from stored power-function EMA
+    snapshots, with the coefficients of solve_posthoc_coefficients() (combine_snapshots()). Snapshots
+    after out_nimg or at time 0 are ignored. ValueError if a requested profile's relative error
+    exceeds max_residual (None: no limit)."""
+    used, out_nimg = used_snapshots(snapshots, out_nimg)
+    out_std_arr = np.atleast_1d(_check_std('out_std', out_std)).ravel()
     in_ofs = np.array([s.nimg for s in used], dtype=np.float64)
     in_std = np.array([s.std for s in used], dtype=np.float64)
     X = solve_posthoc_coefficients(in_ofs, in_std, out_nimg, out_std_arr)
     residuals = posthoc_residuals(in_ofs, in_std, out_nimg, out_std_arr, X)
     if max_residual is not None:
         _refuse_unrepresentable(out_std_arr, residuals, max_residual)
+    return Reconstruction(state_dicts=combine_snapshots(used, X), residuals=residuals, noise_gain=noise_gain(X),
+                          coefficients=X, used=used, nimg=out_nimg)
 
-    sums: Optional[list[dict[str, torch.Tensor]]] = None
+
+def _load(snap: Snapshot) -> StateDict:
+    sd = snap.state_dict() if callable(snap.state_dict) else snap.state_dict
+    if not isinstance(sd, Mapping):
+        raise ValueError(f'The snapshot at {snap.nimg} images (std {snap.std:g}) does not hold a state dict.')
+    return sd
+
+
+def combine_snapshots(used: Sequence[Snapshot], coefficients: np.ndarray) -> list[dict[str, torch.Tensor]]:
+    """The state dicts sum_i X[i, j] (snapshot i), one per column j of X [len(used), m], loading each
+    snapshot once (a callable state_dict is called then). Floating-point tensors are summed in float64
+    and cast back to their dtype; tensors equal in every snapshot (constant buffers) and non-float
+    tensors are copied from the last snapshot."""
+    X = np.asarray(coefficients, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] != len(used) or len(used) == 0:
+        raise ValueError(f'coefficients must have one row per snapshot ({len(used)}), got shape {X.shape}.')
+    sums: list[dict[str, torch.Tensor]] = []
     first: dict[str, torch.Tensor] = {}
     constant: dict[str, bool] = {}
     latest: dict[str, torch.Tensor] = {}
     for i, snap in enumerate(used):
-        sd = snap.state_dict() if callable(snap.state_dict) else snap.state_dict
-        if not isinstance(sd, Mapping):
-            raise ValueError(f'The snapshot at {snap.nimg} images (std {snap.std:g}) does not hold a state dict.')
-        if sums is None:
+        sd = _load(snap)
+        if i == 0:
             first = {k: v.detach().cpu().clone() for k, v in sd.items()}
             constant = {k: True for k in first}
-            sums = [{k: torch.zeros(v.shape, dtype=torch.float64) for k, v in first.items() if v.is_floating_point()} for _ in out_std_arr]
+            sums = [{k: torch.zeros(v.shape, dtype=torch.float64) for k, v in first.items() if v.is_floating_point()} for _ in range(X.shape[1])]
         elif set(sd) != set(first):
             diff = sorted(set(sd) ^ set(first))
             raise ValueError(f'The snapshot at {snap.nimg} images (std {snap.std:g}) has different keys from the first one (e.g. {diff[0]!r}).')
@@ -435,18 +574,8 @@ def reconstruct(snapshots: Sequence[Union[Snapshot, Mapping[str, Any]]], out_std
             latest[k] = v
             if v.is_floating_point():
                 v64 = v.to(torch.float64)
-                for j in range(len(out_std_arr)):
+                for j in range(X.shape[1]):
                     sums[j][k].add_(v64, alpha=float(X[i, j]))
         del sd
-
-    state_dicts = []
-    for j in range(len(out_std_arr)):
-        out = {}
-        for k, v in latest.items():
-            if v.is_floating_point() and not constant[k]:
-                out[k] = sums[j][k].to(v.dtype)
-            else:
-                out[k] = v.clone()
-        state_dicts.append(out)
-    return Reconstruction(state_dicts=state_dicts, residuals=residuals, amplification=np.abs(X).sum(axis=0),
-                          coefficients=X, used=used, nimg=out_nimg)
+    return [{k: sums[j][k].to(v.dtype) if v.is_floating_point() and not constant[k] else v.clone() for k, v in latest.items()}
+            for j in range(X.shape[1])]
