@@ -19,8 +19,8 @@ from helpers import TINY_TRAIN, assert_same_states, one_sentence, save_standin_d
 
 pytestmark = pytest.mark.slow  # Every test here reads or resumes a training run.
 
-# 4 kimg of 40 images per step (100 steps), a tick, a snapshot and a state every kimg (every 25 steps,
-# so that a run resumed at any whole kimg meets the same tick boundaries).
+# 4 kimg of 40 images per step (100 steps); a tick, a snapshot and a state after the first step (tick 0,
+# 40 images), then every kimg (1,040, 2,040 and 3,040 images), and at the end (4,000).
 PHEMA = ['--batch=40', '--duration=0.004', '--snap=1', '--dump=1', '--phema=0.05,0.1']
 
 
@@ -35,7 +35,7 @@ def phema_run(bars_zip, tmp_path_factory):
 
 def test_snapshots_hold_every_profile_and_memory_is_reported(phema_run):
     run = phema_run['run']
-    assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'phema')] == [1, 2, 3, 4]
+    assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'phema')] == [0.04, 1.04, 2.04, 3.04, 4]
     data = torch.load(run / checkpoint.phema_name(4), weights_only=True)  # Plain data, no code.
     assert data['format'] == checkpoint.PHEMA_FORMAT and data['nimg'] == 4000 and data['D'] is None
     assert [p['std'] for p in data['profiles']] == [0.05, 0.1]
@@ -50,15 +50,16 @@ def test_snapshots_hold_every_profile_and_memory_is_reported(phema_run):
 def test_resume_is_bitwise_with_profiles(phema_run, bars_zip, tmp_path):
     outdir = tmp_path
     base = [f'--outdir={outdir}', '--name=resumed', f'--data={bars_zip}', *TINY_TRAIN, *PHEMA]
-    # 1 kimg, then a resume to 2 kimg: the state at 2 kimg is the 4-kimg run's (nothing in training
-    # depends on the run's length).
-    assert train_here([*base, '--duration=0.001']).exit_code == 0
-    result = train_here([*base, '--duration=0.002', '--resume=auto'])
+    # 2 kimg, then a resume to 4 kimg: the end state is the uninterrupted 4-kimg run's (ticks, which
+    # differ, change nothing in training).
+    assert train_here([*base, '--duration=0.002']).exit_code == 0
+    result = train_here([*base, '--duration=0.004', '--resume=auto'])
     assert result.exit_code == 0, result.output
+    assert 'Resuming from' in result.output and checkpoint.state_name(2) in result.output
     full, resumed = phema_run['run'], outdir / 'resumed'
-    assert_same_states(str(full / checkpoint.state_name(2)), str(resumed / checkpoint.state_name(2)))
-    a = torch.load(full / checkpoint.state_name(2), weights_only=True)['phema']
-    b = torch.load(resumed / checkpoint.state_name(2), weights_only=True)['phema']
+    assert_same_states(str(full / checkpoint.state_name(4)), str(resumed / checkpoint.state_name(4)))
+    a = torch.load(full / checkpoint.state_name(4), weights_only=True)['phema']
+    b = torch.load(resumed / checkpoint.state_name(4), weights_only=True)['phema']
     assert a['stds'] == b['stds'] == [0.05, 0.1]
     for x, y in zip(a['emas'], b['emas']):
         assert all(torch.equal(x[k], y[k]) for k in x)
@@ -152,20 +153,16 @@ def test_half_life_reads_the_runs_batch_and_ramp_up(tmp_path):
         phema_reconstruct.edm_ema_step_profile(4010, 40, 0.0005, 0.05)
 
 
-def test_kimg_goes_through_the_checkpoint_helpers(phema_run, tmp_path, monkeypatch):
-    # File names with a fractional kimg (network-snapshot-000002.048.pt) are checkpoint.py's business:
-    # stand in helpers that read and write such names, and --kimg=2.048 must pick the second snapshot
-    # and write the name snapshot_name() gives.
-    real_find = checkpoint.find_checkpoints
-    monkeypatch.setattr(checkpoint, 'find_checkpoints', lambda run, kind='network', **kw: [(k * 1.024, p) for k, p in real_find(run, kind, **kw)])
-    monkeypatch.setattr(checkpoint, 'snapshot_name', lambda kimg: f'network-snapshot-{kimg:010.3f}.pt')
-    result = CliRunner().invoke(reconstruct_phema.cmdline, [f'--run={phema_run["run"]}', f'--outdir={tmp_path}', '--std=0.1', '--kimg=2.048'])
+def test_kimg_picks_a_snapshot_by_its_exact_point(phema_run, tmp_path):
+    # Snapshots between whole kimg (phema-snapshot-000002.040.pt): --kimg=2.04 picks that one and
+    # writes network-snapshot-000002.040.pt.
+    result = CliRunner().invoke(reconstruct_phema.cmdline, [f'--run={phema_run["run"]}', f'--outdir={tmp_path}', '--std=0.1', '--kimg=2.04'])
     assert result.exit_code == 0, result.output
-    written = torch.load(tmp_path / 'phema_0.1' / 'network-snapshot-000002.048.pt', weights_only=True)
-    tracked = torch.load(phema_run['run'] / 'phema-snapshot-000002.pt', weights_only=True)['profiles'][1]['network']['state_dict']
-    assert written['cur_nimg'] == 2000 and all(torch.allclose(v, tracked[k], rtol=1e-5, atol=1e-6) for k, v in written['network']['state_dict'].items())
+    written = torch.load(tmp_path / 'phema_0.1' / 'network-snapshot-000002.040.pt', weights_only=True)
+    tracked = torch.load(phema_run['run'] / 'phema-snapshot-000002.040.pt', weights_only=True)['profiles'][1]['network']['state_dict']
+    assert written['cur_nimg'] == 2040 and all(torch.allclose(v, tracked[k], rtol=1e-5, atol=1e-6) for k, v in written['network']['state_dict'].items())
     result = CliRunner().invoke(reconstruct_phema.cmdline, [f'--run={phema_run["run"]}', f'--outdir={tmp_path}', '--std=0.1', '--kimg=2'])
-    assert result.exit_code != 0 and 'snapshots at 1.024, 2.048, 3.072, 4.096 kimg' in result.output
+    assert result.exit_code != 0 and 'snapshots at 0.04, 1.04, 2.04, 3.04, 4 kimg' in result.output, result.output
 
 
 def test_help_and_docs_explain_the_columns():
