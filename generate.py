@@ -21,6 +21,9 @@ python generate.py --network=NET --outdir=out --seeds=0-49999 --restart=cifar10-
 # Classifier-free guidance 1.5, applied for sigma in (0.28, 2.9]
 python generate.py --network=NET --outdir=out --seeds=0-63 --guidance=1.5 --guidance-interval=0.28,2.9
 
+A rerun of a command samples only the seeds whose image is missing, so it completes an interrupted
+run; each folder's generate.json records the seeds requested and those written.
+
 Each image depends only on its seed: the seed's own torch.Generator draws, in this order, the prior
 sample, the class label (conditional networks) and the sampler's noise (S_churn, alpha, Restart
 jumps), as EDM does, so for D -> infinity an EDM checkpoint gives EDM's images for the same seeds.

@@ -90,6 +90,25 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None], fsync: bool = Fal
         raise
 
 
+def check_writable(path: str, option: str) -> None:
+    """Fail before a long computation, not after it, when the file `path` (given as `option`, e.g.
+    '--grid') cannot be written: its folder is created if missing, then a temporary file is made and
+    removed there (which, unlike permission bits, also holds for root and read-only file systems);
+    OSError with one sentence."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OSError(f'{option} {path} is a folder; give a file name.')
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'Cannot create the folder of {option} {path} ({err.strerror}); choose another path.') from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OSError(f'Cannot write {option} {path} ({err.strerror}); choose a path in a folder you can write to.') from None
+
+
 def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes as 64 hex digits, read in chunks so that large checkpoints are not
     held in memory."""

@@ -329,24 +329,19 @@ def ref_sha256(ref_path: str) -> str:
 def provenance(images: str) -> dict:
     """What a record needs to say which images it measured: how many images the folder (or .zip)
     holds and generate.py's manifest of them (None when there is none). Notes on stdout (rank 0)
-    when the manifest lists another number of seeds than there are images."""
+    when the manifest lists another number of seeds than there are images, and when it says that
+    generation was interrupted (its 'complete' is false: 'seeds' lists the images written so far,
+    'requested' what was asked for)."""
     num_images = len(ImageFiles(images))  # First: it says clearly what is wrong with a missing or foreign path.
     manifest = provenance_lib.read_manifest(images)
     if manifest is not None and manifest.get('seeds', {}).get('count') != num_images:
         dist.print0(f'Note: {images} holds {num_images} images, but its {provenance_lib.MANIFEST_NAME} lists '
                     f'{manifest.get("seeds", {}).get("count")} seeds.')
+    if manifest is not None and not provenance_lib.is_complete(manifest):
+        dist.print0(f'Note: {images} is incomplete: its {provenance_lib.MANIFEST_NAME} records '
+                    f'{len(provenance_lib.manifest_seeds(manifest))} of {len(provenance_lib.manifest_seeds(manifest, "requested"))} '
+                    f'requested images as written; rerun the generate.py command to complete it.')
     return dict(num_images=num_images, manifest=manifest)
-
-
-def check_writable(path: str, option: str) -> None:
-    """Fail before the long computation, not after it, when an output cannot be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise OSError(f'Cannot create the folder of {option} {path} ({err.strerror}); choose another path.') from err
-    if not os.access(folder, os.W_OK) or os.path.isdir(path):
-        raise OSError(f'Cannot write {option} {path}; choose a path in a folder you can write to.')
 
 
 def _write_json(path: str, record: dict) -> None:
@@ -373,7 +368,7 @@ def ref(data: str, dest: str, features: bool = False, detector: Optional[str] = 
     the metadata of ref_metadata() and, with features=True, the features KID needs. Returns the
     statistics (the same on every process)."""
     dev = dist.init(device)
-    check_writable(dest, '--dest')
+    dnnlib.util.check_writable(dest, '--dest')
     net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
     dist.print0(f'Calculating statistics of {data}...')
     stats = calculate_inception_stats(data, net, max_batch_size=batch, num_workers=workers, with_features=features)
@@ -397,7 +392,7 @@ def calc(images: str, ref: str, num: int = 50000, seed: int = 0, metrics: Sequen
     metrics = check_metrics(metrics)
     dev = dist.init(device)
     if json_path is not None:
-        check_writable(json_path, '--json')
+        dnnlib.util.check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
     note_unchecked_ref(ref, ref_stats)
     net = load_detector(detector, allow_pickle=allow_pickle, device=dev)
@@ -442,7 +437,7 @@ def sweep(run: str, ref: str, num: int = 50000, seed: int = 0, ranges: int = 1, 
     if not any(folders.values()):
         raise FileNotFoundError(f'{run} has no ckpt_*/ image folders; write them with generate.py first.')
     if json_path is not None:
-        check_writable(json_path, '--json')
+        dnnlib.util.check_writable(json_path, '--json')
     ref_stats = load_ref_stats(ref, need_features=('kid' in metrics))
     note_unchecked_ref(ref, ref_stats)
     key = dict(num=num, seed=seed, ref=ref, detector=detector or DETECTOR_URL)

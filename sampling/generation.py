@@ -75,18 +75,38 @@ def missing_seeds(outdir: str, seeds: Sequence[int], subdirs: bool = False) -> l
 #----------------------------------------------------------------------------
 # One folder of images.
 
+def main_sigma_steps(denoiser, sampler_kwargs: Optional[dict] = None) -> torch.Tensor:
+    """The main noise levels t_0 > ... > t_{N-1} (float64 [N]) of the sampler sample_batch() runs for
+    sampler_kwargs with `denoiser` (sampling.sigma_steps): what guidance by step index maps to."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    return sampling.sigma_steps(denoiser, name, **settings)
+
+
 def prepare_networks(net, precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
-                     guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None):
+                     guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None,
+                     guidance_steps: Optional[tuple[int, int]] = None, sampler_kwargs: Optional[dict] = None):
     """The denoiser to sample: `net` (and the guide) set up for the precision, memory layout and
     torch.compile (torch_utils.precision.prepare_network), then wrapped for guidance when
-    guidance_weight != 1 (training/guidance.guided_network; checked either way)."""
+    guidance_weight != 1 (sampling/guidance.guided_network; checked either way). guidance_steps
+    (first, last) guides those main steps of the sampler that sampler_kwargs choose."""
     guidance.check_interval(guidance_interval)
     if gnet is not None:
         guidance.check_guide(net, gnet)
     net = precision_lib.prepare_network(net, precision, channels_last=channels_last, compile=compile)
     if gnet is not None:
         gnet = precision_lib.prepare_network(gnet, precision, channels_last=channels_last, compile=compile)
-    return guidance.guided_network(net, guidance_weight, gnet, guidance_interval)
+    schedule = functools.partial(main_sigma_steps, sampler_kwargs=sampler_kwargs)
+    return guidance.guided_network(net, guidance_weight, gnet, guidance_interval, guidance_steps, schedule)
+
+
+def guidance_record(guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None,
+                    guidance_steps: Optional[tuple[int, int]] = None, guide: Optional[dict] = None) -> Optional[dict]:
+    """The manifest's 'guidance': weight, interval (or None), steps (only when given) and the guide
+    network's record; None without guidance."""
+    if guidance_weight == 1 and gnet is None:
+        return None
+    steps = dict(steps=list(guidance_steps)) if guidance_steps is not None else {}
+    return dict(weight=float(guidance_weight), interval=list(guidance_interval) if guidance_interval else None, **steps, **(guide or {}))
 
 
 def generate_images(net, seeds: Sequence[int], outdir: str, batch_size: int = 64, sampler_kwargs: Optional[dict] = None,
@@ -94,34 +114,53 @@ def generate_images(net, seeds: Sequence[int], outdir: str, batch_size: int = 64
                     trajectory: Optional[str] = None, trajectory_images: int = 8, progress: bool = True,
                     desc: Optional[str] = None, precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
                     guidance_weight: float = 1.0, gnet=None, guidance_interval: Optional[tuple[float, float]] = None,
-                    network: Optional[str] = None, network_sha256: Optional[str] = None, study: Optional[dict] = None,
-                    guide: Optional[dict] = None, skip_existing: bool = False) -> list[int]:
+                    guidance_steps: Optional[tuple[int, int]] = None, network: Optional[str] = None,
+                    network_sha256: Optional[str] = None, study: Optional[dict] = None, guide: Optional[dict] = None,
+                    skip_existing: bool = False) -> list[int]:
     """Sample one PNG per seed into outdir from `net` (with the prior for net.D), split over the
     torchrun processes as EDM does: the seeds form ceil(n / (batch_size * world)) * world batches and
     rank r takes batches r, r + world, ... `trajectory`: a GIF path where rank 0 writes the states
     x_0..x_N of the first `trajectory_images` samples of its first batch. precision, channels_last,
-    compile, guidance_weight, gnet, guidance_interval: how the network runs (prepare_networks()).
-    skip_existing: sample only the seeds whose PNG is missing.
+    compile, guidance_weight, gnet, guidance_interval, guidance_steps: how the network runs
+    (prepare_networks()). skip_existing: sample only the seeds whose PNG is missing (images are
+    written atomically, so one that exists is complete).
 
-    Before sampling, rank 0 writes outdir/generate.json (training/provenance.py; network,
+    Before sampling, rank 0 writes outdir/generate.json (sampling/provenance.py; network,
     network_sha256: the file the network came from, as given and its SHA-256; guide: the same for the
-    guide network; study: the study setting, if any). A folder whose manifest records another
-    configuration is refused with ValueError; one with the same configuration gets the union of the
-    seeds. Returns the seeds this process wrote; all processes return together."""
+    guide network; study: the study setting, if any), and after each of its batches and at the end
+    records the seeds written, so that an interrupted folder says so ('complete': false). A folder
+    whose manifest records another configuration is refused with ValueError; one with the same
+    configuration gets the union of the seeds. Prints one line with the images written and skipped.
+    Returns the seeds this process wrote; all processes return together."""
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise ValueError(f'The batch size must be >= 1, got {batch_size}.')
     check_class_idx(net, class_idx)
-    guide_record = dict(weight=float(guidance_weight), interval=list(guidance_interval) if guidance_interval else None,
-                        **(guide or {})) if (guidance_weight != 1 or gnet is not None) else None
     manifest = provenance.make_manifest(net, seeds, sampler_kwargs, class_idx=class_idx, subdirs=subdirs, precision=precision,
                                         channels_last=channels_last, compile=compile, batch_size=batch_size, network=network,
-                                        network_sha256=network_sha256, study=study, guidance=guide_record)  # Refuses bad settings.
-    denoiser = prepare_networks(net, precision, channels_last, compile, guidance_weight, gnet, guidance_interval)
-    seeds = provenance.claim_folder(outdir, manifest, seeds, subdirs, skip_existing, missing_seeds)
-    if seeds is None:
-        return []
+                                        network_sha256=network_sha256, study=study,  # Refuses bad settings.
+                                        guidance=guidance_record(guidance_weight, gnet, guidance_interval, guidance_steps, guide))
+    denoiser = prepare_networks(net, precision, channels_last, compile, guidance_weight, gnet, guidance_interval,
+                                guidance_steps, sampler_kwargs)
+    todo, manifest = provenance.claim_folder(outdir, manifest, seeds, subdirs, skip_existing, missing_seeds)
+    written = sample_into_folder(denoiser, todo, outdir, manifest, batch_size, sampler_kwargs, class_idx, device, subdirs,
+                                 trajectory, trajectory_images, progress, desc)
+    report_cost(denoiser, sampler_kwargs, written)
+    dist.barrier()  # Every process has written its images.
+    if todo:
+        provenance.record_written(outdir, manifest, todo)
+    report_written(outdir, len(todo), len(seeds) - len(todo), trajectory)
+    dist.barrier()
+    return written
 
+
+def sample_into_folder(denoiser, seeds: Sequence[int], outdir: str, manifest: dict, batch_size: int = 64,
+                       sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
+                       device: torch.device | str = 'cpu', subdirs: bool = False, trajectory: Optional[str] = None,
+                       trajectory_images: int = 8, progress: bool = True, desc: Optional[str] = None) -> list[int]:
+    """generate_images()'s loop: this process's batches of `seeds` (EDM's split), each sampled and saved
+    as PNGs, after which rank 0 records its batch in the manifest (provenance.record_written).
+    Returns the seeds this process wrote."""
     rank, world = dist.get_rank(), dist.get_world_size()
     written = []
     num_batches = ((len(seeds) - 1) // (batch_size * world) + 1) * world if seeds else 0
@@ -139,11 +178,20 @@ def generate_images(net, seeds: Sequence[int], outdir: str, batch_size: int = 64
         for seed, image in zip(batch_seeds, images):
             image_io.save_image(image, image_path(outdir, seed, subdirs))
         written.extend(batch_seeds)
+        if rank == 0:
+            manifest = provenance.record_written(outdir, manifest, batch_seeds)
     if frames:
         image_io.save_trajectory_gif(frames, trajectory)
-    report_cost(denoiser, sampler_kwargs, written)
-    dist.barrier()
     return written
+
+
+def report_written(outdir: str, num_written: int, num_skipped: int, trajectory: Optional[str] = None) -> None:
+    """One line (rank 0): how many images went into outdir and how many were skipped, already there."""
+    if not num_written:
+        dist.print0(f'{outdir}: 0 images written, {num_skipped} skipped; it already holds all {num_skipped} images '
+                    f'(delete it to regenerate){", so no trajectory was sampled" if trajectory else ""}.')
+    else:
+        dist.print0(f'{outdir}: {num_written} image{"s" if num_written != 1 else ""} written, {num_skipped} skipped (already there).')
 
 
 def report_cost(denoiser, sampler_kwargs: Optional[dict], written: Sequence[int]) -> None:
@@ -211,12 +259,13 @@ def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = N
         raise persistence.UntrustedPickleError(
             f'{run_dir} holds legacy pickles ({", ".join(pickles[:3])}{", ..." if len(pickles) > 3 else ""}), and loading '
             f'them executes code from the files; pass --allow-pickle if you trust their source.')
-    folders = []
+    folders, warned = [], False
     for kimg, path in found:
         outdir = os.path.join(run_dir, checkpoint.samples_dir_name(kimg))
         folders.append(outdir)
         dist.print0(f'{os.path.basename(path)} ({kimg} kimg) -> "{outdir}"')
         net, info = load_for_sampling(path, allow_pickle, device, D)
+        warned = warned or bool(warn_guidance(net, info, kwargs))  # Once: a run's checkpoints share their training options.
         generate_images(net, seeds, outdir, device=device, desc=checkpoint.samples_dir_name(kimg), network=path,
                         network_sha256=info['sha256'], skip_existing=True, **kwargs)
     return folders
@@ -229,8 +278,14 @@ def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Opt
     outdir/folder with sampler_kwargs updated by the overrides and the network replaced by
     net_transform(net) (if given). Complete folders are skipped, partial ones completed, and one whose
     generate.json records another configuration is refused. kwargs go to generate_images()."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ValueError(f'--outdir={outdir} is a file, not a folder; give a new folder or one a study script wrote, or move the file away.')
+    num_steps = [sampling.resolve_sampler({**(sampler_kwargs or {}), **overrides})[1]['num_steps'] for _, overrides, _ in settings]
+    for n in num_steps:  # Before any setting is sampled: the study may vary the number of steps.
+        guidance.check_steps(kwargs.get('guidance_steps'), n)
     net, info = load_for_sampling(network, allow_pickle, device, D)
     dist.print0(f'Loaded {network} ({info["source"]}, {checkpoint.describe_D(net.D)}).')
+    warn_guidance(net, info, kwargs)
     folders = []
     for folder, overrides, transform in settings:
         target = os.path.join(outdir, folder)
@@ -280,15 +335,50 @@ def sampling_options(options: dict, device: torch.device) -> dict:
     """The generate_images() keyword arguments of the options, with the guide network loaded and the
     backends configured for the precision."""
     precision_lib.configure_backends(options['precision'])
+    if options['guidance_interval'] is not None and options.get('guidance_steps') is not None:
+        raise ValueError('--guidance-interval and --guidance-steps both say where to guide; give one of them.')
     kwargs = dict(batch_size=options['batch'], sampler_kwargs=sampler_kwargs_from(options), class_idx=options['class_idx'],
                   subdirs=options['subdirs'], precision=options['precision'], channels_last=options['channels_last'],
-                  compile=options['compile'], guidance_weight=options['guidance'], guidance_interval=options['guidance_interval'])
+                  compile=options['compile'], guidance_weight=options['guidance'], guidance_interval=options['guidance_interval'],
+                  guidance_steps=options.get('guidance_steps'))
     guidance.check_interval(options['guidance_interval'])
+    guidance.check_steps(options.get('guidance_steps'))
     if options['gnet'] is not None:
         dist.print0(f'Loading the guide network from "{options["gnet"]}"...')
         gnet, info = load_for_sampling(options['gnet'], options['allow_pickle'], device, D_to_load(options['D'], options['pfgmpp'], options['aug_dim']))
         kwargs.update(gnet=gnet, guide=dict(gnet=options['gnet'], gnet_sha256=info['sha256']))
     return kwargs
+
+
+def check_output_paths(outdir: str, grid: Optional[str] = None, trajectory: Optional[str] = None) -> None:
+    """Before anything is loaded or sampled: --outdir must not be a file, --grid must lie outside it,
+    and --grid and --trajectory must be files that can be written (their folders are created);
+    ValueError or OSError, one line each."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ValueError(f'--outdir={outdir} is a file, not a folder; give a new folder or one generate.py wrote, or move the file away.')
+    if grid and os.path.abspath(grid).startswith(os.path.abspath(outdir) + os.sep):
+        raise ValueError(f'--grid={grid} is inside --outdir, where fid.py would count it as a sample; write it elsewhere.')
+    for option, path in (('--grid', grid), ('--trajectory', trajectory)):
+        if path:
+            dnnlib.util.check_writable(path, option)
+
+
+def warn_guidance(net, info: dict, kwargs: dict) -> Optional[str]:
+    """Print (rank 0) and return guidance.untrained_unconditional()'s warning for `net`, loaded with
+    `info` (load_for_sampling) and sampled with generate_images() keyword arguments kwargs; None if none."""
+    message = guidance.untrained_unconditional(net, info.get('training_options'), kwargs.get('guidance_weight', 1.0), kwargs.get('gnet'))
+    if message:
+        dist.print0(message)
+    return message
+
+
+def describe_cost(sampler_kwargs: Optional[dict], guided: bool) -> str:
+    """The start line's cost per image: the sampler's network evaluations, and with guidance the range
+    it can reach (a guided call evaluates twice; the real count is printed at the end)."""
+    calls = nfe(sampler_kwargs)
+    if not guided:
+        return f'{calls} network evaluations per image'
+    return f'{calls} to {2 * calls} network evaluations per image (a guided call costs two; the count is printed at the end)'
 
 
 def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | str = '0-63', subdirs: bool = False,
@@ -297,10 +387,12 @@ def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | 
              D: Optional[float] = None, pfgmpp: Optional[bool] = None, aug_dim: Optional[float] = None, device: str = 'auto',
              precision: str = 'fp32', channels_last: bool = False, compile: bool = False, guidance: float = 1.0,
              gnet: Optional[str] = None, guidance_interval: Optional[tuple[float, float]] = None,
-             **sampler_options) -> list[str]:
+             guidance_steps: Optional[tuple[int, int]] = None, **sampler_options) -> list[str]:
     """generate.py's command, by option name: sample `network` into outdir, or without a network every
-    checkpoint of the training run outdir (min_kimg..max_kimg) into RUN/ckpt_<kimg>/. sampler_options:
-    sampling.sampler_keys() (num_steps, sigma_min, ..., restart). Returns the folders written."""
+    checkpoint of the training run outdir (min_kimg..max_kimg) into its samples folder
+    (checkpoint.samples_dir_name). Either way only seeds whose image is missing are sampled, so a rerun
+    completes an interrupted folder; --grid is made from the images, also when none was sampled.
+    sampler_options: sampling.sampler_keys() (num_steps, sigma_min, ..., restart). Returns the folders."""
     seeds = cli.parse_int_list(seeds, unique=True)
     unknown = set(sampler_options) - set(sampling.sampler_keys())
     if unknown:
@@ -313,14 +405,15 @@ def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | 
         return generate_run(outdir, seeds, min_kimg, max_kimg, allow_pickle, D_to_load(D, pfgmpp, aug_dim), dev, **sampling_options(options, dev))
     if min_kimg is not None or max_kimg is not None:
         raise ValueError('--ckpt and --end_ckpt select checkpoints of a training run; drop them, or drop --network.')
-    if grid and os.path.abspath(grid).startswith(os.path.abspath(outdir) + os.sep):
-        raise ValueError(f'--grid={grid} is inside --outdir, where fid.py would count it as a sample; write it elsewhere.')
+    check_output_paths(outdir, grid, trajectory)
     dist.print0(f'Loading network from "{network}"...')
     net, info = load_for_sampling(network, allow_pickle, dev, D_to_load(D, pfgmpp, aug_dim))
     kwargs = sampling_options(options, dev)
+    warn_guidance(net, info, kwargs)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {checkpoint.describe_D(net.D)}, '
-                f'{nfe(kwargs["sampler_kwargs"])} network evaluations per image without guidance...')
-    generate_images(net, seeds, outdir, device=dev, trajectory=trajectory, network=network, network_sha256=info['sha256'], **kwargs)
+                f'{describe_cost(kwargs["sampler_kwargs"], guidance != 1)}...')
+    generate_images(net, seeds, outdir, device=dev, trajectory=trajectory, network=network, network_sha256=info['sha256'],
+                    skip_existing=True, **kwargs)
     if grid and dist.get_rank() == 0:
         save_seed_grid(outdir, seeds, grid, subdirs)
     dist.barrier()

@@ -1,17 +1,20 @@
 """Guidance: classifier-free guidance (Ho & Salimans, 2022), autoguidance (Karras et al., NeurIPS 2024)
-and the guidance interval (Kynkaanniemi et al., NeurIPS 2024). All three change only the denoiser the
-sampler calls, never the sampler or the prior (so they are D-independent): guided_network() returns a
-wrapper that behaves as a network (net(x, sigma, class_labels), round_sigma(), sigma_min, sigma_max,
-img_resolution, img_channels, label_dim, D). Wrap networks already prepared for sampling
+and the guidance interval (Kynkaanniemi et al., NeurIPS 2024), given as a noise range or as a range of
+the sampler's main steps (mapped to its noise levels here, so the sampler stays a pure function of the
+denoiser it is given). All of them change only the denoiser the sampler calls, never the sampler or
+the prior (so they are D-independent): guided_network() returns a wrapper that behaves as a network
+(net(x, sigma, class_labels), round_sigma(), sigma_min, sigma_max, img_resolution, img_channels,
+label_dim, D). Wrap networks already prepared for sampling
 (torch_utils.precision.prepare_network): the wrapper is not a torch.nn.Module.
 """
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
-__all__ = ['GuidedDenoiser', 'guided_network', 'check_guide', 'check_interval']
+__all__ = ['GuidedDenoiser', 'guided_network', 'check_guide', 'check_interval', 'check_steps', 'steps_interval',
+           'untrained_unconditional']
 
 #----------------------------------------------------------------------------
 # Argument checks.
@@ -48,6 +51,60 @@ def check_interval(interval: Optional[tuple[float, float]]) -> Optional[tuple[fl
         raise ValueError(f'The guidance interval needs 0 <= sigma_lo < sigma_hi, got ({lo:g}, {hi:g}).')
     return lo, hi
 
+
+def check_steps(steps: Optional[Sequence[int]], num_steps: Optional[int] = None) -> Optional[tuple[int, int]]:
+    """(first, last), the inclusive range of main step indices to guide, with 0 <= first <= last (and
+    last < num_steps when the sampler's step count is given), or None (every step)."""
+    if steps is None:
+        return None
+    try:
+        if isinstance(steps, (str, bytes)):
+            raise TypeError
+        first, last = steps
+        if any(isinstance(v, bool) or int(v) != v for v in (first, last)):
+            raise ValueError
+        first, last = int(first), int(last)
+    except (TypeError, ValueError):
+        raise ValueError(f'The guidance steps must be two step indices (first, last), got {steps!r}.') from None
+    if not 0 <= first <= last:
+        raise ValueError(f'The guidance steps need 0 <= first <= last, got ({first}, {last}).')
+    if num_steps is not None and last >= num_steps:
+        raise ValueError(f'The guidance steps ({first}, {last}) name step {last}, but the sampler has {num_steps} steps '
+                         f'(0 to {num_steps - 1}); lower the last step or use more --steps.')
+    return first, last
+
+
+def steps_interval(sigma_steps: torch.Tensor, steps: Sequence[int]) -> tuple[float, float]:
+    """The noise range (sigma_lo, sigma_hi] that guides main steps first..last (inclusive) of a sampler
+    whose main noise levels are sigma_steps = [t_0, ..., t_{N-1}] (samplers.sigma_steps): its borders lie
+    halfway, geometrically, between t_first and t_{first-1} (infinity for first = 0) and between t_last
+    and t_{last+1} (0 for the last step), so the evaluations at t_first..t_last are guided whatever the
+    rounding of a schedule's round trip, and a level in between (churn, a Restart pass) goes with the
+    nearer main level."""
+    levels = [float(t) for t in torch.as_tensor(sigma_steps, dtype=torch.float64).flatten()]
+    first, last = check_steps(steps, len(levels))
+    hi = math.inf if first == 0 else math.sqrt(levels[first - 1] * levels[first])
+    lo = 0.0 if last == len(levels) - 1 else math.sqrt(levels[last] * levels[last + 1])
+    if not lo < levels[last] <= levels[first] <= hi:
+        raise ValueError(f'The sampler\'s noise levels for steps {first} to {last} do not decrease ({levels[first]:g} to '
+                         f'{levels[last]:g}), so no noise range selects them; guide by noise level instead.')
+    return lo, hi
+
+
+def untrained_unconditional(net, training_options: Optional[dict], guidance: float, gnet=None) -> Optional[str]:
+    """A one-line warning when classifier-free guidance (weight != 1, no guide network) is asked of a
+    class-conditional network whose training options record no label dropout (cond_drop 0): its
+    unconditional denoiser, the network with zero labels, was never trained. None otherwise, also when
+    the options are unknown (legacy files and others that record none)."""
+    if float(guidance) == 1 or gnet is not None or not net.label_dim or not isinstance(training_options, dict):
+        return None
+    cond_drop = training_options.get('cond_drop')
+    if not isinstance(cond_drop, (int, float)) or isinstance(cond_drop, bool) or cond_drop > 0:
+        return None
+    return ('Warning: classifier-free guidance uses this class-conditional network with zero labels, but it was trained '
+            'without label dropout (cond_drop=0), so that unconditional branch was never trained; train with --cond-drop '
+            'or guide with --gnet.')
+
 #----------------------------------------------------------------------------
 # The guided denoiser.
 
@@ -61,7 +118,11 @@ class GuidedDenoiser:
     (autoguidance, or classifier-free guidance by a separate unconditional network as in EDM2),
     D_ref = gnet(x; sigma) with the same labels (none for an unconditional guide). The combination is
     EDM2's ref.lerp(D, w), computed in the networks' output dtype. The interval is Kynkaanniemi et
-    al.'s (sigma_lo, sigma_hi]; outside it the guide is not evaluated at all.
+    al.'s (sigma_lo, sigma_hi]; outside it the guide is not evaluated at all. Instead of an interval,
+    `steps` = (first, last) guides the sampler's main steps first..last (inclusive, of 0..N-1): with
+    `sigma_steps`, a function that gives the sampler's main noise levels [t_0, ..., t_{N-1}] for a
+    denoiser (samplers.sigma_steps for its settings; called with this wrapper, whose noise range it
+    must respect), they become the interval steps_interval() gives.
 
     Counters, for reporting the cost (reset with reset_counts()):
         calls          times the sampler called the denoiser (its NFE),
@@ -71,10 +132,15 @@ class GuidedDenoiser:
         evaluations    network evaluations per sample: calls + guided_calls.
     """
 
-    def __init__(self, net, guidance: float = 1.0, gnet=None, interval: Optional[tuple[float, float]] = None):
+    def __init__(self, net, guidance: float = 1.0, gnet=None, interval: Optional[tuple[float, float]] = None,
+                 steps: Optional[tuple[int, int]] = None, sigma_steps: Optional[Callable] = None):
         guidance = float(guidance)
         if not math.isfinite(guidance):
             raise ValueError(f'The guidance weight must be a finite number, got {guidance}.')
+        if interval is not None and steps is not None:
+            raise ValueError('Guidance was limited both to a noise interval and to a range of steps; give one of them.')
+        if steps is not None and sigma_steps is None:
+            raise ValueError('Guidance by step index needs the sampler\'s noise levels (sigma_steps); pass them, or give a noise interval.')
         if gnet is not None:
             check_guide(net, gnet)
         elif guidance != 1 and not net.label_dim:
@@ -86,6 +152,9 @@ class GuidedDenoiser:
         self.sigma_min, self.sigma_max = net.sigma_min, net.sigma_max
         if gnet is not None:  # Both networks must support the noise levels used.
             self.sigma_min, self.sigma_max = max(net.sigma_min, gnet.sigma_min), min(net.sigma_max, gnet.sigma_max)
+        self.steps = check_steps(steps)
+        if self.steps is not None:  # The schedule of the noise range just set: the one the sampler will see.
+            self.interval = steps_interval(sigma_steps(self), self.steps)
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -142,11 +211,12 @@ class GuidedDenoiser:
         return torch.where(inside.reshape([-1] + [1] * (x.ndim - 1)), guided, plain)
 
 
-def guided_network(net, guidance: float = 1.0, gnet=None, interval: Optional[tuple[float, float]] = None):
+def guided_network(net, guidance: float = 1.0, gnet=None, interval: Optional[tuple[float, float]] = None,
+                   steps: Optional[tuple[int, int]] = None, sigma_steps: Optional[Callable] = None):
     """The denoiser a sampler should call: `net` itself when guidance is 1 (nothing to do, so the
     sampler's output is unchanged to the bit; EDM2 skips the guide then too), else
-    GuidedDenoiser(net, guidance, gnet, interval). The arguments are checked either way."""
-    guided = GuidedDenoiser(net, guidance, gnet, interval)
+    GuidedDenoiser(net, guidance, gnet, interval, steps, sigma_steps). The arguments are checked either way."""
+    guided = GuidedDenoiser(net, guidance, gnet, interval, steps, sigma_steps)
     return net if guided.guidance == 1 else guided
 
 #----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ SECTIONS = [
     ('Study', ['alphas', 'steps_list', 'bits', 'scope']),
     ('Sampler', ['num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise', 'solver', 'discretization',
                  'schedule', 'scaling', 'restart', 'restart_gamma']),
-    ('Guidance', ['guidance', 'gnet', 'guidance_interval']),
+    ('Guidance', ['guidance', 'gnet', 'guidance_interval', 'guidance_steps']),
     ('Performance', ['precision', 'channels_last', 'compile', 'device', 'debug']),
 ]
 
@@ -43,6 +43,14 @@ def parse_interval(value: str) -> tuple[float, float]:
     if len(values) != 2:
         raise ValueError(f'{value!r} must be two noise levels LO,HI, e.g. 0.28,2.9.')
     return guidance.check_interval(values)
+
+
+def parse_steps(value: str) -> tuple[int, int]:
+    """--guidance-steps FIRST,LAST -> (FIRST, LAST), inclusive main step indices."""
+    values = cli.parse_int_list(value, unique=False) if value.strip() else []
+    if len(values) != 2 or '-' in value:
+        raise ValueError(f'{value!r} must be two step indices FIRST,LAST, e.g. 4,11.')
+    return guidance.check_steps(values)
 
 
 def output_options(fn: Callable) -> Callable:
@@ -76,6 +84,7 @@ def sampler_options(with_steps: bool = True) -> Callable:
         click.option('--guidance', help='Guidance weight w (1 = none): classifier-free, or autoguidance with --gnet', metavar='FLOAT', type=float, default=1.0, show_default=True),
         click.option('--gnet', help='Guide network for autoguidance (same data and D)', metavar='PATH|URL', type=str),
         click.option('--guidance-interval', 'guidance_interval', help='Guide only for sigma in (LO, HI]  [default: everywhere]', metavar='LO,HI', type=str, callback=cli.click_list(parse_interval)),
+        click.option('--guidance-steps', 'guidance_steps', help='Guide only the sampler\'s main steps FIRST..LAST (of 0..N-1), instead of --guidance-interval', metavar='FIRST,LAST', type=str, callback=cli.click_list(parse_steps)),
     ]
     return _apply(options)
 

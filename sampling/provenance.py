@@ -1,8 +1,9 @@
 """Provenance of generated images: every folder generate.py writes holds generate.json, which says
 what its images were made with (the network file and its SHA-256, D, every sampler setting, the
-seeds, the precision, the study setting, the code's version). fid.py reads only PNG/JPEG files, so
-the manifest is never counted as a sample, and it copies the manifest into its records: a reported
-FID then says what it was computed from.
+seeds, the precision, the study setting, the code's version) and how far generation got: the seeds
+requested, those whose images are written, and whether that is all of them. fid.py reads only
+PNG/JPEG files, so the manifest is never counted as a sample, and it copies the manifest into its
+records: a reported FID then says what it was computed from.
 """
 
 import datetime
@@ -76,19 +77,28 @@ def make_manifest(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = No
                   subdirs: bool = False, precision: str = 'fp32', channels_last: bool = False, compile: bool = False,
                   batch_size: Optional[int] = None, network: Optional[str] = None, network_sha256: Optional[str] = None,
                   study: Optional[dict] = None, guidance: Optional[dict] = None) -> dict:
-    """The manifest of one generate_images() call for `net` (its D is the prior's): the configuration
-    (CONFIG_KEYS: the sampler's every setting, sampling.sampler_settings, which also refuses bad ones;
-    guidance: weight, interval, guide network and its SHA-256, or None), the seeds as {'ranges':
-    '0-49999', 'count': 50000}, and 'runs', a list with this run's network as given, seeds, memory
-    layout, compile flag, batch size, process count, code version, PyTorch version and time."""
-    seeds_entry = dict(ranges=cli.format_int_list(seeds), count=len(set(seeds)))
-    run = dict(network=network, seeds=seeds_entry, channels_last=bool(channels_last), compile=bool(compile),
+    """The manifest of one generate_images() call for `net` (its D is the prior's) once it is done: the
+    configuration (CONFIG_KEYS: the sampler's every setting, sampling.sampler_settings, which also
+    refuses bad ones; guidance: weight, interval or steps, guide network and its SHA-256, or None);
+    'seeds', the seeds whose images the folder holds, as {'ranges': '0-49999', 'count': 50000};
+    'requested', the seeds asked for, in the same form; 'complete', whether every requested seed's
+    image is there (here: seeds = requested, complete); and 'runs', a list with this run's network as
+    given, seeds, memory layout, compile flag, batch size, process count, code version, PyTorch
+    version and time. claim_folder() and record_written() keep seeds, requested and complete true
+    while a folder fills."""
+    run = dict(network=network, seeds=seeds_entry(seeds), channels_last=bool(channels_last), compile=bool(compile),
                batch_size=batch_size, processes=dist.get_world_size(), code=code_version(), torch=torch.__version__,
                time=datetime.datetime.now().isoformat(timespec='seconds'))
     manifest = dict(format=MANIFEST_FORMAT, version=MANIFEST_VERSION, network=network, network_sha256=network_sha256,
                     D=net.D, sampler=sampling.sampler_settings(net, sampler_kwargs), class_idx=class_idx, subdirs=bool(subdirs),
-                    precision=precision, study=study, guidance=guidance, seeds=seeds_entry, runs=[run])
+                    precision=precision, study=study, guidance=guidance, seeds=seeds_entry(seeds), requested=seeds_entry(seeds),
+                    complete=True, runs=[run])
     return _plain(manifest)
+
+
+def seeds_entry(seeds: Sequence[int]) -> dict:
+    """Seeds as a manifest lists them: {'ranges': '0-2,5', 'count': 4}."""
+    return dict(ranges=cli.format_int_list(seeds), count=len(set(seeds)))
 
 
 def read_manifest(path: str) -> Optional[dict]:
@@ -128,18 +138,20 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def manifest_seeds(manifest: dict) -> list[int]:
-    """The seeds a manifest lists, ascending."""
-    ranges = manifest.get('seeds', {}).get('ranges') or ''
+def manifest_seeds(manifest: Optional[dict], key: str = 'seeds') -> list[int]:
+    """The seeds a manifest lists under key ('seeds': those whose images are written; 'requested': those
+    asked for, which a manifest of an earlier version records as 'seeds'), ascending; [] for None."""
+    if manifest is None:
+        return []
+    entry = manifest.get(key) if key in manifest else manifest.get('seeds')
+    ranges = (entry or {}).get('ranges') or ''
     return cli.parse_int_list(ranges) if ranges else []
 
 
-def merge_manifest(old: Optional[dict], new: dict) -> dict:
-    """new with the seeds of both and old's runs before new's; old and new must agree on CONFIG_KEYS."""
-    if old is None:
-        return new
-    seeds = manifest_seeds(old) + manifest_seeds(new)
-    return dict(new, seeds=dict(ranges=cli.format_int_list(seeds), count=len(set(seeds))), runs=old.get('runs', []) + new['runs'])
+def is_complete(manifest: dict) -> bool:
+    """Whether a manifest says that every requested seed's image is written (manifests of an earlier
+    version, which do not say, count as complete)."""
+    return manifest.get('complete', True) is not False
 
 
 def write_manifest(folder: str, manifest: dict) -> None:
@@ -148,29 +160,49 @@ def write_manifest(folder: str, manifest: dict) -> None:
     dnnlib.util.write_atomic(os.path.join(folder, MANIFEST_NAME), lambda f: f.write(data))
 
 
+def _progress(manifest: dict) -> tuple:
+    return manifest_seeds(manifest), manifest_seeds(manifest, 'requested'), is_complete(manifest)
+
+
 def claim_folder(outdir: str, manifest: dict, seeds: Sequence[int], subdirs: bool, skip_existing: bool,
-                 missing_seeds: Callable[[str, Sequence[int], bool], list[int]]) -> Optional[list[int]]:
-    """Before images of `manifest`'s configuration go into outdir: refuse (ValueError) a folder whose
-    manifest records another configuration; with skip_existing keep only the seeds missing_seeds()
-    finds (None when there are none: nothing to do); rank 0 then writes the merged manifest. Returns
-    the seeds to sample; every process returns together."""
+                 missing_seeds: Callable[[str, Sequence[int], bool], list[int]]) -> tuple[list[int], dict]:
+    """Before images of `manifest`'s configuration go into outdir: refuse (ValueError) a file, and a
+    folder whose manifest records another configuration; look up which requested seeds (these and
+    those of earlier runs) already have their image (missing_seeds(); images are written atomically,
+    so one that exists is complete). Rank 0 then writes the merged manifest: 'requested' every seed
+    asked for, 'seeds' those whose image is there, 'complete' whether that is all of them, and this
+    run (its 'seeds': those it samples) after the earlier ones; it writes nothing when there is
+    nothing to sample and the manifest already says so. Returns (the seeds to sample: with
+    skip_existing the missing ones, else all; the manifest as written); every process returns
+    together."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ValueError(f'{outdir} is a file, not a folder; write the images to a new folder or to one generate.py wrote.')
     old = read_manifest(outdir)
     differences = [] if old is None else config_differences(old, manifest)
     if differences:
         raise ValueError(f'{os.path.join(outdir, MANIFEST_NAME)} records images of another configuration '
                          f'({"; ".join(differences[:3])}{"; ..." if len(differences) > 3 else ""}); an FID of mixed images '
                          f'is wrong, so write to another --outdir or delete that folder.')
-    num_requested = len(seeds)
-    if skip_existing:
-        seeds = missing_seeds(outdir, seeds, subdirs)
-        manifest = dict(manifest, seeds=dict(ranges=cli.format_int_list(seeds), count=len(seeds)))
-        manifest['runs'][0]['seeds'] = manifest['seeds']
+    requested = sorted(set(seeds) | set(manifest_seeds(old, 'requested')))
+    missing = set(missing_seeds(outdir, requested, subdirs))
+    todo = [seed for seed in seeds if seed in missing] if skip_existing else list(seeds)
+    done = [seed for seed in requested if seed not in missing]
+    run = dict(manifest['runs'][-1], seeds=seeds_entry(todo))
+    merged = dict(manifest, seeds=seeds_entry(done), requested=seeds_entry(requested), complete=not missing,
+                  runs=(old or {}).get('runs', []) + [run])
     dist.barrier()  # Every process has read the folder before rank 0 changes it.
-    if skip_existing and not seeds:
-        dist.print0(f'{outdir} already holds all {num_requested} images; skipping (delete it to regenerate).')
-        return None
+    if dist.get_rank() == 0 and (todo or (old is not None and _progress(old) != _progress(merged))):
+        write_manifest(outdir, merged)
+    return todo, merged
+
+
+def record_written(outdir: str, manifest: dict, seeds: Sequence[int]) -> dict:
+    """`manifest` (as claim_folder() wrote it) with `seeds` added to its 'seeds' (call it once their
+    images are written) and 'complete' updated; rank 0 writes it to outdir atomically. Returns it."""
+    done = manifest_seeds(manifest) + [int(seed) for seed in seeds]
+    updated = dict(manifest, seeds=seeds_entry(done), complete=set(done) >= set(manifest_seeds(manifest, 'requested')))
     if dist.get_rank() == 0:
-        write_manifest(outdir, merge_manifest(old, manifest))
-    return list(seeds)
+        write_manifest(outdir, updated)
+    return updated
 
 #----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from training import pfgmpp
 __all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'RestartInterval',
            'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler', 'SamplerSpec', 'SAMPLERS',
            'sampler_keys', 'shared_defaults', 'preset_settings', 'choose_sampler', 'resolve_sampler', 'first_sigma',
-           'sigma_range', 'sampler_settings']
+           'sigma_range', 'sigma_steps', 'sampler_settings']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -126,6 +126,14 @@ def _edm_first_sigma(net, settings: dict) -> float:
     return float(net.round_sigma(torch.as_tensor(_edm_sigma_range(net, settings)[1], dtype=torch.float64)))
 
 
+def _edm_sigma_steps(net, settings: dict) -> torch.Tensor:
+    """The main noise levels t_0 > ... > t_{N-1} of EDM's sampler (and Restart's main ODE), float64 [N],
+    computed as edm_sampler computes them."""
+    sigma_min, sigma_max = _edm_sigma_range(net, settings)
+    t_steps = edm_sigma_steps(settings['num_steps'], sigma_min, sigma_max, settings['rho'])
+    return torch.as_tensor(net.round_sigma(t_steps), dtype=torch.float64)
+
+
 def _heun_nfe(settings: dict) -> int:
     """2N - 1 network evaluations for N Heun steps: the last step, to t = 0, has no correction."""
     if settings['num_steps'] < 1:
@@ -206,12 +214,16 @@ def _ablation_sigma_range(net, settings: dict) -> tuple[float, float]:
     return _clamp_to_net(net, sigma_min, sigma_max)
 
 
+def _ablation_sigma_steps_of(net, settings: dict) -> torch.Tensor:
+    """The ablation sampler's main noise levels sigma(t_0) > ... > sigma(t_{N-1}), float64 [N]."""
+    s = settings
+    return ablation_sigma_steps(net, s['num_steps'], s['sigma_min'], s['sigma_max'], s['rho'], s['discretization'],
+                                s['epsilon_s'], s['C_1'], s['C_2'], s['M'])[0]
+
+
 def _ablation_first_sigma(net, settings: dict) -> float:
     """sigma(t_0) of the ablation sampler: the first level of its discretization."""
-    s = settings
-    steps, _, _ = ablation_sigma_steps(net, s['num_steps'], s['sigma_min'], s['sigma_max'], s['rho'], s['discretization'],
-                                       s['epsilon_s'], s['C_1'], s['C_2'], s['M'])
-    return float(steps[0])
+    return float(_ablation_sigma_steps_of(net, settings)[0])
 
 
 def _ablation_nfe(settings: dict) -> int:
@@ -530,6 +542,8 @@ class SamplerSpec(NamedTuple):
         first_sigma   (net, settings) -> the noise level it starts at, where the prior is drawn
         sigma_range   (net, settings) -> (sigma_min, sigma_max) it actually uses (for the manifest)
         nfe           settings -> network evaluations per sample, without guidance
+        sigma_steps   (net, settings) -> float64 [N], the main noise levels t_0 > ... > t_{N-1} of its N
+                      steps (guidance by step index maps steps to them); None: it has no such schedule
         extra_inputs  {argument: (net, rnd) -> value}: what fn needs besides settings, from the network
                       or from rnd, the batch's per-seed generators (torch_utils.rng.StackedRandomGenerator),
                       made after the prior and the class labels are drawn
@@ -544,6 +558,7 @@ class SamplerSpec(NamedTuple):
     first_sigma: Callable[[Any, dict], float]
     sigma_range: Callable[[Any, dict], tuple[float, float]]
     nfe: Callable[[dict], int]
+    sigma_steps: Optional[Callable[[Any, dict], torch.Tensor]] = None
     extra_inputs: Mapping[str, Callable[[Any, Any], Any]] = MappingProxyType({})
     check: Callable[[Any, dict], dict] = _as_given
     presets: Mapping[str, Mapping[str, dict]] = MappingProxyType({})
@@ -560,15 +575,16 @@ class SamplerSpec(NamedTuple):
 SAMPLERS: dict[str, SamplerSpec] = {
     'edm': SamplerSpec(
         edm_sampler, "EDM's sampler runs Heun's method on the rho-schedule of Algorithm 2", chosen_by=(),
-        first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range, nfe=_heun_nfe),
+        first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range, nfe=_heun_nfe, sigma_steps=_edm_sigma_steps),
     'ablation': SamplerSpec(
         ablation_sampler, "The ablation sampler runs EDM's Algorithm 1 with Table 1's choices",
         chosen_by=('solver', 'discretization', 'schedule', 'scaling'),
-        first_sigma=_ablation_first_sigma, sigma_range=_ablation_sigma_range, nfe=_ablation_nfe, check=_check_ablation),
+        first_sigma=_ablation_first_sigma, sigma_range=_ablation_sigma_range, nfe=_ablation_nfe,
+        sigma_steps=_ablation_sigma_steps_of, check=_check_ablation),
     'restart': SamplerSpec(
         restart_sampler, "Restart sampling runs EDM's Heun sampler with restart intervals", chosen_by=('restart',),
         first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range,
-        nfe=lambda settings: restart_nfe(settings['num_steps'], settings['restart']),
+        nfe=lambda settings: restart_nfe(settings['num_steps'], settings['restart']), sigma_steps=_edm_sigma_steps,
         extra_inputs=dict(D=lambda net, rnd: net.D, gamma_log_like=lambda net, rnd: rnd.gamma_log_like),
         check=_check_restart, presets=dict(restart=RESTART_PRESETS)),
 }
@@ -677,6 +693,17 @@ def sigma_range(net, sampler: str = 'edm', **settings) -> tuple[float, float]:
     defaults, as first_sigma()): the one requested, else the sampler's default (edm_sampler: 0.002 to
     80; ablation_sampler: the discretization's), clamped to the network's range."""
     return _spec(sampler).sigma_range(net, _with_defaults(sampler, settings))
+
+
+def sigma_steps(net, sampler: str = 'edm', **settings) -> torch.Tensor:
+    """The main noise levels t_0 > ... > t_{N-1} that `sampler` steps through with these settings (over its
+    defaults, as first_sigma()), float64 [N], rounded by the network as the sampler rounds them: step i
+    goes from t_i to t_{i+1} (t_N = 0). Restart passes and churn evaluate between these levels.
+    ValueError for a sampler whose registry entry gives none (SamplerSpec.sigma_steps)."""
+    spec = _spec(sampler)
+    if spec.sigma_steps is None:
+        raise ValueError(f'The {sampler} sampler does not say which noise levels its steps use; guide by noise level instead.')
+    return spec.sigma_steps(net, _with_defaults(sampler, settings))
 
 
 def sampler_settings(net, sampler_kwargs: Optional[dict] = None) -> dict:

@@ -34,7 +34,7 @@ def test_snapshot_round_trip(tmp_path, D):
     assert data['training_options'] == {'lr': 1e-3}
     loaded, info = checkpoint.load_network(str(path))
     assert type(loaded) is networks.EDMPrecond and loaded.D == D and not loaded.training
-    assert info == dict(D=D, D_recorded=True, kimg=120, source='snapshot', path=str(path))
+    assert info == dict(D=D, D_recorded=True, kimg=120, source='snapshot', path=str(path), training_options={'lr': 1e-3})
     assert torch.equal(outputs(loaded, label_dim=3), outputs(net, label_dim=3))
 
 
@@ -108,7 +108,7 @@ def test_edm_pickle_needs_allow_pickle_and_converts(tmp_path, monkeypatch):
         checkpoint.load_network(str(path))
     net, info = checkpoint.load_network(str(path), allow_pickle=True)
     assert type(net) is networks.EDMPrecond and not persistence.is_persistent(net)
-    assert info == dict(D=None, D_recorded=False, kimg=500, source='edm-pickle', path=str(path))
+    assert info == dict(D=None, D_recorded=False, kimg=500, source='edm-pickle', path=str(path), training_options=None)
     assert net.init_kwargs['model_channels'] == 8 and net.label_dim == 2
     assert torch.equal(outputs(net, label_dim=2), outputs(legacy, label_dim=2))
 

@@ -253,6 +253,24 @@ def test_calc_records_provenance(data, tmp_path, monkeypatch):
     assert result.exit_code == 1 and 'not a readable generate.py manifest' in result.output and not (tmp_path / 'b.json').exists()
 
 
+def test_calc_notes_an_interrupted_generation(data, tmp_path):
+    # generate.py stopped after 20 of 25 images: its manifest lists the 20 as written, not complete.
+    images = tmp_path / 'generated'
+    shutil.copytree(data['images'], images)
+    manifest = provenance.make_manifest(tiny_net(D=16.0), range(NUM_IMAGES), dict(num_steps=4), network='net.pt')
+    manifest = dict(manifest, seeds=provenance.seeds_entry(range(20)), complete=False)
+    provenance.write_manifest(str(images), manifest)
+    for path in sorted(images.rglob('*.png'))[20:]:
+        path.unlink()
+    result = _invoke('calc', '--images', images, '--ref', data['ref'], '--num', 20, '--json', tmp_path / 'r.json', detector=data['detector'])
+    assert result.exit_code == 0, result.output
+    assert (f'Note: {images} is incomplete: its generate.json records 20 of {NUM_IMAGES} requested images as written; '
+            f'rerun the generate.py command to complete it.') in result.output
+    assert 'holds 20 images, but' not in result.output  # The manifest's seeds are the images there.
+    record = json.loads((tmp_path / 'r.json').read_text())
+    assert record['manifest']['complete'] is False and record['manifest']['requested']['count'] == NUM_IMAGES
+
+
 def test_sweep_records_provenance(data, tmp_path):
     run = tmp_path / 'run'
     manifest = write_generated_folder(run / 'ckpt_000010', data['other'], range(NUM_IMAGES))

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,7 +250,8 @@ def test_run_directory_mode(tmp_path):
     before = os.stat(run / 'ckpt_000100' / '000000.png').st_mtime_ns
     code, out = run_cli(generate.main, args + ['--end_ckpt=250'])
     assert code == 0, out
-    assert 'ckpt_000200 already holds all 3 images' in out and 'training-state-000300' not in out
+    assert 'ckpt_000200: 0 images written, 3 skipped; it already holds all 3 images' in out and 'training-state-000300' not in out
+    assert 'ckpt_000100: 1 image written, 2 skipped (already there).' in out
     assert sorted(os.listdir(run / 'ckpt_000100')) == PNGS_0_2 + ['generate.json']
     assert os.stat(run / 'ckpt_000100' / '000000.png').st_mtime_ns == before
 
@@ -464,7 +466,7 @@ def test_study_scripts_write_one_folder_per_setting(tmp_path, snapshot):
 
     # A rerun skips complete folders; bad lists are usage errors.
     code, out = run_cli(generate_quant.main, [*common, f'--outdir={tmp_path / "quant"}', '--bits=8', '--steps=3'])
-    assert code == 0 and 'skipping' in out
+    assert code == 0 and 'bits_8: 0 images written, 2 skipped' in out, out
     for main, arg in [(generate_alpha.main, '--alphas=-0.1'), (generate_steps.main, '--steps-list=0'), (generate_quant.main, '--bits=0')]:
         code, out = run_cli(main, [*common, f'--outdir={tmp_path / "bad"}', arg])
         assert code == 2 and 'Traceback' not in out, out
@@ -590,5 +592,221 @@ def test_bad_guidance_and_restart_get_one_line(tmp_path, cond_snapshots, snapsho
     paths = dict(cond_snapshots, uncond=snapshot)
     code, out = run_cli(generate.main, [a.format(**paths) for a in args] + [f'--outdir={tmp_path / "out"}', '--seeds=0', *FAST])
     assert code != 0 and message in out and 'Traceback' not in out, out
+    assert len([line for line in out.splitlines() if line.startswith('Error')]) == 1
+    assert not (tmp_path / 'out').exists()
+
+#----------------------------------------------------------------------------
+# Resuming: a rerun samples only the missing seeds, and generate.json says what is done.
+
+def test_single_network_rerun_samples_only_missing_seeds(tmp_path, snapshot):
+    outdir = tmp_path / 'out'
+    common = [f'--network={snapshot}', f'--outdir={outdir}', '--seeds=0-5', '--batch=6', *FAST]
+    code, out = run_cli(generate.main, common)
+    assert code == 0 and f'{outdir}: 6 images written, 0 skipped (already there).' in out, out
+    first = read_pngs(outdir, range(6))
+    for seed in (1, 4):
+        os.remove(generation.image_path(str(outdir), seed))
+    kept = {seed: os.stat(generation.image_path(str(outdir), seed)).st_mtime_ns for seed in (0, 2, 3, 5)}
+    code, out = run_cli(generate.main, common)
+    assert code == 0 and f'{outdir}: 2 images written, 4 skipped (already there).' in out, out
+    assert all(os.stat(generation.image_path(str(outdir), seed)).st_mtime_ns == ns for seed, ns in kept.items())
+    assert_nearly_equal(read_pngs(outdir, range(6)), first)  # The missing seeds' images, sampled in a smaller batch.
+    manifest = provenance.read_manifest(str(outdir))
+    assert manifest['seeds'] == manifest['requested'] == dict(ranges='0-5', count=6) and manifest['complete'] is True
+    assert [run['seeds']['ranges'] for run in manifest['runs']] == ['0-5', '1,4']
+
+    # A complete folder: nothing sampled, the manifest untouched, one line.
+    before = (outdir / 'generate.json').read_bytes()
+    code, out = run_cli(generate.main, common)
+    assert code == 0 and f'{outdir}: 0 images written, 6 skipped; it already holds all 6 images' in out, out
+    assert (outdir / 'generate.json').read_bytes() == before
+
+
+def interrupt_after(monkeypatch, num_batches):
+    """Make generation.sample_batch raise KeyboardInterrupt (Ctrl-C) after num_batches batches."""
+    calls, sample = [], generation.sample_batch
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > num_batches:
+            raise KeyboardInterrupt
+        return sample(*args, **kwargs)
+    monkeypatch.setattr(generation, 'sample_batch', interrupted)
+
+
+def test_interrupted_folder_is_told_from_a_complete_one_and_completed(tmp_path, snapshot, monkeypatch):
+    outdir = tmp_path / 'out'
+    common = [f'--network={snapshot}', f'--outdir={outdir}', '--seeds=0-5', '--batch=2', *FAST]
+    interrupt_after(monkeypatch, 2)
+    code, out = run_cli(generate.main, common)
+    assert code != 0
+    manifest = provenance.read_manifest(str(outdir))
+    assert manifest['seeds'] == dict(ranges='0-3', count=4) and manifest['requested'] == dict(ranges='0-5', count=6)
+    assert manifest['complete'] is False and not provenance.is_complete(manifest)
+    assert generation.missing_seeds(str(outdir), range(6)) == [4, 5]
+
+    monkeypatch.undo()
+    code, out = run_cli(generate.main, common)
+    assert code == 0 and f'{outdir}: 2 images written, 4 skipped (already there).' in out, out
+    manifest = provenance.read_manifest(str(outdir))
+    assert manifest['seeds'] == manifest['requested'] == dict(ranges='0-5', count=6) and manifest['complete'] is True
+    code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "whole"}', '--seeds=0-5', '--batch=2', *FAST])
+    assert code == 0, out
+    assert np.array_equal(read_pngs(outdir, range(6)), read_pngs(tmp_path / 'whole', range(6)))  # The same batches.
+
+
+def test_claim_folder_keeps_seeds_of_earlier_runs_and_finishes_a_stale_manifest(tmp_path):
+    net, outdir = tiny_net(D=16.0), tmp_path / 'out'
+    kwargs = dict(sampler_kwargs=dict(num_steps=2), progress=False, skip_existing=True)
+    generation.generate_images(net, [0, 1], str(outdir), **kwargs)
+    manifest = provenance.read_manifest(str(outdir))
+    # As if a run of seeds 0-3 had been stopped after writing images 2 and 3 but before recording them.
+    provenance.write_manifest(str(outdir), dict(manifest, requested=provenance.seeds_entry(range(4)), complete=False))
+    for seed in (2, 3):
+        shutil.copy(generation.image_path(str(outdir), 0), generation.image_path(str(outdir), seed))
+    assert generation.generate_images(net, [0, 1], str(outdir), **kwargs) == []
+    manifest = provenance.read_manifest(str(outdir))
+    assert manifest['seeds'] == manifest['requested'] == dict(ranges='0-3', count=4) and manifest['complete'] is True
+    # Seeds requested earlier and still missing keep the folder incomplete until a run asks for them.
+    provenance.write_manifest(str(outdir), dict(manifest, requested=provenance.seeds_entry(range(6)), complete=False))
+    generation.generate_images(net, [6], str(outdir), **kwargs)
+    manifest = provenance.read_manifest(str(outdir))
+    assert manifest['seeds']['ranges'] == '0-3,6' and manifest['requested']['ranges'] == '0-6' and manifest['complete'] is False
+    generation.generate_images(net, [4, 5], str(outdir), **kwargs)
+    assert provenance.read_manifest(str(outdir))['complete'] is True
+
+#----------------------------------------------------------------------------
+# --grid from the images, and output paths checked before anything is sampled.
+
+def test_grid_is_written_from_existing_images_without_sampling(tmp_path, snapshot, monkeypatch):
+    common = [f'--network={snapshot}', f'--outdir={tmp_path / "out"}', '--seeds=0-3', *FAST]
+    assert run_cli(generate.main, common)[0] == 0
+    monkeypatch.setattr(generation, 'sample_batch', lambda *args, **kwargs: pytest.fail('sampled a complete folder'))
+    code, out = run_cli(generate.main, [*common, f'--grid={tmp_path / "grids" / "grid.png"}'])
+    assert code == 0 and '0 images written, 4 skipped' in out, out
+    grid = image_io.load_image(str(tmp_path / 'grids' / 'grid.png'))
+    first = image_io.load_image(generation.image_path(str(tmp_path / 'out'), 0)).numpy()
+    assert np.array_equal(grid[:, :first.shape[1] * 16, :first.shape[2] * 16].numpy()[:, ::16, ::16], first)
+
+
+@pytest.mark.parametrize('option,where,message', [
+    ('--grid', '{file}/grid.png', 'Cannot create the folder of --grid'),  # A parent that cannot be created.
+    ('--grid', '{folder}', '--grid {folder} is a folder'),                 # A folder.
+    ('--grid', '/proc/grid.png', 'Cannot write --grid'),                   # A place nobody can write to, root included.
+    ('--trajectory', '{folder}', '--trajectory {folder} is a folder'),
+])
+def test_unwritable_grid_is_refused_before_sampling(tmp_path, snapshot, monkeypatch, option, where, message):
+    if where.startswith('/proc') and not os.path.isdir('/proc'):
+        pytest.skip('needs Linux /proc')
+    (tmp_path / 'file').write_text('x')
+    (tmp_path / 'folder').mkdir()
+    paths = dict(file=tmp_path / 'file', folder=tmp_path / 'folder')
+    path, message = where.format(**paths), message.format(**paths)
+    monkeypatch.setattr(generation, 'sample_batch', lambda *args, **kwargs: pytest.fail('sampled before checking the path'))
+    code, out = run_cli(generate.main, [f'--network={snapshot}', f'--outdir={tmp_path / "out"}', '--seeds=0', f'{option}={path}', *FAST])
+    errors = [line for line in out.splitlines() if line.startswith('Error')]
+    assert code == 1 and len(errors) == 1 and message in errors[0] and 'Traceback' not in out, out
+    assert not (tmp_path / 'out').exists()
+
+
+def test_outdir_that_is_a_file_is_refused_in_one_line(tmp_path, snapshot):
+    target = tmp_path / 'out.png'
+    target.write_bytes(b'not a folder')
+    for main, extra in [(generate.main, FAST), (generate_steps.main, ['--steps-list=2', '--device=cpu'])]:
+        code, out = run_cli(main, [f'--network={snapshot}', f'--outdir={target}', '--seeds=0', *extra])
+        errors = [line for line in out.splitlines() if line.startswith('Error')]
+        assert code == 1 and len(errors) == 1 and f'--outdir={target} is a file' in errors[0], out
+        assert 'generate.json' not in out and 'Traceback' not in out
+    assert target.read_bytes() == b'not a folder' and os.listdir(tmp_path) == ['out.png']
+    with pytest.raises(ValueError, match='is a file, not a folder'):
+        generation.generate_images(tiny_net(), [0], str(target), sampler_kwargs=dict(num_steps=2), progress=False)
+
+#----------------------------------------------------------------------------
+# Guidance: the start line, the label-dropout warning and --guidance-steps.
+
+def test_start_line_states_the_guided_cost(tmp_path, cond_snapshots):
+    common = [f'--network={cond_snapshots["main"]}', '--seeds=0', *FAST]
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "plain"}'])
+    assert code == 0 and ', 7 network evaluations per image...' in out, out
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "cfg"}', '--guidance=2', '--guidance-interval=0.3,5'])
+    assert code == 0 and '7 to 14 network evaluations per image (a guided call costs two' in out and 'without guidance' not in out, out
+    assert re.search(r'Guidance: \d+ network evaluations per image', out)
+
+
+@pytest.fixture(scope='module')
+def dropout_snapshots(tmp_path_factory):
+    """Class-conditional D=16 snapshots whose training options record cond_drop 0, 0.1, or nothing."""
+    folder = tmp_path_factory.mktemp('dropout')
+    paths = {}
+    for name, extra in [('no_drop', dict(training_options=dict(cond_drop=0.0, cond=True))),
+                        ('drop', dict(training_options=dict(cond_drop=0.1, cond=True))), ('unknown', {})]:
+        paths[name] = str(folder / f'{name}.pt')
+        checkpoint.save_network_snapshot(paths[name], tiny_net(D=16.0, label_dim=3), kimg=1, **extra)
+    return paths
+
+
+@pytest.mark.parametrize('network,args,warns', [
+    ('no_drop', ['--guidance=2'], True),                    # Classifier-free guidance without label dropout.
+    ('no_drop', ['--guidance=1'], False),                   # No guidance.
+    ('no_drop', ['--guidance=2', '--gnet={drop}'], False),  # A guide network: the zero labels are not used.
+    ('drop', ['--guidance=2'], False),                      # Trained with label dropout.
+    ('unknown', ['--guidance=2'], False),                   # Options not recorded: nothing to say.
+])
+def test_guidance_warns_when_the_unconditional_branch_was_never_trained(tmp_path, dropout_snapshots, network, args, warns):
+    args = [a.format(**dropout_snapshots) for a in args]
+    code, out = run_cli(generate.main, [f'--network={dropout_snapshots[network]}', f'--outdir={tmp_path / "out"}', '--seeds=0', *FAST, *args])
+    assert code == 0 and 'Traceback' not in out, out
+    lines = [line for line in out.splitlines() if 'without label dropout' in line]
+    assert len(lines) == (1 if warns else 0), out
+    if warns:
+        assert lines[0].startswith('Warning:') and '--cond-drop' in lines[0]
+
+
+def test_label_dropout_warning_in_run_directory_and_study_modes(tmp_path, dropout_snapshots):
+    run = tmp_path / 'run'
+    run.mkdir()
+    for kimg in (1, 2):
+        shutil.copy(dropout_snapshots['no_drop'], run / checkpoint.snapshot_name(kimg))
+    code, out = run_cli(generate.main, [f'--outdir={run}', '--seeds=0', '--guidance=2', *FAST])
+    assert code == 0 and out.count('without label dropout') == 1, out  # Once for the run.
+    code, out = run_cli(generate_alpha.main, [f'--network={dropout_snapshots["no_drop"]}', f'--outdir={tmp_path / "alpha"}',
+                                              '--seeds=0', '--alphas=0,0.1', '--guidance=2', *FAST])
+    assert code == 0 and out.count('without label dropout') == 1, out
+
+
+def test_guidance_steps_give_the_images_of_the_same_noise_interval(tmp_path, cond_snapshots):
+    common = [f'--network={cond_snapshots["main"]}', '--seeds=0-3', '--guidance=2.5', '--steps=6', '--device=cpu']
+    net = checkpoint.load_network(cond_snapshots['main'])[0]
+    t = sampling.sigma_steps(net, 'edm', num_steps=6).tolist()
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "steps"}', '--guidance-steps=1,3'])
+    # Heun evaluates t_1, t_2, t_3 twice each (step i's Euler step, step i - 1's correction): 6 guided calls.
+    assert code == 0 and "Guidance: 17 network evaluations per image (6 of the sampler's 11 calls guided)" in out, out
+    # Steps 1..3 are the noise levels t_1..t_3: any interval holding them and no other level (here
+    # with borders on the levels t_4 and t_1 themselves) selects the same evaluations.
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "sigma"}', f'--guidance-interval={t[4]!r},{t[1]!r}'])
+    assert code == 0, out
+    assert np.array_equal(read_pngs(tmp_path / 'steps', range(4)), read_pngs(tmp_path / 'sigma', range(4)))
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "wider"}', '--guidance-steps=1,4'])
+    assert code == 0 and not np.array_equal(read_pngs(tmp_path / 'wider', range(4)), read_pngs(tmp_path / 'steps', range(4)))
+    guidance_record = provenance.read_manifest(str(tmp_path / 'steps'))['guidance']
+    assert guidance_record['steps'] == [1, 3] and guidance_record['interval'] is None and guidance_record['weight'] == 2.5
+    # The record is part of the configuration: other steps into the same folder are refused.
+    code, out = run_cli(generate.main, [*common, f'--outdir={tmp_path / "steps"}', '--guidance-steps=0,3'])
+    assert code == 1 and 'guidance.steps: [1, 3] -> [0, 3]' in out, out
+
+
+@pytest.mark.parametrize('main,args,code,message', [
+    (generate.main, ['--guidance-steps=1,3', '--guidance-interval=0.3,5'], 1, '--guidance-interval and --guidance-steps'),
+    (generate.main, ['--guidance-steps=3,1'], 2, 'first <= last'),
+    (generate.main, ['--guidance-steps=1'], 2, 'FIRST,LAST'),
+    (generate.main, ['--guidance-steps=1-3'], 2, 'FIRST,LAST'),
+    (generate.main, ['--guidance-steps=0,4'], 1, 'sampler has 4 steps'),
+    (generate_steps.main, ['--guidance-steps=0,4', '--steps-list=6,4'], 1, 'sampler has 4 steps'),
+])
+def test_bad_guidance_steps_get_one_line_before_sampling(tmp_path, cond_snapshots, main, args, code, message):
+    extra = FAST if main is generate.main else ['--device=cpu']
+    exit_code, out = run_cli(main, [f'--network={cond_snapshots["main"]}', f'--outdir={tmp_path / "out"}', '--seeds=0',
+                                    '--guidance=2', *extra, *args])
+    assert exit_code == code and message in out and 'Traceback' not in out, out
     assert len([line for line in out.splitlines() if line.startswith('Error')]) == 1
     assert not (tmp_path / 'out').exists()

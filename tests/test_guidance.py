@@ -310,3 +310,115 @@ def test_classifier_free_guidance_without_labels_raises():
     assert one_sentence(str(err.value))
 
 #----------------------------------------------------------------------------
+# Guidance by step index: the sampler's main steps first..last, mapped to its noise levels.
+
+class StepLog(guidance.GuidedDenoiser):
+    """A GuidedDenoiser that logs (main step, sigma, guided) for every call; the sampler's callback
+    sets `step` at the start of each main step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step, self.log = None, []
+
+    def __call__(self, x, sigma, class_labels=None):
+        before = self.guided_calls
+        out = super().__call__(x, sigma, class_labels)
+        self.log.append((self.step, float(sigma), self.guided_calls > before))
+        return out
+
+
+def schedule_of(sampler_kwargs):
+    """denoiser -> the main noise levels of the sampler sampler_kwargs choose (what generation passes)."""
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    return lambda denoiser: sampling.sigma_steps(denoiser, name, **settings)
+
+
+def run_logged(net, sampler_kwargs, **guide):
+    name, settings = sampling.resolve_sampler(sampler_kwargs)
+    guided = StepLog(net, 3.0, sigma_steps=schedule_of(sampler_kwargs), **guide)
+    rnd = rng.StackedRandomGenerator('cpu', [0, 1, 2])
+    latents = rnd.prior([2, 4, 4], sampling.first_sigma(guided, name, **settings), 16)
+    extra = dict(D=16, gamma_log_like=rnd.gamma_log_like) if name == 'restart' else {}
+    x = sampling.SAMPLERS[name].fn(guided, latents, one_hot(3, 0), randn_like=rnd.randn_like, **settings, **extra,
+                                   callback=lambda i, t, x: setattr(guided, 'step', i))
+    return guided, x
+
+
+@pytest.mark.parametrize('sampler_kwargs', [
+    dict(num_steps=8),
+    dict(num_steps=8, solver='euler', discretization='vp', schedule='vp', scaling='vp'),  # sigma(t(sigma)) is not exact.
+    dict(num_steps=8, restart='3:2:0.3:1.2'),
+])
+def test_guidance_steps_guide_those_steps_and_their_noise_levels(sampler_kwargs):
+    net = LabelledOracle(make_data(3), CLASS_WEIGHTS, 16)
+    guided, _ = run_logged(net, sampler_kwargs, steps=(2, 5))
+    levels = torch.log(schedule_of(sampler_kwargs)(guided))
+    first_calls = {}
+    for step, sigma, guided_call in guided.log:
+        first_calls.setdefault(step, guided_call)
+        nearest = int(torch.argmin((levels - math.log(sigma)).abs()))
+        assert guided_call == (2 <= nearest <= 5), (step, sigma)  # Every evaluation goes with its nearest main level ...
+    assert first_calls == {i: 2 <= i <= 5 for i in range(8)}  # ... and each step's own evaluation with the step.
+
+
+@pytest.mark.parametrize('sampler_kwargs', [dict(num_steps=8), dict(num_steps=8, restart='3:2:0.3:1.2')])
+def test_guidance_steps_equal_the_noise_interval_of_the_same_levels(sampler_kwargs):
+    net = LabelledOracle(make_data(3), CLASS_WEIGHTS, 16)
+    by_steps, x_steps = run_logged(net, sampler_kwargs, steps=(1, 4))
+    t = schedule_of(sampler_kwargs)(net)
+    by_sigma, x_sigma = run_logged(net, sampler_kwargs, interval=(float(t[5]), float(t[1])))
+    assert torch.equal(x_steps, x_sigma) and by_steps.guided_calls == by_sigma.guided_calls > 0
+    # Every step is every noise level; the first step through the last, all of them.
+    everywhere = run_logged(net, sampler_kwargs, steps=(0, 7))[1]
+    assert torch.equal(everywhere, run_logged(net, sampler_kwargs)[1])
+    assert guidance.steps_interval(t, (0, 7)) == (0.0, math.inf)
+
+
+def test_steps_interval_borders_lie_between_levels():
+    levels = torch.tensor([8.0, 4.0, 2.0, 1.0], dtype=torch.float64)
+    assert guidance.steps_interval(levels, (1, 2)) == pytest.approx((math.sqrt(2), math.sqrt(32)), rel=1e-15)
+    assert guidance.steps_interval(levels, (0, 0)) == (pytest.approx(math.sqrt(32)), math.inf)
+    assert guidance.steps_interval(levels, (3, 3)) == (0.0, pytest.approx(math.sqrt(2)))
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: guidance.check_steps((2, 1)), 'first <= last'),
+    (lambda: guidance.check_steps((-1, 2)), 'first <= last'),
+    (lambda: guidance.check_steps((0.5, 2)), 'two step indices'),
+    (lambda: guidance.check_steps('0,2'), 'two step indices'),
+    (lambda: guidance.check_steps((0, 1, 2)), 'two step indices'),
+    (lambda: guidance.check_steps((0, 4), 4), 'sampler has 4 steps'),
+    (lambda: guidance.steps_interval(torch.tensor([2.0, 1.0, 1.0]), (1, 1)), 'do not decrease'),
+    (lambda: guidance.GuidedDenoiser(LabelledOracle(make_data(3), CLASS_WEIGHTS), 2.0, interval=(0.1, 1), steps=(0, 1),
+                                     sigma_steps=schedule_of({})), 'give one of them'),
+    (lambda: guidance.GuidedDenoiser(LabelledOracle(make_data(3), CLASS_WEIGHTS), 2.0, steps=(0, 1)), 'noise levels'),
+    (lambda: guidance.guided_network(LabelledOracle(make_data(3), CLASS_WEIGHTS), 1.0, steps=(0, 18),
+                                     sigma_steps=schedule_of({})), 'sampler has 18 steps'),  # Checked at weight 1 too.
+])
+def test_bad_guidance_steps_raise(call, match):
+    with pytest.raises(ValueError, match=match) as err:
+        call()
+    assert one_sentence(str(err.value)), str(err.value)
+
+#----------------------------------------------------------------------------
+# Networks trained without label dropout.
+
+@pytest.mark.parametrize('options,kwargs,warns', [
+    (dict(cond_drop=0.0), dict(guidance=2.0), True),
+    (dict(cond_drop=0), dict(guidance=0.5), True),
+    (dict(cond_drop=0.1), dict(guidance=2.0), False),
+    (dict(cond_drop=0.0), dict(guidance=1.0), False),
+    (dict(cond_drop=0.0), dict(guidance=2.0, gnet='a guide'), False),
+    (None, dict(guidance=2.0), False),                 # Unknown: a legacy file.
+    ({}, dict(guidance=2.0), False),                   # Options without cond_drop (older runs): unknown too.
+    (dict(cond_drop='0.1'), dict(guidance=2.0), False),
+])
+def test_untrained_unconditional_branch_is_warned_about(options, kwargs, warns):
+    net = LabelledOracle(make_data(3), CLASS_WEIGHTS)
+    message = guidance.untrained_unconditional(net, options, **kwargs)
+    assert (message is not None) == warns
+    if warns:
+        assert message.startswith('Warning:') and one_sentence(message), message
+    assert guidance.untrained_unconditional(OracleNet(make_data(3)), options, **kwargs) is None  # Unconditional networks.
+
+#----------------------------------------------------------------------------

@@ -159,6 +159,34 @@ def test_first_sigma_clamps_to_the_network():
     assert float(steps[-1]) == pytest.approx(float(schedule.sigma(torch.tensor(1e-3, dtype=torch.float64))), rel=1e-9)
 
 
+@pytest.mark.parametrize('sampler,kwargs', [
+    ('edm', dict(num_steps=7)),
+    ('edm', dict(num_steps=5, sigma_min=0.01, sigma_max=200)),  # Clamped to the network's range below.
+    ('ablation', dict(num_steps=6, solver='euler', discretization='vp', schedule='vp', scaling='vp')),
+    ('ablation', dict(num_steps=6, discretization='iddpm')),
+    ('restart', dict(num_steps=7, restart='2:1:0.5:1.5')),
+])
+def test_sigma_steps_are_the_levels_each_sampler_steps_from(sampler, kwargs):
+    # The noise level at the start of each main step, as the sampler's callback reports it.
+    net = OracleNet(make_data(), 16, WEIGHTS, sigma_min=0.005, sigma_max=100)
+    net.round_sigma = lambda sigma: torch.round(torch.as_tensor(sigma, dtype=torch.float64) * 1e4) / 1e4  # A grid, as iDDPM's.
+    levels = []
+    fn = sampling.SAMPLERS[sampler].fn
+    extra = dict(D=16) if sampler == 'restart' else {}
+    latents = draw_prior(net, 16, 2, sampler, **kwargs)
+    fn(net, latents, callback=lambda i, t, x: levels.append(float(t)), **extra, **kwargs)
+    expected = sampling.sigma_steps(net, sampler, **kwargs)
+    assert expected.dtype == torch.float64 and expected.shape == (kwargs['num_steps'],)
+    torch.testing.assert_close(torch.tensor(levels[:-1], dtype=torch.float64), expected, rtol=1e-12, atol=0)
+    assert float(expected[0]) == sampling.first_sigma(net, sampler, **kwargs)
+
+
+def test_a_sampler_without_a_schedule_refuses_guidance_by_step(monkeypatch):
+    monkeypatch.setitem(sampling.SAMPLERS, 'toy', sampling.SAMPLERS['edm']._replace(sigma_steps=None))
+    with pytest.raises(ValueError, match='guide by noise level instead'):
+        sampling.sigma_steps(OracleNet(make_data()), 'toy')
+
+
 def test_alpha_injects_noise_scaled_by_sigma():
     net = OracleNet(make_data(), None, WEIGHTS)
     x0 = draw_prior(net, None, 4)

@@ -177,7 +177,8 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
     'net'). D: RECORDED, or the D asked for (None: diffusion), which must agree with a D the file
     records and is the network's D where the file records none (legacy EDM files). Returns (net, info)
     with info = {'D': net.D, 'D_recorded': whether the file says which D the network was trained for,
-    'kimg': int or None, 'source': one of SOURCE_KINDS, 'path': the local file}. Raises
+    'kimg': int or None, 'source': one of SOURCE_KINDS, 'path': the local file, 'training_options': the
+    training options our checkpoints record (training_options.json's dict), None where unknown}. Raises
     CheckpointError for unreadable or foreign files and a D that contradicts the file's,
     persistence.UntrustedPickleError for a legacy file without allow_pickle, FileNotFoundError and
     dnnlib.DownloadError for files that cannot be had.
@@ -244,7 +245,7 @@ def _load_network(path_or_url: str, allow_pickle: bool, device: torch.device | s
         keys = ', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f'{name} holds no network (found {keys}); expected EDM\'s dict with \'ema\' or PFGM++\'s with \'net\'.')
     net, D_recorded = network_from_legacy(legacy, name=name, device=device, D_unrecorded=None if D == RECORDED else D)
-    return net, dict(D=net.D, D_recorded=D_recorded, kimg=kimg, source=source, path=path)
+    return net, dict(D=net.D, D_recorded=D_recorded, kimg=kimg, source=source, path=path, training_options=None)
 
 
 def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], device) -> tuple[torch.nn.Module, dict]:
@@ -258,7 +259,9 @@ def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], dev
         raise CheckpointError(f'{name} records D={data["D"]} but its network was built for D={net.D}; the file is inconsistent.')
     if data.get('kimg') is not None:
         kimg = data['kimg']
-    return net, dict(D=net.D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path)
+    options = data.get('training_options')
+    return net, dict(D=net.D, D_recorded=True, kimg=kimg, source='snapshot' if is_snapshot else 'training-state', path=path,
+                     training_options=options if isinstance(options, dict) else None)
 
 #----------------------------------------------------------------------------
 # Legacy networks (EDM, PFGM++) into our classes.
