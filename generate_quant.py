@@ -1,6 +1,6 @@
 """Robustness to post-training quantisation (PFGM++, Section 5): the network's weights are quantised
 to k bits per tensor and dequantised, for each k in a list, as in PFGM++'s published study. One folder
-of PNGs per setting, OUTDIR/bits_<k>/ (OUTDIR/bits_<k>_all/ with --scope=all), ready for fid.py
+of PNGs per setting, OUTDIR/bits_<k>/ (OUTDIR/bits_<k>_<scope>/ for the other scopes), ready for fid.py
 (complete folders are skipped on a rerun).
 
 The rule of each scope: sampling/quantization.py.
@@ -27,7 +27,7 @@ cmdline = study_command(
     __doc__,
     [click.option('--bits', help='Bit widths of the quantised weights, one folder each', metavar='LIST', type=str,
                   default='5,6,7,8,9', show_default=True, callback=cli.click_list(robustness.parse_bits)),
-     click.option('--scope', help='Which parameters: the published rule, or every float parameter', type=click.Choice(list(quantization.SCOPES)),
+     click.option('--scope', help='Which parameters: the published rule (keeps "32" layers exact), finest (keeps the network\'s own finest stage exact), or every float parameter', type=click.Choice(list(quantization.SCOPES)),
                   default='published', show_default=True)],
     robustness.quant_settings)
 

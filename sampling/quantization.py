@@ -13,6 +13,12 @@ exactly 0, while min(w) may move up by less than a level (z is truncated) and ma
 The grid always holds 0: for a tensor of one sign it spans [0, max - min] or [min - max, 0], as
 published. A constant tensor, where the published code divides by zero, is left as it is.
 
+scope='finest': the published rule's intent at any resolution. "32" keeps CIFAR-10's finest stage (its
+32x32 layers, 35% of the parameters) exact; on other data it matches nothing, or the wrong layers. This
+scope keeps exact the layers at the network's own finest resolution (names holding '<R>x<R>', R the
+image resolution), with the published rule's other exclusions (norm, affine, map); on 32x32 data it
+selects exactly what the published rule does.
+
 scope='all': every floating-point parameter moves to the nearest of the 2^k levels
 min(w) + j (max(w) - min(w)) / (2^k - 1), j = 0 .. 2^k - 1 (computed in float64; no exact zero).
 
@@ -27,15 +33,17 @@ weights stay float32 (keep --precision=fp32).
 import copy
 import math
 import numbers
+from typing import Optional
 
 import torch
 
 #----------------------------------------------------------------------------
 # Which parameters a scope quantises.
 
-SCOPES = ('published', 'all')
+SCOPES = ('published', 'finest', 'all')
 BITS_RANGE = (2, 16)                                  # Inclusive; the module docstring says why.
 PUBLISHED_EXCLUDED = ('norm', 'affine', 'map', '32')  # Name parts that keep a weight exact in the published study.
+FINEST_EXCLUDED = ('norm', 'affine', 'map')           # ... and for 'finest', the '<R>x<R>' of the finest resolution.
 
 
 def check_scope(scope: str) -> str:
@@ -51,27 +59,34 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-def is_quantised(name: str, param: torch.Tensor, scope: str = 'published') -> bool:
+def is_quantised(name: str, param: torch.Tensor, scope: str = 'published', resolution: Optional[int] = None) -> bool:
     """Whether `scope` quantises the parameter `name` (as named_parameters() of the preconditioner,
     e.g. 'model.enc.16x16_block0.conv0.weight', calls it): 'all' takes every floating-point one, the
-    published rule those whose name holds 'weight' and none of PUBLISHED_EXCLUDED."""
+    published rule those whose name holds 'weight' and none of PUBLISHED_EXCLUDED, 'finest' those whose
+    name holds 'weight', none of FINEST_EXCLUDED and not the finest '<resolution>x<resolution>'."""
     check_scope(scope)
     if not param.is_floating_point():
         return False
     if scope == 'all':
         return True
+    if scope == 'finest':
+        if resolution is None:
+            raise ValueError("The 'finest' quantisation scope needs the network's image resolution.")
+        excluded = FINEST_EXCLUDED + (f'{int(resolution)}x{int(resolution)}',)
+        return 'weight' in name and not any(part in name for part in excluded)
     return 'weight' in name and not any(part in name for part in PUBLISHED_EXCLUDED)
 
 
 def quantised_names(net: torch.nn.Module, scope: str = 'published') -> list[str]:
     """The names of the parameters of `net` that quantize_weights(net, k, scope) changes, in order."""
-    return [name for name, param in net.named_parameters() if is_quantised(name, param, scope)]
+    resolution = getattr(net, 'img_resolution', None)
+    return [name for name, param in net.named_parameters() if is_quantised(name, param, scope, resolution)]
 
 
 def quantisation_counts(net: torch.nn.Module, scope: str = 'published') -> dict[str, int]:
     """How much of `net` a scope quantises: tensors and scalar parameters, quantised and in total."""
     params = list(net.named_parameters())
-    chosen = [param for name, param in params if is_quantised(name, param, scope)]
+    chosen = [param for name, param in params if is_quantised(name, param, scope, getattr(net, 'img_resolution', None))]
     return dict(tensors=len(chosen), total_tensors=len(params),
                 params=sum(p.numel() for p in chosen), total_params=sum(p.numel() for _, p in params))
 
@@ -123,15 +138,16 @@ def quantize_tensor_min_max(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 def quantize_weights(net: torch.nn.Module, bits: int, scope: str = 'published') -> torch.nn.Module:
     """A copy of `net` in which the parameters that `scope` selects (is_quantised()) are quantised to
-    `bits` bits, each tensor on its own grid: scope='published' with quantize_tensor_zero_point(),
-    scope='all' with quantize_tensor_min_max(). `net` itself is unchanged; buffers are not touched."""
+    `bits` bits, each tensor on its own grid: 'published' and 'finest' with the published
+    quantize_tensor_zero_point(), 'all' with quantize_tensor_min_max(). `net` itself is unchanged;
+    buffers are not touched."""
     check_scope(scope)
     check_bits(bits)
-    quantize = quantize_tensor_zero_point if scope == 'published' else quantize_tensor_min_max
+    quantize = quantize_tensor_min_max if scope == 'all' else quantize_tensor_zero_point
     net = copy.deepcopy(net)
     with torch.no_grad():
         for name, param in net.named_parameters():
-            if is_quantised(name, param, scope):
+            if is_quantised(name, param, scope, getattr(net, 'img_resolution', None)):
                 param.copy_(quantize(param, bits))
     return net
 

@@ -31,7 +31,6 @@ if __name__ == '__main__':
 import contextlib
 import dataclasses
 import datetime
-import functools
 import hashlib
 import io
 import json
@@ -71,17 +70,25 @@ class Study:
     title: str                               # Table and panel title.
     axis: str                                # What the setting is, for the figure's x axis.
     parse: Callable[[Any], list]             # The study script's list parser: validates the settings.
-    settings: Callable[[list], list]         # values -> [(folder, sampler overrides, network transform)] for generation.run_study.
+    settings: Callable[[list, 'Grid'], list]  # (values, grid) -> [(folder, sampler overrides, network transform)] for generation.run_study.
 
 
 STUDIES = {
     'alpha': Study('alpha', 'Noise injection', 'alpha (noise alpha * sigma_t added before every step)',
-                   robustness.parse_alphas, robustness.alpha_settings),
+                   robustness.parse_alphas, lambda values, grid: robustness.alpha_settings(values)),
     'steps': Study('steps', 'Sampling steps', 'steps N (Heun: 2N - 1 network evaluations)',
-                   robustness.parse_steps, robustness.steps_settings),
-    'quant': Study('quant', 'Weight quantisation (published rule)', 'bits per weight',
-                   robustness.parse_bits, functools.partial(robustness.quant_settings, scope='published')),
+                   robustness.parse_steps, lambda values, grid: robustness.steps_settings(values)),
+    'quant': Study('quant', 'Weight quantisation', 'bits per weight',
+                   robustness.parse_bits, lambda values, grid: robustness.quant_settings(values, scope=grid.quant_scope)),
 }
+# Every model's base cell: the grid's sampler, nothing perturbed. Degradations are measured from it.
+BASE = ('base', None, 'base', {}, None)
+
+
+def quant_scope(resolution: int) -> str:
+    """The published rule keeps the '32' layers exact, CIFAR-10's finest stage; on other data 'finest'
+    keeps the data's own finest stage exact, which is what the rule means (sampling/quantization.py)."""
+    return 'published' if resolution == 32 else 'finest'
 
 #----------------------------------------------------------------------------
 # The grids. None in a D list is D -> infinity (diffusion, EDM).
@@ -94,21 +101,24 @@ class Grid:
     num_samples: int
     settings: dict       # study name -> list of setting values, in the order of STUDIES.
     num_steps: int       # Heun steps of the sampler, unless the study sets them (the steps study).
+    quant_scope: str = 'finest'  # quant_scope(): which layers the quantisation study keeps exact.
 
     @property
     def sampler_kwargs(self) -> dict:
         return dict(num_steps=self.num_steps)
 
 
-# The default grid, 49 minutes on 2 CPU cores (docs/d_study.md): 4 D x 3
-# training seeds = 12 models of 12 kimg, each sampled with 9 Heun steps (17 network evaluations) for 3
-# settings of each study, 200 samples (20 per digit) per cell. --quick, a smoke test within 10 minutes:
-# 2 D x 2 seeds = 4 models of 5 kimg, 2 settings per study, 100 samples per cell.
+# The default grid (docs/d_study.md): 3 D x 6 training seeds = 18 models of 8 kimg, each sampled with
+# 9 Heun steps (17 network evaluations) for its base cell and the settings of each study: noise
+# injection up to where the models degrade, steps from the onset of failure to converged (6 included),
+# 4 to 8 bits; 100 samples (10 per digit) per cell, the same seeds for every model, so that the
+# differences between settings and between D are paired. --quick, a smoke test: 2 D x 2 seeds of 4
+# kimg, one or two settings per study, 50 samples per cell.
 DEFAULT_STEPS = 9       # The paper samples with 18 (35 evaluations); on the digits 9 scored as well, at half the cost.
-DEFAULTS = dict(D_list=(16, 128, 2048, None), seeds=(0, 1, 2), kimg=12, num_samples=200,
-                settings=dict(alpha=[0, 0.1, 0.2], steps=[4, 5, 7], quant=[3, 4, 6]))
-QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=5, num_samples=100,
-             settings=dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6]))
+DEFAULTS = dict(D_list=(16, 2048, None), seeds=(0, 1, 2, 3, 4, 5), kimg=8, num_samples=100,
+                settings=dict(alpha=[0.1, 0.3, 0.5], steps=[5, 6, 7, 9, 12], quant=[4, 5, 6, 8]))
+QUICK = dict(D_list=(16, None), seeds=(0, 1), kimg=4, num_samples=50,
+             settings=dict(alpha=[0.3], steps=[5, 6], quant=[4]))
 # Inception-v3 FID needs thousands of samples; EDM's CIFAR-10 recipe trains for 200 Mimg (set --train-kimg).
 INCEPTION_NUM_SAMPLES = dict(default=10000, quick=1000)
 INCEPTION_KIMG = dict(default=200000, quick=2000)
@@ -159,7 +169,7 @@ def parse_studies(values: Any) -> list[str]:
 
 def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kimg: Optional[float] = None,
                  num_samples: Optional[int] = None, studies: Any = None, alphas: Any = None, steps_list: Any = None,
-                 bits: Any = None, num_steps: Optional[int] = None, scoring: str = 'digits') -> Grid:
+                 bits: Any = None, num_steps: Optional[int] = None, scoring: str = 'digits', resolution: int = 16) -> Grid:
     """The grid from the arguments, each one left None taken from DEFAULTS (QUICK with quick=True; for
     the Inception FID the sample count and the training budget of INCEPTION_*). ValueError, with one
     sentence, for anything invalid."""
@@ -188,7 +198,8 @@ def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kim
     num_steps = DEFAULT_STEPS if num_steps is None else num_steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f'The number of sampling steps must be an integer >= 1, got {num_steps!r}.')
-    return Grid(D_list=D_list, seeds=seeds, kimg=float(kimg), num_samples=num_samples, settings=settings, num_steps=num_steps)
+    return Grid(D_list=D_list, seeds=seeds, kimg=float(kimg), num_samples=num_samples, settings=settings, num_steps=num_steps,
+                quant_scope=quant_scope(resolution))
 
 #----------------------------------------------------------------------------
 # Data, recipe and detector: what the data decides.
@@ -543,6 +554,26 @@ def real_floor(features: np.ndarray, labels: Optional[np.ndarray], ref: dict, nu
                 real_fd=float(np.mean(values)), real_fd_sd=float(np.std(values, ddof=1)) if draws > 1 else 0.0)
 
 
+def reference_statistics(data: DataInfo, det: detector_lib.Detector, kind: str, ref_path: str, device: str,
+                         num_classes: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Write the reference statistics to ref_path and return the real images' (features, labels) the
+    floor is drawn from. On the digits: the held-out quarter the digits detector never saw
+    (digits_detector.split_heldout with its seed, 0), so that neither the detector nor the reference
+    has seen the images they judge; otherwise fid.py's statistics of all the data."""
+    if kind != 'digits':
+        evaluation.ref(data=data.path, dest=ref_path, detector=det.source, workers=0, device=device)
+        real = evaluation.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
+        return real['features'], real_labels(data.path, num_classes)
+    real = evaluation.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
+    labels = real_labels(data.path, digits_detector.NUM_CLASSES)
+    _train, heldout = digits_detector.split_heldout(labels, seed=0)
+    features = real['features'][heldout].astype(np.float64)  # float64 statistics, as fid.py's.
+    meta = dict(evaluation.ref_metadata(data.path, det, len(heldout)), subset=np.str_('digits held out from the detector (seed 0)'))
+    arrays = dict(mu=features.mean(axis=0), sigma=np.cov(features, rowvar=False), **meta)
+    dnnlib.util.write_atomic(ref_path, lambda f: np.savez(f, **arrays))
+    return features, (labels[heldout] if num_classes else None)
+
+
 def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str], device: torch.device,
                 num_samples: int, num_classes: int, log_path: Optional[str]) -> tuple[Scorer, dict]:
     """The detector (trained on the digits for 'digits'), the reference statistics of the data
@@ -565,12 +596,11 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
     if os.path.isfile(ref_info_path) and os.path.isfile(ref_path):
         with open(ref_info_path, encoding='utf-8') as f:
             ref_info = json.load(f)
+    ref_key.update(reference='heldout' if kind == 'digits' else 'all')
     if ref_info is None or any(ref_info.get(k) != v for k, v in ref_key.items()):
         with captured(log_path):
-            evaluation.ref(data=data.path, dest=ref_path, detector=path, workers=0, device=str(device.type))
-            real = evaluation.calculate_inception_stats(data.path, det, with_features=True, num_workers=0, progress=False)
-        ref_stats = evaluation.load_ref_stats(ref_path)
-        floor = real_floor(real['features'], real_labels(data.path, num_classes), ref_stats, num_samples, num_classes)
+            features, labels = reference_statistics(data, det, kind, ref_path, str(device.type), num_classes)
+        floor = real_floor(features, labels, evaluation.load_ref_stats(ref_path), num_samples, num_classes)
         ref_info = dict(ref_key, sha256=dnnlib.util.file_sha256(ref_path), **floor)
         dnnlib.util.write_atomic(ref_info_path, lambda f: f.write((json.dumps(ref_info, indent=2) + '\n').encode()))
     scorer = Scorer(kind=kind, detector=det, detector_path=path, detector_sha256=det.sha256, ref_path=ref_path,
@@ -578,7 +608,8 @@ def make_scorer(outdir: str, data: DataInfo, kind: str, detector: Optional[str],
                     label_dim=num_classes)
     info.update(detector=path or detector_lib.DETECTOR_URL, detector_sha256=det.sha256, ref=ref_path, ref_sha256=ref_info['sha256'],
                 real_num=ref_info['real_num'], real_fd=ref_info['real_fd'], real_fd_sd=ref_info['real_fd_sd'],
-                real_balanced=ref_info['real_balanced'], real_draws=ref_info['real_draws'], with_share=scorer.with_share,
+                real_balanced=ref_info['real_balanced'], real_draws=ref_info['real_draws'], reference=ref_info['reference'],
+                with_share=scorer.with_share,
                 threshold=scorer.threshold if scorer.with_share else None)
     return scorer, info
 
@@ -616,13 +647,13 @@ def setting_nfe(grid: Grid, overrides: dict) -> int:
 def run_d_study(
     outdir: str = 'd-study',                 # Everything goes here.
     data: Optional[str] = None,              # Dataset ZIP/folder; None: the quick start's digits (built if missing).
-    D_list: Any = None,                      # D values (None or 'inf': D -> infinity); default 16, 128, 2048, inf.
+    D_list: Any = None,                      # D values (None or 'inf': D -> infinity); default 16, 2048, inf.
     kimg: Optional[float] = None,            # Training budget per model, whole kimg.
-    seeds: Any = None,                       # Training seeds; default 0, 1, 2.
+    seeds: Any = None,                       # Training seeds; default 0-5.
     studies: Any = None,                     # Subset of 'alpha', 'steps', 'quant'; default all.
     alphas: Any = None,                      # Noise injection strengths.
     steps_list: Any = None,                  # Sampling step counts.
-    bits: Any = None,                        # Quantisation bit widths (published rule).
+    bits: Any = None,                        # Quantisation bit widths (the published rule; scope: quant_scope()).
     num_samples: Optional[int] = None,       # Samples per cell (a multiple of the classes when conditional).
     num_steps: Optional[int] = None,         # Heun steps of the alpha and quant studies; default 9 (DEFAULT_STEPS).
     train_options: Optional[dict] = None,    # launch.train() options that replace the recipe's (e.g. a tiny network for tests).
@@ -646,7 +677,8 @@ def run_d_study(
     data_path = ensure_digits_dataset(data)
     data_info = describe_data(data_path)
     kind = choose_scoring(detector, is_digits_like(data_info.resolution, data_info.channels, data_info.label_dim))
-    grid = resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, scoring=kind)
+    grid = resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, scoring=kind,
+                        resolution=data_info.resolution)
     reserved = sorted(set(train_options or {}) & set(RESERVED_TRAIN_OPTIONS))
     if reserved:
         raise ValueError(f'train_options may not set {", ".join(reserved)}: the study sets them for each model.')
@@ -660,14 +692,15 @@ def run_d_study(
     log_dir = os.path.join(outdir, 'logs')
     check_config(outdir, dict(format=RESULTS_FORMAT, data=os.path.abspath(data_path), data_sha256=data_info.sha256,
                               recipe=recipe, kimg=grid.kimg, num_samples=grid.num_samples, num_steps=grid.num_steps, scoring=kind,
+                              quant_scope=grid.quant_scope,
                               detector=os.path.abspath(detector) if detector else None))
     scorer, scoring_info = make_scorer(outdir, data_info, kind, detector, dev, grid.num_samples, num_classes,
                                        os.path.join(log_dir, 'scoring.txt'))
 
     models = [Model(D, s, os.path.join(outdir, 'runs', run_name(D, s))) for D in grid.D_list for s in grid.seeds]
-    cells = [(study, value, folder, overrides, transform)
-             for study, values in grid.settings.items()
-             for value, (folder, overrides, transform) in zip(values, STUDIES[study].settings(values))]
+    cells = [BASE] + [(study, value, folder, overrides, transform)
+                      for study, values in grid.settings.items()
+                      for value, (folder, overrides, transform) in zip(values, STUDIES[study].settings(values, grid))]
 
     bar = Progress(pending_work(models, cells, blocks, grid, scorer), total_stages=3 * len(models), enabled=progress, log_path=os.path.join(outdir, 'timing.jsonl'))
     if progress:
@@ -797,7 +830,8 @@ def metric_names(scoring: dict) -> list[tuple[str, str]]:
 
 def collect_cells(grid: Grid, models: list, cells: list, scores: dict, scoring: dict) -> list[dict]:
     """Every (study, setting, D) cell with its per-seed values, mean and standard error over the seeds,
-    the mean of the per-model bootstrap standard errors, and each model's score record."""
+    the mean of the per-model bootstrap standard errors, each model's score record, and the paired
+    statistics (paired_statistics())."""
     out = []
     for study, value, folder, overrides, transform in cells:
         for D in grid.D_list:
@@ -815,7 +849,43 @@ def collect_cells(grid: Grid, models: list, cells: list, scores: dict, scoring: 
             cell['models'] = [dict(seed=m.seed, run_dir=os.path.abspath(m.run_dir), score={k: v for k, v in r.items() if k != 'manifests'},
                                    provenance=compact_provenance(r['manifests'])) for m, r in done]
             out.append(cell)
+    paired_statistics(out, grid, scoring)
     return out
+
+
+def paired(values: dict) -> dict:
+    """Mean ± SE over the seeds of {seed: value} (None values dropped), with the per-seed values, and
+    whether the mean lies beyond 2 SE of zero."""
+    seeds = sorted(s for s, v in values.items() if v is not None)
+    mean, se = mean_and_se([values[s] for s in seeds])
+    return dict(mean=mean, se=se, n=len(seeds), seeds=seeds, per_seed=[values[s] for s in seeds],
+                beyond_2se=bool(mean is not None and se is not None and se > 0 and abs(mean) > 2 * se))
+
+
+def paired_statistics(cells: list[dict], grid: Grid, scoring: dict) -> None:
+    """Adds to every cell and score, in place: 'paired_degradation', each model's score at the setting
+    minus its own base cell's (the same network and sampling seeds), mean ± SE over the training seeds;
+    and for finite D, 'paired_vs_diffusion', that degradation minus diffusion's for the same training
+    seed (the same data order and sampling seeds), mean ± SE, beyond_2se where |mean| > 2 SE; at the
+    base cell the score itself minus diffusion's."""
+    def per_seed(cell, key):
+        return {seed: value for seed, value in zip(cell['seeds'], cell[key]['per_seed'])}
+    base = {(c['D'], key): per_seed(c, key) for c in cells if c['study'] == 'base' for key, _t in metric_names(scoring)}
+    for cell in cells:
+        for key, _title in metric_names(scoring):
+            own, ref = per_seed(cell, key), base.get((cell['D'], key), {})
+            cell[key]['paired_degradation'] = paired({s: v - ref[s] if v is not None and ref.get(s) is not None else None for s, v in own.items()})
+    # What is compared across D: the degradation, and at the base cell the score itself.
+    degradation = {(c['study'], c['folder'], c['D'], key): (per_seed(c, key) if c['study'] == 'base' else
+                                                             dict(zip(c[key]['paired_degradation']['seeds'], c[key]['paired_degradation']['per_seed'])))
+                   for c in cells for key, _t in metric_names(scoring)}
+    for cell in cells:
+        for key, _title in metric_names(scoring):
+            diffusion = degradation.get((cell['study'], cell['folder'], 'inf', key))
+            if cell['D'] == 'inf' or diffusion is None:
+                continue
+            mine = degradation[(cell['study'], cell['folder'], cell['D'], key)]
+            cell[key]['paired_vs_diffusion'] = paired({s: mine[s] - diffusion[s] for s in mine if s in diffusion})
 
 
 def compact_provenance(manifests: dict) -> dict:
@@ -836,26 +906,52 @@ def format_cell(mean: Optional[float], se: Optional[float], key: str) -> str:
     return fmt(mean) + (f' ± {fmt(se)}' if se is not None else '')
 
 
+def format_paired(stat: Optional[dict], key: str) -> str:
+    """'mean ± SE', in bold where the mean lies beyond 2 SE of zero."""
+    if not stat or stat['mean'] is None:
+        return '-'
+    text = format_cell(stat['mean'], stat['se'], key)
+    return f'**{text}**' if stat['beyond_2se'] else text
+
+
+def study_tables(grid: Grid, cells: list[dict], study: str, values: list, key: str, title: str) -> list[str]:
+    """One study's tables for one score: the scores (the base cell first), the paired degradation from
+    the base cell, and the paired difference of that degradation from diffusion's."""
+    header = ['base'] + [f'{v:g}' for v in values]
+    row_cells = lambda D: [c for c in cells if c['D'] == D_key(D) and c['study'] == 'base'] + \
+        [c for c in cells if c['D'] == D_key(D) and c['study'] == study]
+    lines = ['', f'## {STUDIES[study].title}: {title}', '', '| D | ' + ' | '.join(header) + ' |', '|---|' + '---|' * len(header)]
+    lines += [f'| {format_D(D)} | ' + ' | '.join(format_cell(c[key]['mean'], c[key]['se'], key) for c in row_cells(D)) + ' |'
+              for D in grid.D_list]
+    lines += ['', 'Degradation (score minus the same model\'s base score, mean ± SE over the training seeds):', '',
+              '| D | ' + ' | '.join(header[1:]) + ' |', '|---|' + '---|' * (len(header) - 1)]
+    lines += [f'| {format_D(D)} | ' + ' | '.join(format_paired(c[key]['paired_degradation'], key) for c in row_cells(D)[1:]) + ' |'
+              for D in grid.D_list]
+    finite = [D for D in grid.D_list if D is not None]
+    if None in grid.D_list and finite:
+        lines += ['', 'D minus diffusion, paired by training seed (the base column: the scores; the others: the degradations); '
+                  'bold: beyond 2 SE:', '', '| D | ' + ' | '.join(header) + ' |', '|---|' + '---|' * len(header)]
+        lines += [f'| {format_D(D)} | ' + ' | '.join(format_paired(c[key].get('paired_vs_diffusion'), key) for c in row_cells(D)) + ' |'
+                  for D in finite]
+    return lines
+
+
 def markdown(grid: Grid, cells: list[dict], scoring: dict, data: str, recipe: dict) -> str:
-    """results.md: what was run, then per study and score a table with rows D and columns the settings."""
+    """results.md: what was run, then per study and score its tables (study_tables())."""
     lines = ['# D study', '',
              f'Data: {data}. Models: {"class-conditional " if recipe.get("cond") else ""}{recipe.get("arch", "ddpmpp")} '
              f'(channels {recipe.get("cbase", "default")}), {target_kimg(grid.kimg)} kimg each, training seeds '
-             f'{cli.format_int_list(grid.seeds)}; {grid.num_samples} samples per cell; Heun sampler, {grid.num_steps} steps unless '
-             f'the study sets them.', '',
+             f'{cli.format_int_list(grid.seeds)}; {grid.num_samples} samples per cell, the same sampling seeds for every cell; '
+             f'Heun sampler, {grid.num_steps} steps unless the study sets them; quantisation scope {grid.quant_scope!r}.', '',
              f'Scoring: {describe_scoring(scoring)}. Every cell: mean ± standard error over the training seeds '
              f'(sample standard deviation / sqrt(n)). Random sets of {scoring["real_num"]} real images'
              f'{" with as many of each class as a cell has" if scoring.get("real_balanced") else ""} score '
              f'{scoring["real_fd"]:.3g} ± {scoring.get("real_fd_sd", 0):.2g} (mean ± SD over {scoring.get("real_draws", 1)} draws) '
-             f'against the reference: the floor at this sample count.']
+             f'against the reference{" (held-out digits the detector never saw)" if scoring.get("reference") == "heldout" else ""}: '
+             f'the floor at this sample count.']
     for study, values in grid.settings.items():
         for key, title in metric_names(scoring):
-            lines += ['', f'## {STUDIES[study].title}: {title}', '',
-                      '| D | ' + ' | '.join(f'{v:g}' for v in values) + ' |',
-                      '|---|' + '---|' * len(values)]
-            for D in grid.D_list:
-                row = [c for c in cells if c['study'] == study and c['D'] == D_key(D)]
-                lines.append(f'| {format_D(D)} | ' + ' | '.join(format_cell(c[key]['mean'], c[key]['se'], key) for c in row) + ' |')
+            lines += study_tables(grid, cells, study, values, key, title)
             boots = [c[key]['bootstrap_se'] for c in cells if c['study'] == study and c[key]['bootstrap_se'] is not None]
             if boots:
                 lines += ['', f'Bootstrap standard error over one model\'s samples: {min(boots):.3g} to {max(boots):.3g}.']
@@ -863,8 +959,9 @@ def markdown(grid: Grid, cells: list[dict], scoring: dict, data: str, recipe: di
 
 
 def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
-    """d_study.png: a column per study, a row per score; each panel the score against the setting,
-    one line per D with standard-error bars. Written atomically."""
+    """d_study.png: a column per study, a row per score; each panel the paired degradation (score
+    minus the model's base score) against the setting, one line per D with standard-error bars.
+    Written atomically."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -878,28 +975,37 @@ def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
         for row, (key, title) in enumerate(metrics):
             ax = axes[row][col]
             for D in grid.D_list:
-                data = [c for c in cells if c['study'] == study and c['D'] == D_key(D) and c[key]['mean'] is not None]
-                if not data:
-                    continue
-                ax.errorbar([c['setting'] for c in data], [c[key]['mean'] for c in data],
-                            yerr=[c[key]['se'] or 0 for c in data], marker='o', capsize=3,
-                            label='D=inf (diffusion)' if D is None else f'D={format_D(D)}')
-            if key == 'fd':
-                ax.axhline(scoring['real_fd'], color='gray', linestyle=':', linewidth=1, label='real data')
+                data = [c for c in cells if c['study'] == study and c['D'] == D_key(D) and c[key]['paired_degradation']['mean'] is not None]
+                if data:
+                    ax.errorbar([c['setting'] for c in data], [c[key]['paired_degradation']['mean'] for c in data],
+                                yerr=[c[key]['paired_degradation']['se'] or 0 for c in data], marker='o', capsize=3,
+                                label='D=inf (diffusion)' if D is None else f'D={format_D(D)}')
+            ax.axhline(0, color='gray', linestyle=':', linewidth=1)
             ax.set_xticks(grid.settings[study])
             ax.set_title(f'{STUDIES[study].title}', fontsize=10)
             ax.set_xlabel(STUDIES[study].axis, fontsize=8)
-            ax.set_ylabel(title, fontsize=8)
+            ax.set_ylabel(f'change in {title.split(" (")[0]}', fontsize=8)
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle(f'PFGM++ D study: mean ± SE over {len(grid.seeds)} training seed{"s" if len(grid.seeds) > 1 else ""}, '
-                 f'{target_kimg(grid.kimg)} kimg, {grid.num_samples} samples per point', fontsize=10)
+    fig.suptitle(f'PFGM++ D study: degradation from each model\'s base cell, mean ± SE over {len(grid.seeds)} training seed'
+                 f'{"s" if len(grid.seeds) > 1 else ""}, {target_kimg(grid.kimg)} kimg, {grid.num_samples} samples per point', fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=110)
     plt.close(fig)
     dnnlib.util.write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+def paired_summary(cells: list[dict], scoring: dict) -> dict:
+    """results.json's 'paired': what the paired statistics are, and every paired difference from
+    diffusion beyond 2 SE (study, setting, D, score, mean, se, n)."""
+    beyond = [dict(study=c['study'], setting=c['setting'], D=c['D'], score=key, mean=stat['mean'], se=stat['se'], n=stat['n'])
+              for c in cells for key, _t in metric_names(scoring) if (stat := c[key].get('paired_vs_diffusion')) and stat['beyond_2se']]
+    return dict(paired_degradation='score minus the same model\'s base-cell score, mean and SE over the training seeds',
+                paired_vs_diffusion='paired_degradation of D minus that of diffusion for the same training seed (at the base cell: the '
+                                    'scores), mean and SE over the training seeds',
+                beyond_2se=beyond)
 
 
 def timing_summary(records: list[dict]) -> dict:
@@ -925,7 +1031,8 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
     results = dict(format=RESULTS_FORMAT, version=RESULTS_VERSION, complete=final and all(
                        c[k]['n'] == len(grid.seeds) for c in collected for k, _t in metric_names(scoring)),
                    grid=dict(D=[D_key(D) for D in grid.D_list], seeds=list(grid.seeds), kimg=target_kimg(grid.kimg),
-                             num_samples=grid.num_samples, num_steps=grid.num_steps, settings=grid.settings),
+                             num_samples=grid.num_samples, num_steps=grid.num_steps, settings=grid.settings, quant_scope=grid.quant_scope),
+                   paired=paired_summary(collected, scoring),
                    data=os.path.abspath(data), recipe=recipe, scoring=scoring, metrics=[k for k, _t in metric_names(scoring)],
                    cells=collected, timing=dict(this_run=timing_summary(bar.records), all_runs=timing_summary(stages), stages=stages,
                                                 threads=torch.get_num_threads(), cpu_count=os.cpu_count()),
@@ -949,15 +1056,15 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
 @click.command(context_settings=dict(cli.CONTEXT_SETTINGS, show_default=True))
 @click.option('--outdir',      help='Where the study goes', metavar='DIR', type=str, default='d-study')
 @click.option('--data',        help='Dataset ZIP or folder  [default: the quick start\'s digits, built if missing]', metavar='ZIP|DIR', type=str)
-@click.option('--D', 'D_list', help='PFGM++ D values; inf is diffusion  [default: 16,128,2048,inf; --quick: 16,inf]', metavar='LIST', type=str)
-@click.option('--train-kimg', 'kimg', help='Training budget per model  [default: 12; --quick: 5; Inception: 200000]', metavar='KIMG', type=float)
-@click.option('--train-seeds', 'seeds', help='Training seeds, one model per D and seed  [default: 0-2; --quick: 0-1]', metavar='LIST', type=str)
+@click.option('--D', 'D_list', help='PFGM++ D values; inf is diffusion  [default: 16,2048,inf; --quick: 16,inf]', metavar='LIST', type=str)
+@click.option('--train-kimg', 'kimg', help='Training budget per model  [default: 8; --quick: 4; Inception: 200000]', metavar='KIMG', type=float)
+@click.option('--train-seeds', 'seeds', help='Training seeds, one model per D and seed  [default: 0-5; --quick: 0-1]', metavar='LIST', type=str)
 @click.option('--studies',     help='Which studies', metavar='LIST', type=str, default='alpha,steps,quant')
-@click.option('--alphas',      help='Noise injection alphas  [default: 0,0.1,0.2; --quick: 0,0.2]', metavar='LIST', type=str)
-@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 4,5,7; --quick: 4,7]', metavar='LIST', type=str)
-@click.option('--bits',        help='Weight bits, published rule  [default: 3,4,6; --quick: 3,6]', metavar='LIST', type=str)
+@click.option('--alphas',      help='Noise injection alphas  [default: 0.1,0.3,0.5; --quick: 0.3]', metavar='LIST', type=str)
+@click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 5,6,7,9,12; --quick: 5,6]', metavar='LIST', type=str)
+@click.option('--bits',        help='Weight bits, published rule (the data\'s finest stage kept exact)  [default: 4,5,6,8; --quick: 4]', metavar='LIST', type=str)
 @click.option('--steps',       'num_steps', help='Heun steps of the alpha and quant studies (18: the paper\'s 35 evaluations)  [default: 9]', metavar='INT', type=int)
-@click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 200; --quick: 100; Inception: 10000]', metavar='INT', type=int)
+@click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 100; --quick: 50; Inception: 10000]', metavar='INT', type=int)
 @click.option('--detector',    help='Detector file for fid.py  [default: the digits detector, or Inception-v3 for other data]', metavar='PATH', type=str)
 @cli.device_option(help='Where to train, sample and score')
 @click.option('--quick',       help='The smaller grid, for a smoke test (options given still win)', is_flag=True)

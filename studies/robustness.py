@@ -53,9 +53,9 @@ def parse_bits(s) -> list[int]:
 
 
 def setting_folder(bits: int, scope: str = 'published') -> str:
-    """bits_<k> for the published rule, bits_<k>_all for --scope=all, so that both fit in one OUTDIR
-    and a rerun never mistakes one for the other."""
-    return f'bits_{bits}' if check_scope(scope) == 'published' else f'bits_{bits}_all'
+    """bits_<k> for the published rule, bits_<k>_<scope> for the others (finest, all), so that all fit
+    in one OUTDIR and a rerun never mistakes one for another."""
+    return f'bits_{bits}' if check_scope(scope) == 'published' else f'bits_{bits}_{scope}'
 
 
 def quantize_and_report(net: torch.nn.Module, bits: int, scope: str, folder: str) -> torch.nn.Module:

@@ -1,7 +1,7 @@
-"""benchmarks/d_study.py and benchmarks/digits_detector.py: the D study end to end at a tiny budget
-(2 D x 2 training seeds of 1 kimg on a tiny network, all three studies with 2 settings each, 10
-samples per cell) with the structure of its outputs, its scores against fid.py's own command and an
-independent count, a rerun that does no work; the digits detector's held-out accuracy; the standard
+"""studies/d_study.py and metrics/digits.py: the D study end to end at a tiny budget (2 D x 2
+training seeds of 1 kimg on a tiny network, the base cell and all three studies with 2 settings each,
+10 samples per cell) with the structure of its outputs, the paired statistics recomputed, its scores
+against fid.py's own command and an independent count, a rerun that does no work; the digits detector's held-out accuracy; the standard
 errors against independent computations; the Inception path with a stand-in detector; and every bad
 input as one line. Needs scikit-learn and matplotlib (requirements-demo.txt)."""
 
@@ -64,7 +64,7 @@ def study(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_ran_through_the_project_functions(study):
     # 4 models; per model one run_study call per digit (all settings of the three studies); 6 cells per model.
-    assert study['calls'] == dict(train=4, generate=4 * 10, score=4 * 6)
+    assert study['calls'] == dict(train=4, generate=4 * 10, score=4 * 7)  # 7 cells: the base cell and 6 settings.
     assert os.path.isfile(study['data']) and zipfile.is_zipfile(study['data'])
     for D in ('16', 'inf'):
         for seed in (0, 1):
@@ -72,7 +72,8 @@ def test_every_stage_ran_through_the_project_functions(study):
             assert [k for k, _ in checkpoint.find_checkpoints(str(run), 'network')] == [1.024]  # 16 steps of 64 images.
             options = json.loads((run / 'training_options.json').read_text())
             assert options['seed'] == seed and options['D'] == (None if D == 'inf' else float(D)) and options['cbase'] == 8
-            for folder in ('alpha/alpha_0', 'alpha/alpha_0.5', 'steps/steps_1', 'steps/steps_2', 'quant/bits_4', 'quant/bits_8'):
+            for folder in ('base/base', 'alpha/alpha_0', 'alpha/alpha_0.5', 'steps/steps_1', 'steps/steps_2',
+                           'quant/bits_4_finest', 'quant/bits_8_finest'):  # 16x16 data: its own finest stage kept exact.
                 for c in range(10):  # One sample per digit, seed c, generated for digit c.
                     manifest = json.loads((run / folder / str(c) / 'generate.json').read_text())
                     assert manifest['class_idx'] == c and manifest['seeds']['ranges'] == str(c)
@@ -85,9 +86,10 @@ def test_results_json_cells(study):
     assert results['format'] == 'pfgmpp-d-study' and results['complete'] is True
     assert results['grid']['D'] == [16, 'inf'] and results['metrics'] == ['fd', 'share']
     cells = results['cells']
-    assert len(cells) == 3 * 2 * 2
+    assert len(cells) == (1 + 3 * 2) * 2  # Every model's base cell, and 2 settings of each study.
     assert {(c['study'], c['setting'], c['D']) for c in cells} == {
-        (s, v, D) for s, vs in [('alpha', (0, 0.5)), ('steps', (1, 2)), ('quant', (4, 8))] for v in vs for D in (16, 'inf')}
+        (s, v, D) for s, vs in [('base', (None,)), ('alpha', (0, 0.5)), ('steps', (1, 2)), ('quant', (4, 8))] for v in vs for D in (16, 'inf')}
+    assert results['grid']['quant_scope'] == 'finest'
     for cell in cells:
         assert cell['seeds'] == [0, 1]
         assert cell['nfe'] == (2 * cell['setting'] - 1 if cell['study'] == 'steps' else 3)
@@ -109,20 +111,73 @@ def test_results_json_cells(study):
 
 
 @pytest.mark.slow
+def test_paired_statistics_against_an_independent_computation(study):
+    """Each score minus the same model's base score (the same network and sampling seeds), and that
+    degradation minus diffusion's for the same training seed, recomputed here from the per-seed values:
+    mean, sample SE, and 'beyond 2 SE'; results.json's summary lists exactly the cells beyond 2 SE."""
+    results = json.loads((study['outdir'] / 'results.json').read_text())
+    cells = {(c['study'], c['setting'], c['D']): c for c in results['cells']}
+    def check(stat, values):
+        assert stat['per_seed'] == pytest.approx(values, abs=1e-12) and stat['n'] == len(values) == 2
+        assert stat['mean'] == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert stat['se'] == pytest.approx(statistics.stdev(values) / math.sqrt(2), abs=1e-12)
+        assert stat['beyond_2se'] == (statistics.stdev(values) > 0 and abs(statistics.fmean(values)) > 2 * statistics.stdev(values) / math.sqrt(2))
+    beyond = []
+    for (name, setting, D), cell in cells.items():
+        for key in ('fd', 'share'):
+            base = cells[('base', None, D)][key]['per_seed']
+            degradation = [a - b for a, b in zip(cell[key]['per_seed'], base)]
+            check(cell[key]['paired_degradation'], degradation)
+            if D == 'inf':
+                assert 'paired_vs_diffusion' not in cell[key]
+                continue
+            other = cells[(name, setting, 'inf')][key]['per_seed']
+            other_base = cells[('base', None, 'inf')][key]['per_seed']
+            if name == 'base':  # The scores themselves.
+                difference = [a - b for a, b in zip(cell[key]['per_seed'], other)]
+            else:
+                difference = [a - b for a, b in zip(degradation, [o - ob for o, ob in zip(other, other_base)])]
+            check(cell[key]['paired_vs_diffusion'], difference)
+            if cell[key]['paired_vs_diffusion']['beyond_2se']:
+                beyond.append((name, setting, D, key))
+    assert cells[('alpha', 0, 16)]['fd']['paired_degradation']['per_seed'] == [0, 0]  # alpha 0 is the base sampler.
+    assert sorted((b['study'], b['setting'] or 0, b['D'], b['score']) for b in results['paired']['beyond_2se']) == \
+        sorted((n, s or 0, D, k) for n, s, D, k in beyond)
+
+
+@pytest.mark.slow
 def test_results_md_tables(study):
     text = (study['outdir'] / 'results.md').read_text()
     cells = json.loads((study['outdir'] / 'results.json').read_text())['cells']
-    for study_name, title, header in [('alpha', 'Noise injection', '| D | 0 | 0.5 |'), ('steps', 'Sampling steps', '| D | 1 | 2 |'),
-                                      ('quant', 'Weight quantisation (published rule)', '| D | 4 | 8 |')]:
+    def tables(section):  # The runs of '|' lines.
+        blocks, current = [], []
+        for line in section.splitlines() + ['']:
+            if line.startswith('|'):
+                current.append(line)
+            elif current:
+                blocks.append(current)
+                current = []
+        return blocks
+    for study_name, title, values in [('alpha', 'Noise injection', ('0', '0.5')), ('steps', 'Sampling steps', ('1', '2')),
+                                      ('quant', 'Weight quantisation', ('4', '8'))]:
         for key, score in [('fd', 'FD-digits (lower is better)'), ('share', 'recognised share (higher is better)')]:
             section = text.split(f'## {title}: {score}\n')[1].split('\n## ')[0]
-            lines = [line for line in section.splitlines() if line.startswith('|')]
-            assert lines[0] == header and len(lines) == 4  # Header, rule, D=16, D=inf.
-            for line, D in zip(lines[2:], (16, 'inf')):
+            scores, degradation, versus = tables(section)
+            assert scores[0] == '| D | base | ' + ' | '.join(values) + ' |' and len(scores) == 4  # Header, rule, D=16, D=inf.
+            assert degradation[0] == '| D | ' + ' | '.join(values) + ' |' and len(degradation) == 4
+            assert versus[0] == scores[0] and len(versus) == 3  # Finite D only.
+            for D, line, paired_line in zip((16, 'inf'), scores[2:], degradation[2:]):
+                base = next(c for c in cells if c['study'] == 'base' and c['D'] == D)
                 row = [c for c in cells if c['study'] == study_name and c['D'] == D]
-                expected = [d_study.format_cell(c[key]['mean'], c[key]['se'], key) for c in row]
-                assert line == f'| {D} | ' + ' | '.join(expected) + ' |'
-                assert ' ± ' in line
+                expected = [d_study.format_cell(c[key]['mean'], c[key]['se'], key) for c in [base] + row]
+                assert line == f'| {D} | ' + ' | '.join(expected) + ' |' and ' ± ' in line
+                expected = [d_study.format_paired(c[key]['paired_degradation'], key) for c in row]
+                assert paired_line == f'| {D} | ' + ' | '.join(expected) + ' |'
+            row = [c for c in cells if c['study'] in ('base', study_name) and c['D'] == 16]
+            row.sort(key=lambda c: c['study'] != 'base')
+            assert versus[2] == '| 16 | ' + ' | '.join(d_study.format_paired(c[key]['paired_vs_diffusion'], key) for c in row) + ' |'
+    assert d_study.format_paired(dict(mean=1.5, se=0.5, beyond_2se=True), 'fd') == '**1.5 ± 0.5**'
+    assert d_study.format_paired(dict(mean=0.5, se=0.5, beyond_2se=False), 'share') == '0.50 ± 0.50'
 
 
 @pytest.mark.slow
@@ -153,24 +208,32 @@ def test_scores_match_fid_calc_and_an_independent_count(study):
 
 
 @pytest.mark.slow
-def test_real_floor_draws_balanced_subsets_of_the_real_features(study):
-    # results.json's floor: 10 random sets of real digits, each with one image of every digit (as a
-    # 10-sample cell has), scored by fid.py's Frechet distance; recomputed here from the detector's
-    # features of the real images, the labels in dataset.json, and draws of our own.
+def test_real_floor_and_reference_are_the_heldout_digits(study):
+    # The reference statistics: the mean and covariance of the detector's features of the quarter of
+    # the digits it never saw (split_heldout, seed 0). results.json's floor: 10 random sets of those
+    # digits, each with one image of every digit (as a 10-sample cell has), scored by fid.py's Frechet
+    # distance; recomputed here from the real images' features, the labels in dataset.json, and draws of our own.
     results = json.loads((study['outdir'] / 'results.json').read_text())
     scoring = results['scoring']
     assert scoring['real_num'] == 10 and scoring['real_balanced'] is True and scoring['real_draws'] == d_study.REAL_DRAWS
+    assert scoring['reference'] == 'heldout'
     det = detector_lib.load_detector(scoring['detector'], device=torch.device('cpu'))
     real = evaluation.calculate_inception_stats(str(study['data']), det, with_features=True, num_workers=0, progress=False)
     labels_json = dict(json.loads(zipfile.ZipFile(study['data']).read('dataset.json'))['labels'])
-    labels = np.array([labels_json[name] for name in evaluation.ImageFiles(str(study['data'])).names])
+    all_labels = np.array([labels_json[name] for name in evaluation.ImageFiles(str(study['data'])).names])
+    _train, heldout = digits_detector.split_heldout(all_labels, seed=0)
+    features, labels = real['features'][heldout].astype(np.float64), all_labels[heldout]
     ref = evaluation.load_ref_stats(scoring['ref'])
+    np.testing.assert_allclose(ref['mu'], features.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ref['sigma'], np.cov(features, rowvar=False), rtol=1e-6, atol=1e-9)
+    with np.load(scoring['ref']) as npz:
+        assert int(npz['num_images']) == len(heldout) == 450 and 'held out' in str(npz['subset'])
     values = []
     for seed in range(d_study.REAL_DRAWS):
         rnd = np.random.RandomState(seed)
         idx = np.concatenate([rnd.choice(np.flatnonzero(labels == c), 1, replace=False) for c in range(10)])
-        subset = real['features'][idx].astype(np.float64)
         assert sorted(labels[idx]) == list(range(10))
+        subset = features[idx]
         values.append(evaluation.calculate_fid_from_inception_stats(subset.mean(0), np.cov(subset, rowvar=False), ref['mu'], ref['sigma']))
     assert scoring['real_fd'] == pytest.approx(statistics.mean(values), rel=1e-9)
     assert scoring['real_fd_sd'] == pytest.approx(statistics.stdev(values), rel=1e-9)
@@ -300,13 +363,15 @@ def test_scoring_and_recipe_follow_the_data():
     assert digits['cond'] == 1 and digits['cbase'] == 16 and digits['cres'] == [1, 2, 2] and digits['nblock'] == 2 and 'seed' not in digits
     with pytest.raises(ValueError, match='not for 64x64'):
         d_study.train_recipe(64, 0)
-    grid = d_study.resolve_grid(scoring='inception')
-    assert grid.num_samples == 10000 and grid.kimg == 200000 and grid.D_list == (16, 128, 2048, None) and grid.seeds == (0, 1, 2)
+    grid = d_study.resolve_grid(scoring='inception', resolution=32)
+    assert grid.num_samples == 10000 and grid.kimg == 200000 and grid.D_list == (16, 2048, None) and grid.seeds == tuple(range(6))
+    assert grid.quant_scope == 'published'  # CIFAR-10: the published rule as published.
     quick = d_study.resolve_grid(quick=True)
-    assert quick.num_samples == 100 and quick.D_list == (16, None) and quick.kimg == 5 and quick.num_steps == 9
-    assert quick.settings == dict(alpha=[0, 0.2], steps=[4, 7], quant=[3, 6])
+    assert quick.num_samples == 50 and quick.D_list == (16, None) and quick.kimg == 4 and quick.num_steps == 9
+    assert quick.settings == dict(alpha=[0.3], steps=[5, 6], quant=[4]) and quick.quant_scope == 'finest'
     default = d_study.resolve_grid()
-    assert default.num_samples == 200 and default.kimg == 12 and default.num_steps == 9 and len(default.seeds) >= 3
+    assert default.num_samples == 100 and default.kimg == 8 and default.num_steps == 9 and len(default.seeds) == 6
+    assert 6 in default.settings['steps'] and default.num_steps in default.settings['steps']  # 6: where diffusion fails first.
     assert d_study.sample_blocks(4, 0) == [(None, [0, 1, 2, 3], '')]
     assert d_study.sample_blocks(20, 10)[3] == (3, [6, 7], '3')
     with pytest.raises(ValueError, match='multiple of the 10 classes'):
@@ -326,9 +391,11 @@ def test_inception_path_with_a_stand_in(tmp_path, monkeypatch):
                                   steps_list=(1,), num_samples=4, device='cpu', train_options=TINY_STUDY_NET, progress=False)
     assert results['scoring']['kind'] == 'inception' and results['scoring']['detector'] == str(detector)
     assert results['metrics'] == ['fd'] and results['recipe']['cond'] == 1
-    (cell,) = results['cells']
+    base, cell = results['cells']
+    assert base['study'] == 'base' and cell['study'] == 'steps' and results['scoring']['reference'] == 'all'
     assert cell['fd']['n'] == 1 and cell['fd']['se'] is None and math.isfinite(cell['fd']['mean'])
-    assert '| inf | ' + d_study.format_cell(cell['fd']['mean'], None, 'fd') + ' |' in (tmp_path / 'study' / 'results.md').read_text()
+    row = ' | '.join(d_study.format_cell(c['fd']['mean'], None, 'fd') for c in (base, cell))
+    assert '| inf | ' + row + ' |' in (tmp_path / 'study' / 'results.md').read_text()
     assert sorted(os.listdir(tmp_path / 'study' / 'runs' / 'Dinf-seed0' / 'steps' / 'steps_1')) == ['0', '1', 'score.json']
 
 #----------------------------------------------------------------------------

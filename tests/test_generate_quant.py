@@ -149,6 +149,25 @@ def test_scopes_on_a_network():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # The original is untouched.
 
 
+def test_finest_scope_is_the_published_rule_at_any_resolution():
+    # On CIFAR-10's NCSN++ (32x32) 'finest' selects exactly the published rule's tensors; on 8x8 data
+    # it keeps the 8x8 layers exact, which the published '32' rule quantises.
+    with open(EDM_MANIFESTS) as f:
+        entry = json.load(f)['cifar10-uncond-ncsnpp-edm']
+    with torch.device('meta'):
+        net = networks.EDMPrecond(img_resolution=entry['img_resolution'], img_channels=entry['img_channels'],
+                                  label_dim=entry['label_dim'], **entry['network_kwargs'])
+    assert quantization.quantised_names(net, 'finest') == quantization.quantised_names(net, 'published')
+    small = tiny_net(channel_mult=[1, 2])  # Levels at 8x8 and 4x4.
+    finest, published = set(quantization.quantised_names(small, 'finest')), set(quantization.quantised_names(small, 'published'))
+    assert finest and finest < published and not any('8x8' in n for n in finest) and any('8x8' in n for n in published)
+    quantised = dict(quantization.quantize_weights(small, 4, scope='finest').named_parameters())
+    for name, p in small.named_parameters():
+        assert torch.equal(quantised[name], p) == (name not in finest), name
+    with pytest.raises(ValueError, match='image resolution'):
+        quantization.is_quantised('model.enc.8x8_conv.weight', torch.zeros(1), 'finest')
+
+
 def test_bad_scope_and_bits_raise_value_error():
     net = tiny_net()
     with pytest.raises(ValueError, match='Unknown quantisation scope'):
