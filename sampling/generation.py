@@ -266,6 +266,8 @@ def generate_run(run_dir: str, seeds: Sequence[int], min_kimg: Optional[int] = N
         dist.print0(f'{os.path.basename(path)} ({kimg} kimg) -> "{outdir}"')
         net, info = load_for_sampling(path, allow_pickle, device, D)
         warned = warned or bool(warn_guidance(net, info, kwargs))  # Once: a run's checkpoints share their training options.
+        if path == found[0][1]:  # Once: they share D and the resolution too.
+            warn_sampling(net, kwargs.get('sampler_kwargs'))
         generate_images(net, seeds, outdir, device=device, desc=checkpoint.samples_dir_name(kimg), network=path,
                         network_sha256=info['sha256'], skip_existing=True, **kwargs)
     return folders
@@ -286,6 +288,9 @@ def run_study(network: str, outdir: str, settings: Sequence[tuple[str, dict, Opt
     net, info = load_for_sampling(network, allow_pickle, device, D)
     dist.print0(f'Loaded {network} ({info["source"]}, {checkpoint.describe_D(net.D)}).')
     warn_guidance(net, info, kwargs)
+    for message in dict.fromkeys(sampling.sampling_warning(net, {**(sampler_kwargs or {}), **overrides}) for _, overrides, _ in settings):
+        if message:  # Each distinct one once: settings may differ in steps, and with them the restart levels.
+            dist.print0(message)
     folders = []
     for folder, overrides, transform in settings:
         target = os.path.join(outdir, folder)
@@ -372,6 +377,16 @@ def warn_guidance(net, info: dict, kwargs: dict) -> Optional[str]:
     return message
 
 
+def warn_sampling(net, sampler_kwargs: Optional[dict]) -> Optional[str]:
+    """Print (rank 0) and return the sampler's warning for `net` and sampler_kwargs
+    (sampling.sampling_warning, e.g. a Restart jump far from the kernel for a small D); None if none.
+    Called once per command, before sampling, not per batch."""
+    message = sampling.sampling_warning(net, sampler_kwargs)
+    if message:
+        dist.print0(message)
+    return message
+
+
 def describe_cost(sampler_kwargs: Optional[dict], guided: bool) -> str:
     """The start line's cost per image: the sampler's network evaluations, and with guidance the range
     it can reach (a guided call evaluates twice; the real count is printed at the end)."""
@@ -410,6 +425,7 @@ def generate(outdir: str, network: Optional[str] = None, seeds: Sequence[int] | 
     net, info = load_for_sampling(network, allow_pickle, dev, D_to_load(D, pfgmpp, aug_dim))
     kwargs = sampling_options(options, dev)
     warn_guidance(net, info, kwargs)
+    warn_sampling(net, kwargs['sampler_kwargs'])
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" with {checkpoint.describe_D(net.D)}, '
                 f'{describe_cost(kwargs["sampler_kwargs"], guidance != 1)}...')
     generate_images(net, seeds, outdir, device=dev, trajectory=trajectory, network=network, network_sha256=info['sha256'],

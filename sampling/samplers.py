@@ -27,7 +27,8 @@ from training import pfgmpp
 __all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'RestartInterval',
            'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler', 'SamplerSpec', 'SAMPLERS',
            'sampler_keys', 'shared_defaults', 'preset_settings', 'choose_sampler', 'resolve_sampler', 'first_sigma',
-           'sigma_range', 'sigma_steps', 'sampler_settings']
+           'sigma_range', 'sigma_steps', 'sampler_settings', 'sampling_warning', 'RESTART_JUMP_KS_BOUND',
+           'restart_jump_warning']
 
 SOLVERS = ('euler', 'heun')
 DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
@@ -516,6 +517,33 @@ def _check_restart(net, settings: dict) -> dict:
     restart_plan(net, settings['num_steps'], settings['sigma_min'], settings['sigma_max'], settings['rho'], settings['restart'])
     return dict(settings, restart=[list(interval) for interval in parse_restart(settings['restart'])])
 
+
+# The largest Kolmogorov-Smirnov distance from the kernel at t_max (pfgmpp.restart_jump_error) that
+# Restart's forward jump may have before restart_jump_warning() speaks; docs/sampling.md says why.
+RESTART_JUMP_KS_BOUND = 0.05
+
+
+def restart_jump_warning(net, settings: dict) -> Optional[str]:
+    """A one-line warning when the finite-D jump (pfgmpp.restart_jump) of some restart interval lands
+    farther than RESTART_JUMP_KS_BOUND from the kernel at t_max, measured by pfgmpp.restart_jump_error
+    for net.D, N = img_channels * img_resolution^2 and the interval's levels as the sampler runs them
+    (t_min snapped to the main schedule); it names the farthest. None for diffusion (D=None, where the
+    jump is exact) and when every interval is within the bound. ValueError for settings that
+    restart_plan() refuses."""
+    D = getattr(net, 'D', None)
+    _, plan = restart_plan(net, settings['num_steps'], settings['sigma_min'], settings['sigma_max'], settings['rho'], settings['restart'])
+    if D is None or not plan:
+        return None
+    N = int(net.img_channels) * int(net.img_resolution) ** 2
+    errors = [(pfgmpp.restart_jump_error(D, N, float(levels[-1]), float(levels[0]))[0], float(levels[-1]), float(levels[0]))
+              for _interval, levels in plan.values()]
+    distance, t_min, t_max = max(errors)
+    if distance <= RESTART_JUMP_KS_BOUND:
+        return None
+    return (f'Warning: Restart\'s forward jump is approximate for finite D: for D={D:g} it lands a Kolmogorov-Smirnov distance '
+            f'of {distance:.3f} from the PFGM++ kernel at t_max (interval {t_min:.3g} -> {t_max:.3g}, N={N}), above '
+            f'{RESTART_JUMP_KS_BOUND:g}; a larger D, or a t_min farther below t_max, brings it closer (docs/sampling.md).')
+
 #----------------------------------------------------------------------------
 # The registry: each sampler is one entry of SAMPLERS; choosing one, its settings, its starting noise
 # level and its cost all come from there (generate.py, the study scripts and the manifests).
@@ -528,6 +556,11 @@ _CALL_ARGUMENTS = ('net', 'latents', 'class_labels', 'randn_like', 'callback')
 def _as_given(net, settings: dict) -> dict:
     """No checks beyond the sampler's first_sigma(); the settings as they are."""
     return settings
+
+
+def _no_warning(net, settings: dict) -> None:
+    """Nothing to warn about."""
+    return None
 
 
 class SamplerSpec(NamedTuple):
@@ -549,6 +582,8 @@ class SamplerSpec(NamedTuple):
                       made after the prior and the class labels are drawn
         check         (net, settings) -> the settings as a manifest records them; ValueError for ones
                       the sampler would refuse (sampler_settings() also runs first_sigma and sigma_range)
+        warning       (net, settings) -> a one-line warning about running these settings on this
+                      network, or None; generation prints it once per command (sampling_warning())
         presets       {setting: {name: settings}}: a value of `setting` that names a preset brings the
                       preset's other settings (preset_settings())
     """
@@ -561,6 +596,7 @@ class SamplerSpec(NamedTuple):
     sigma_steps: Optional[Callable[[Any, dict], torch.Tensor]] = None
     extra_inputs: Mapping[str, Callable[[Any, Any], Any]] = MappingProxyType({})
     check: Callable[[Any, dict], dict] = _as_given
+    warning: Callable[[Any, dict], Optional[str]] = _no_warning
     presets: Mapping[str, Mapping[str, dict]] = MappingProxyType({})
 
     @property
@@ -586,7 +622,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range,
         nfe=lambda settings: restart_nfe(settings['num_steps'], settings['restart']), sigma_steps=_edm_sigma_steps,
         extra_inputs=dict(D=lambda net, rnd: net.D, gamma_log_like=lambda net, rnd: rnd.gamma_log_like),
-        check=_check_restart, presets=dict(restart=RESTART_PRESETS)),
+        check=_check_restart, warning=restart_jump_warning, presets=dict(restart=RESTART_PRESETS)),
 }
 
 #----------------------------------------------------------------------------
@@ -704,6 +740,14 @@ def sigma_steps(net, sampler: str = 'edm', **settings) -> torch.Tensor:
     if spec.sigma_steps is None:
         raise ValueError(f'The {sampler} sampler does not say which noise levels its steps use; guide by noise level instead.')
     return spec.sigma_steps(net, _with_defaults(sampler, settings))
+
+
+def sampling_warning(net, sampler_kwargs: Optional[dict] = None) -> Optional[str]:
+    """The one-line warning (SamplerSpec.warning) of the sampler choose_sampler() picks for
+    sampler_kwargs, for `net`, or None; e.g. restart_jump_warning() for Restart sampling with a small
+    D. ValueError for settings the sampler would refuse."""
+    name, settings = resolve_sampler(sampler_kwargs)
+    return SAMPLERS[name].warning(net, settings)
 
 
 def sampler_settings(net, sampler_kwargs: Optional[dict] = None) -> dict:

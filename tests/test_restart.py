@@ -1,19 +1,26 @@
 """Restart sampling: the forward jump (training/pfgmpp.restart_jump) against its exact laws and the
-published construction, and the sampler (training/sampling.restart_sampler) against the exact denoiser
-of a finite data set, EDM's sampler, an independent reference, its NFE formula and bad input."""
+published construction, its measured distance from the kernel (pfgmpp.restart_jump_error) and the
+warning generate.py prints when that is large, and the sampler (sampling/samplers.restart_sampler)
+against the exact denoiser of a finite data set, EDM's sampler, an independent reference, its NFE
+formula and bad input."""
 
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+from click.testing import CliRunner
 
+import generate
+import generate_steps
 from sampling import samplers as sampling
 from torch_utils import rng
-from training import pfgmpp
+from training import checkpoint, pfgmpp
 
-from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, one_sentence, trajectory
+from helpers import WEIGHTS, OracleNet, check_lands_on_data, draw_prior, make_data, one_sentence, tiny_net, trajectory
 
 P_MIN = 1e-3  # KS tests with fixed seeds: a correct law gives p far above this.
 
@@ -121,6 +128,129 @@ def test_jump_draws_in_the_documented_order():
     torch.testing.assert_close(out, x + s.reshape(5, 1, 1, 1) * g, rtol=1e-12, atol=1e-12)
     # The augmented radius reaches r1 exactly: |z + s h|^2 = r1^2 with |z| = r0, <z/|z|, h> = h1, |h|^2 = G.
     torch.testing.assert_close(r0 ** 2 + 2 * s * r0 * h1 + s ** 2 * G, torch.full([5], r1 ** 2, dtype=torch.float64))
+
+
+#----------------------------------------------------------------------------
+# How far the finite-D jump lands from the kernel (pfgmpp.restart_jump_error), and the warning.
+
+# N = 3 x 32 x 32 and the interval of the published PFGM++ preset 'cifar10-pfgmpp-d2048', t 0.14 -> 0.30,
+# 200000 samples from seed 0: {D: (KS distance, its standard error)}, as docs/sampling.md tabulates them.
+# Twelve seeds give standard deviations of 0.0005 (D=2048) to 0.0011, as the returned errors say.
+JUMP_ERROR_N, JUMP_ERROR_INTERVAL, JUMP_ERROR_NUM = 3072, (0.14, 0.30), 200_000
+JUMP_ERRORS = {1: (0.1539, 0.0011), 2: (0.1145, 0.0011), 4: (0.0785, 0.0011), 8: (0.0533, 0.0011), 16: (0.0348, 0.0011),
+               128: (0.0128, 0.0011), 2048: (0.0036, 0.0008)}
+
+
+@pytest.fixture(scope='module')
+def measured_jump_errors():
+    return {D: pfgmpp.restart_jump_error(D, JUMP_ERROR_N, *JUMP_ERROR_INTERVAL, num=JUMP_ERROR_NUM, seed=0) for D in JUMP_ERRORS}
+
+
+@pytest.mark.parametrize('D', list(JUMP_ERRORS))
+def test_jump_error_is_the_measured_one(measured_jump_errors, D):
+    """Fixed seeds give the same numbers; 3 standard errors of room, so that a change to the jump's law
+    (or to its draws, which would leave the law alone) fails only when the law moves."""
+    distance, error = measured_jump_errors[D]
+    expected, expected_error = JUMP_ERRORS[D]
+    assert error == pytest.approx(expected_error, abs=3e-4)
+    assert abs(distance - expected) <= 3 * expected_error, f'D={D}: KS distance {distance:.4f}, measured {expected} +- {expected_error}'
+
+
+def test_jump_error_decreases_with_D(measured_jump_errors):
+    distances = [measured_jump_errors[D][0] for D in sorted(JUMP_ERRORS)]
+    assert all(a > b + 3 * 0.0011 for a, b in zip(distances, distances[1:])), distances
+    assert distances[0] > 3 * sampling.RESTART_JUMP_KS_BOUND > 30 * distances[-1]
+
+
+def test_jump_error_is_scipys_ks_statistic_and_the_N_dimensional_jumps():
+    D, N, (t_min, t_max), num = 4, JUMP_ERROR_N, JUMP_ERROR_INTERVAL, 20_000
+    distance, error = pfgmpp.restart_jump_error(D, N, t_min, t_max, num=num, seed=21)
+    two_coordinates = pfgmpp._jumped_radii2(D, N, t_min, t_max, num, gen(21), full=False).numpy()
+    ks = scipy.stats.kstest(two_coordinates, scipy.stats.betaprime(N / 2, D / 2).cdf)
+    assert distance == pytest.approx(ks.statistic, abs=1e-9) and ks.pvalue < 1e-20
+    # The two-coordinate reduction moves radii as the [num, N] vectors do (the same law), and both
+    # measure the same distance within their errors.
+    vectors = pfgmpp._jumped_radii2(D, N, t_min, t_max, num, gen(22), full=True).numpy()
+    assert scipy.stats.ks_2samp(two_coordinates, vectors).pvalue > P_MIN
+    full_distance, full_error = pfgmpp.restart_jump_error(D, N, t_min, t_max, num=num, seed=22, full=True)
+    assert abs(full_distance - distance) < 3 * math.hypot(error, full_error)
+
+
+@pytest.mark.parametrize('D', [1, 16])
+def test_jump_error_of_an_exact_jump_is_noise(D):
+    # From t_min -> 0 the jump is x + t_max sqrt(D / chi^2(D)) g, exactly the kernel at t_max: the
+    # measurement must then find only the noise of 100000 samples (Kolmogorov's law).
+    distance, _ = pfgmpp.restart_jump_error(D, JUMP_ERROR_N, 1e-10, 0.30, num=100_000, seed=23)
+    assert scipy.stats.kstwobign.sf(distance * math.sqrt(100_000)) > P_MIN
+
+
+def test_jump_error_grows_as_t_min_nears_t_max():
+    distances = [pfgmpp.restart_jump_error(16, JUMP_ERROR_N, t_min, 0.30, num=50_000)[0] for t_min in (0.03, 0.06, 0.14, 0.27)]
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: pfgmpp.restart_jump_error(None, 32, 0.1, 0.3), 'exact'),
+    (lambda: pfgmpp.restart_jump_error(4, 0, 0.1, 0.3), 'N '),
+    (lambda: pfgmpp.restart_jump_error(4, 32, 0.1, 0.3, num=1), 'num'),
+    (lambda: pfgmpp.restart_jump_error(4, 32, 0.3, 0.1), 't_max > t_min'),
+    (lambda: pfgmpp.restart_jump_error(0.5, 32, 0.1, 0.3), 'D >= 1'),
+])
+def test_bad_jump_error_measurements_raise(call, match):
+    with pytest.raises(ValueError, match=match) as err:
+        call()
+    assert one_sentence(str(err.value))
+
+
+@pytest.fixture(scope='module')
+def restart_snapshots(tmp_path_factory):
+    """Tiny unconditional networks (N = 3 x 8 x 8) for D=4, D=2048 and diffusion."""
+    folder = tmp_path_factory.mktemp('restart_nets')
+    paths = {}
+    for D in (4.0, 2048.0, None):
+        paths[D] = str(folder / f'D{D}.pt')
+        checkpoint.save_network_snapshot(paths[D], tiny_net(D=D), kimg=1)
+    return paths
+
+
+def jump_warnings(output):
+    return [line for line in output.splitlines() if 'Kolmogorov-Smirnov' in line]
+
+
+# 4 main steps: 80, 9.72, 0.470, 0.002; t_min = 0.47 is a main level. For N = 192: D=4 lands 0.080
+# from the kernel for t 0.47 -> 1 and 0.003 for 0.47 -> 9.
+@pytest.mark.parametrize('D,restart,warns', [
+    (4.0, '2:1:0.47:1', True),
+    (4.0, '2:1:0.47:1;2:2:9.72:40', True),   # The farthest interval is named.
+    (4.0, '2:1:0.47:9', False),              # A wide interval: the jump is nearly exact.
+    (4.0, None, False),                      # No Restart.
+    (2048.0, '2:1:0.47:1', False),
+    (None, '2:1:0.47:1', False),             # Diffusion: the jump is exact.
+])
+def test_generate_warns_once_when_the_jump_is_far_from_the_kernel(tmp_path, restart_snapshots, D, restart, warns):
+    args = [f'--network={restart_snapshots[D]}', f'--outdir={tmp_path / "out"}', '--seeds=0-3', '--batch=2', '--steps=4', '--device=cpu']
+    result = CliRunner().invoke(generate.main, args + ([f'--restart={restart}'] if restart else []))
+    assert result.exit_code == 0 and 'Traceback' not in result.output, result.output
+    lines = jump_warnings(result.output)
+    assert len(lines) == (1 if warns else 0), result.output  # Once per command, not per batch.
+    if warns:
+        assert lines[0].startswith('Warning:') and 'D=4 ' in lines[0] and 'above 0.05' in lines[0] and 'interval 0.47 -> 1,' in lines[0]
+        distance = float(re.search(r'distance of ([0-9.]+)', lines[0]).group(1))
+        assert distance == pytest.approx(pfgmpp.restart_jump_error(4, 192, 0.46997905799774714, 1.0)[0], abs=1e-3)
+
+
+def test_jump_warning_once_in_run_directory_and_study_modes(tmp_path, restart_snapshots):
+    run = tmp_path / 'run'
+    run.mkdir()
+    for kimg in (1, 2):
+        shutil.copy(restart_snapshots[4.0], run / checkpoint.snapshot_name(kimg))
+    result = CliRunner().invoke(generate.main, [f'--outdir={run}', '--seeds=0', '--steps=4', '--restart=2:1:0.47:1', '--device=cpu'])
+    assert result.exit_code == 0 and len(jump_warnings(result.output)) == 1, result.output
+    # generate_steps.py: 4 and 7 steps snap t_min = 0.6 to the main level 0.470, 6 steps to 0.965, so
+    # two settings warn alike and one otherwise.
+    result = CliRunner().invoke(generate_steps.main, [f'--network={restart_snapshots[4.0]}', f'--outdir={tmp_path / "steps"}', '--seeds=0',
+                                                      '--steps-list=4,6,7', '--restart=2:1:0.6:1', '--device=cpu'])
+    assert result.exit_code == 0 and len(jump_warnings(result.output)) == 2, result.output
 
 
 @pytest.mark.parametrize('call,match', [
