@@ -24,8 +24,10 @@ import click
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICIES = {'default': None, 'PASSIVE': 'PASSIVE', 'ACTIVE': 'ACTIVE', 'gomp-default': ''}
 
-# The competitor: float32 matrix products on torch's default threads, until killed.
-COMPETITOR = 'import torch\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x / 512)\n'
+# The competitor: float32 matrix products on torch's default threads, until killed or until this
+# benchmark is gone (its parent changes), so that killing the benchmark never leaves it running.
+COMPETITOR = ('import os, torch\nparent = os.getppid()\nx = torch.randn(512, 512)\n'
+              'while os.getppid() == parent:\n    x = torch.tanh(x @ x / 512)\n')
 
 
 
