@@ -47,7 +47,8 @@ from metrics import detector as detector_lib
 from metrics import digits as digits_detector
 from metrics import evaluation
 from sampling import generation, provenance
-from studies import quickstart, robustness
+from studies import oracle_arm, quickstart, robustness
+from studies.stats import frechet_distance, mean_and_se, paired  # noqa: F401 (mean_and_se: part of this module's interface)
 from torch_utils import cli, image_io, misc
 from training import checkpoint, launch, presets
 from training.dataset import ImageFolderDataset
@@ -102,6 +103,7 @@ class Grid:
     settings: dict       # study name -> list of setting values, in the order of STUDIES.
     num_steps: int       # Heun steps of the sampler, unless the study sets them (the steps study).
     quant_scope: str = 'finest'  # quant_scope(): which layers the quantisation study keeps exact.
+    oracle: Optional[oracle_arm.OracleGrid] = None  # The oracle arm's grid, when it runs.
 
     @property
     def sampler_kwargs(self) -> dict:
@@ -125,8 +127,8 @@ INCEPTION_KIMG = dict(default=200000, quick=2000)
 
 # Seconds per unit of work before this run has measured its own, as measured on 2 shared CPU cores for
 # the digits recipe (training; sampling in batches of 20; scoring).
-PRIOR_SECONDS = dict(train=11.0, generate=0.0045, score=0.001)
-UNITS = dict(train='kimg', generate='image-NFE', score='image')
+PRIOR_SECONDS = dict(train=11.0, generate=0.0045, score=0.001, oracle=2.0)
+UNITS = dict(train='kimg', generate='image-NFE', score='image', oracle='cell')
 
 
 def format_D(D: Optional[float]) -> str:
@@ -158,21 +160,26 @@ def parse_D_list(values: Any) -> tuple:
     return D_list
 
 
+ARMS = (*STUDIES, 'oracle')  # --studies names: the trained arm's studies and the oracle arm (studies/oracle_arm.py).
+
+
 def parse_studies(values: Any) -> list[str]:
-    """'alpha,steps' or a sequence -> known study names in STUDIES order."""
+    """'alpha,steps' or a sequence -> known study names in ARMS order."""
     names = [v.strip() for v in (values.split(',') if isinstance(values, str) else values or []) if v.strip()]
-    unknown = [n for n in names if n not in STUDIES]
+    unknown = [n for n in names if n not in ARMS]
     if unknown or not names:
-        raise ValueError(f'Unknown study {", ".join(map(repr, unknown)) or "(none)"}; choose from {", ".join(STUDIES)}.')
-    return [n for n in STUDIES if n in names]
+        raise ValueError(f'Unknown study {", ".join(map(repr, unknown)) or "(none)"}; choose from {", ".join(ARMS)}.')
+    return [n for n in ARMS if n in names]
 
 
 def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kimg: Optional[float] = None,
                  num_samples: Optional[int] = None, studies: Any = None, alphas: Any = None, steps_list: Any = None,
-                 bits: Any = None, num_steps: Optional[int] = None, scoring: str = 'digits', resolution: int = 16) -> Grid:
+                 bits: Any = None, num_steps: Optional[int] = None, scoring: str = 'digits', resolution: int = 16,
+                 oracle_D: Any = None, oracle_eps: Any = None, oracle_kappa: Any = None, oracle_samples: Optional[int] = None) -> Grid:
     """The grid from the arguments, each one left None taken from DEFAULTS (QUICK with quick=True; for
-    the Inception FID the sample count and the training budget of INCEPTION_*). ValueError, with one
-    sentence, for anything invalid."""
+    the Inception FID the sample count and the training budget of INCEPTION_*), the oracle arm's from
+    oracle_arm.DEFAULTS (QUICK); the oracle arm runs on the digits only, by default whenever they are
+    the data. ValueError, with one sentence, for anything invalid."""
     base = QUICK if quick else DEFAULTS
     D_list = parse_D_list(base['D_list'] if D_list is None else D_list)
     seeds = tuple(cli.parse_int_list(base['seeds'] if seeds is None else seeds, unique=True))
@@ -186,10 +193,14 @@ def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kim
         num_samples = base['num_samples'] if scoring != 'inception' else INCEPTION_NUM_SAMPLES['quick' if quick else 'default']
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f'The number of samples per cell must be an integer >= 2, got {num_samples!r}.')
-    names = parse_studies(list(STUDIES) if studies is None else studies)
+    names = parse_studies((ARMS if scoring == 'digits' else STUDIES) if studies is None else studies)
+    if 'oracle' in names and scoring != 'digits':
+        raise ValueError('The oracle arm samples the exact denoiser of a subset of the digits; it runs with the quick start\'s digits '
+                         '(leave --data and --detector out), or leave oracle out of --studies.')
+    oracle = oracle_arm.resolve_grid(quick, oracle_D, oracle_eps, oracle_kappa, oracle_samples) if 'oracle' in names else None
     given = dict(alpha=alphas, steps=steps_list, quant=bits)
     settings = {}
-    for name in names:
+    for name in (n for n in names if n in STUDIES):
         values = base['settings'][name] if given[name] is None else given[name]
         try:
             settings[name] = STUDIES[name].parse(values)
@@ -199,7 +210,7 @@ def resolve_grid(quick: bool = False, D_list: Any = None, seeds: Any = None, kim
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f'The number of sampling steps must be an integer >= 1, got {num_steps!r}.')
     return Grid(D_list=D_list, seeds=seeds, kimg=float(kimg), num_samples=num_samples, settings=settings, num_steps=num_steps,
-                quant_scope=quant_scope(resolution))
+                quant_scope=quant_scope(resolution), oracle=oracle)
 
 #----------------------------------------------------------------------------
 # Data, recipe and detector: what the data decides.
@@ -283,24 +294,6 @@ def check_detector(detector: detector_lib.Detector, data: DataInfo) -> int:
 #----------------------------------------------------------------------------
 # Statistics: mean and standard error over independently trained models.
 
-def mean_and_se(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-    """(mean, standard error of the mean) of independent values: sample std (n - 1) / sqrt(n);
-    the standard error is None for fewer than 2 values, both are None for none."""
-    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if x.size == 0:
-        return None, None
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, None
-    return mean, float(x.std(ddof=1) / math.sqrt(x.size))
-
-
-def frechet_distance(features: np.ndarray, ref: dict) -> float:
-    """fid.py's Frechet distance of features [N, F] (mean, unbiased covariance) to reference statistics."""
-    f = features.astype(np.float64)
-    return evaluation.calculate_fid_from_inception_stats(f.mean(axis=0), np.cov(f, rowvar=False, ddof=1), ref['mu'], ref['sigma'])
-
-
 def bootstrap_se(features: np.ndarray, ok: Optional[np.ndarray], ref: dict, rounds: int = BOOTSTRAP_ROUNDS,
                  seed: int = 0) -> dict:
     """Standard errors over resamples (with replacement) of one model's samples: of the Frechet
@@ -325,7 +318,7 @@ class Progress:
     or PRIOR_SECONDS before the first of a kind."""
 
     def __init__(self, pending: dict, total_stages: int, enabled: bool = True, log_path: Optional[str] = None):
-        self.pending = dict(pending)        # kind -> units of work still to do.
+        self.pending = {kind: 0.0 for kind in UNITS} | dict(pending)  # kind -> units of work still to do.
         self.total = total_stages
         self.count = 0
         self.spent = {k: 0.0 for k in UNITS}
@@ -650,12 +643,16 @@ def run_d_study(
     D_list: Any = None,                      # D values (None or 'inf': D -> infinity); default 16, 2048, inf.
     kimg: Optional[float] = None,            # Training budget per model, whole kimg.
     seeds: Any = None,                       # Training seeds; default 0-5.
-    studies: Any = None,                     # Subset of 'alpha', 'steps', 'quant'; default all.
+    studies: Any = None,                     # Subset of 'alpha', 'steps', 'quant', 'oracle'; default all (oracle: digits only).
     alphas: Any = None,                      # Noise injection strengths.
     steps_list: Any = None,                  # Sampling step counts.
     bits: Any = None,                        # Quantisation bit widths (the published rule; scope: quant_scope()).
     num_samples: Optional[int] = None,       # Samples per cell (a multiple of the classes when conditional).
     num_steps: Optional[int] = None,         # Heun steps of the alpha and quant studies; default 9 (DEFAULT_STEPS).
+    oracle_D: Any = None,                    # The oracle arm's D values (inf included); default 1, 4, 16, 128, 2048, inf.
+    oracle_eps: Any = None,                  # Its additive error's strengths (nonzero).
+    oracle_kappa: Any = None,                # Its noise-level error's strengths (nonzero).
+    oracle_samples: Optional[int] = None,    # Its samples per cell; default 1000.
     train_options: Optional[dict] = None,    # launch.train() options that replace the recipe's (e.g. a tiny network for tests).
     detector: Optional[str] = None,          # Detector file for fid.py; None: digits detector or Inception-v3.
     device: str = 'auto',                    # auto | cuda | cpu.
@@ -673,12 +670,13 @@ def run_d_study(
         raise FileNotFoundError(f'--detector {detector} does not exist; pass a TorchScript or pickle detector file, or leave it out.')
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise ValueError(f'--outdir {outdir} is a file; choose a folder.')
-    resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps)  # Fail fast, before any work.
+    arm = dict(oracle_D=oracle_D, oracle_eps=oracle_eps, oracle_kappa=oracle_kappa, oracle_samples=oracle_samples)
+    resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, **arm)  # Fail fast, before any work.
     data_path = ensure_digits_dataset(data)
     data_info = describe_data(data_path)
     kind = choose_scoring(detector, is_digits_like(data_info.resolution, data_info.channels, data_info.label_dim))
     grid = resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, scoring=kind,
-                        resolution=data_info.resolution)
+                        resolution=data_info.resolution, **arm)
     reserved = sorted(set(train_options or {}) & set(RESERVED_TRAIN_OPTIONS))
     if reserved:
         raise ValueError(f'train_options may not set {", ".join(reserved)}: the study sets them for each model.')
@@ -697,25 +695,44 @@ def run_d_study(
     scorer, scoring_info = make_scorer(outdir, data_info, kind, detector, dev, grid.num_samples, num_classes,
                                        os.path.join(log_dir, 'scoring.txt'))
 
-    models = [Model(D, s, os.path.join(outdir, 'runs', run_name(D, s))) for D in grid.D_list for s in grid.seeds]
+    trained = bool(grid.settings)  # Only the oracle arm: no models.
+    models = [Model(D, s, os.path.join(outdir, 'runs', run_name(D, s))) for D in grid.D_list for s in grid.seeds] if trained else []
     cells = [BASE] + [(study, value, folder, overrides, transform)
                       for study, values in grid.settings.items()
-                      for value, (folder, overrides, transform) in zip(values, STUDIES[study].settings(values, grid))]
-
-    bar = Progress(pending_work(models, cells, blocks, grid, scorer), total_stages=3 * len(models), enabled=progress, log_path=os.path.join(outdir, 'timing.jsonl'))
+                      for value, (folder, overrides, transform) in zip(values, STUDIES[study].settings(values, grid))] if trained else []
+    oracle_dir = os.path.join(outdir, 'oracle')
+    pending = pending_work(models, cells, blocks, grid, scorer)
+    if grid.oracle is not None:
+        pending['oracle'] = sum(not oracle_arm.cell_complete(os.path.join(oracle_dir, c[3]), grid.oracle) for c in oracle_arm.cells_of(grid.oracle))
+    bar = Progress(pending, total_stages=3 * len(models) + (grid.oracle is not None), enabled=progress,
+                   log_path=os.path.join(outdir, 'timing.jsonl'))
     if progress:
-        print(f'D study in {outdir}: {len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds '
-              f'{cli.format_int_list(grid.seeds)}; {target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples '
-              f'per cell; scoring: {describe_scoring(scoring_info)}. Stage output goes to {log_dir}/.', flush=True)
+        arm_line = '' if grid.oracle is None else (
+            f'; oracle arm: D = {", ".join(map(format_D, grid.oracle.D_list))}, {len(oracle_arm.cells_of(grid.oracle)) // len(grid.oracle.D_list)} '
+            f'cells each of {grid.oracle.num_samples} samples')
+        trained_line = (f'{len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds {cli.format_int_list(grid.seeds)}; '
+                        f'{target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples per cell' if trained else
+                        'no trained models')
+        print(f'D study in {outdir}: {trained_line}{arm_line}; scoring: {describe_scoring(scoring_info)}. Stage output goes to {log_dir}/.',
+              flush=True)
 
+    arm_record = None
+    if grid.oracle is not None:  # First: minutes, and no training variance.
+        work = []
+        with captured(os.path.join(log_dir, 'oracle.txt')):
+            arm_record = oracle_arm.run_arm(oracle_dir, data_path, grid.oracle, grid.num_steps, scorer.detector, scorer.ref, scorer.threshold,
+                                            dev, stage=lambda *args: work.append(args))
+        cells_sampled, seconds, cpu_seconds = work[0]
+        bar.stage('oracle', 'arm', cells_sampled, seconds if cells_sampled else None, cpu_seconds)
+        arm_record['beyond_2se'] = oracle_arm.beyond(arm_record)
     scores = {}
     for m in models:
         log_path = os.path.join(log_dir, f'{m.name}.txt')
         network = train_model(m, grid, recipe, data_path, device, bar, log_path)
         generate_model(m, network, cells, blocks, grid, dev, bar, log_path)
         scores.update(score_model(m, cells, blocks, grid.num_samples, scorer, bar, log_path))
-        write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=False)
-    return write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=True)
+        write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=False, oracle=arm_record)
+    return write_tables(outdir, grid, models, cells, scores, scoring_info, data_path, recipe, bar, final=True, oracle=arm_record)
 
 
 def pending_work(models: list, cells: list, blocks: list, grid: Grid, scorer) -> dict:
@@ -853,15 +870,6 @@ def collect_cells(grid: Grid, models: list, cells: list, scores: dict, scoring: 
     return out
 
 
-def paired(values: dict) -> dict:
-    """Mean ± SE over the seeds of {seed: value} (None values dropped), with the per-seed values, and
-    whether the mean lies beyond 2 SE of zero."""
-    seeds = sorted(s for s, v in values.items() if v is not None)
-    mean, se = mean_and_se([values[s] for s in seeds])
-    return dict(mean=mean, se=se, n=len(seeds), seeds=seeds, per_seed=[values[s] for s in seeds],
-                beyond_2se=bool(mean is not None and se is not None and se > 0 and abs(mean) > 2 * se))
-
-
 def paired_statistics(cells: list[dict], grid: Grid, scoring: dict) -> None:
     """Adds to every cell and score, in place: 'paired_degradation', each model's score at the setting
     minus its own base cell's (the same network and sampling seeds), mean ± SE over the training seeds;
@@ -938,6 +946,8 @@ def study_tables(grid: Grid, cells: list[dict], study: str, values: list, key: s
 
 def markdown(grid: Grid, cells: list[dict], scoring: dict, data: str, recipe: dict) -> str:
     """results.md: what was run, then per study and score its tables (study_tables())."""
+    if not grid.settings:  # Only the oracle arm (oracle_arm.markdown() follows).
+        return f'# D study\n\nData: {data}. Scoring: {describe_scoring(scoring)}.\n'
     lines = ['# D study', '',
              f'Data: {data}. Models: {"class-conditional " if recipe.get("cond") else ""}{recipe.get("arch", "ddpmpp")} '
              f'(channels {recipe.get("cbase", "default")}), {target_kimg(grid.kimg)} kimg each, training seeds '
@@ -958,10 +968,10 @@ def markdown(grid: Grid, cells: list[dict], scoring: dict, data: str, recipe: di
     return '\n'.join(lines) + '\n'
 
 
-def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
+def plot(path: str, grid: Grid, cells: list[dict], scoring: dict, oracle: Optional[dict] = None) -> None:
     """d_study.png: a column per study, a row per score; each panel the paired degradation (score
-    minus the model's base score) against the setting, one line per D with standard-error bars.
-    Written atomically."""
+    minus the model's base score) against the setting, one line per D with standard-error bars; with
+    the oracle arm a last column of its panels (oracle_arm.plot()). Written atomically."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -970,7 +980,9 @@ def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
         raise ValueError('The D study\'s figure needs matplotlib; install it with: pip install -r requirements-demo.txt') from None
     metrics = metric_names(scoring)
     studies = list(grid.settings)
-    fig, axes = plt.subplots(len(metrics), len(studies), figsize=(4.2 * len(studies), 3.4 * len(metrics)), squeeze=False)
+    columns = len(studies) + (oracle is not None)
+    rows = max(len(metrics), 2 if oracle is not None else 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     for col, study in enumerate(studies):
         for row, (key, title) in enumerate(metrics):
             ax = axes[row][col]
@@ -988,8 +1000,11 @@ def plot(path: str, grid: Grid, cells: list[dict], scoring: dict) -> None:
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle(f'PFGM++ D study: degradation from each model\'s base cell, mean ± SE over {len(grid.seeds)} training seed'
-                 f'{"s" if len(grid.seeds) > 1 else ""}, {target_kimg(grid.kimg)} kimg, {grid.num_samples} samples per point', fontsize=10)
+    if oracle is not None:
+        oracle_arm.plot([axes[row][columns - 1] for row in range(rows)], oracle)
+    title = (f'PFGM++ D study: degradation from each model\'s base cell, mean ± SE over {len(grid.seeds)} training seed'
+             f'{"s" if len(grid.seeds) > 1 else ""}, {target_kimg(grid.kimg)} kimg, {grid.num_samples} samples per point') if studies else 'PFGM++ D study'
+    fig.suptitle(title + ('; right: the oracle arm' if oracle is not None and studies else ''), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=110)
@@ -1021,18 +1036,19 @@ def timing_summary(records: list[dict]) -> dict:
 
 
 def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dict, scoring: dict, data: str, recipe: dict,
-                 bar: Progress, final: bool) -> dict:
-    """results.json and results.md (after every model), and d_study.png (final=True)."""
+                 bar: Progress, final: bool, oracle: Optional[dict] = None) -> dict:
+    """results.json and results.md (after every model), and d_study.png (final=True); oracle: the
+    oracle arm's record (oracle_arm.run_arm()), when it ran."""
     collected = collect_cells(grid, models, cells, scores, scoring)
     stages = []
     if bar.log_path is not None and os.path.isfile(bar.log_path):
         with open(bar.log_path, encoding='utf-8') as f:
             stages = [json.loads(line) for line in f if line.strip()]
-    results = dict(format=RESULTS_FORMAT, version=RESULTS_VERSION, complete=final and all(
+    results = dict(format=RESULTS_FORMAT, version=RESULTS_VERSION, complete=final and (grid.oracle is None or oracle is not None) and all(
                        c[k]['n'] == len(grid.seeds) for c in collected for k, _t in metric_names(scoring)),
                    grid=dict(D=[D_key(D) for D in grid.D_list], seeds=list(grid.seeds), kimg=target_kimg(grid.kimg),
                              num_samples=grid.num_samples, num_steps=grid.num_steps, settings=grid.settings, quant_scope=grid.quant_scope),
-                   paired=paired_summary(collected, scoring),
+                   paired=paired_summary(collected, scoring), oracle=oracle,
                    data=os.path.abspath(data), recipe=recipe, scoring=scoring, metrics=[k for k, _t in metric_names(scoring)],
                    cells=collected, timing=dict(this_run=timing_summary(bar.records), all_runs=timing_summary(stages), stages=stages,
                                                 threads=torch.get_num_threads(), cpu_count=os.cpu_count()),
@@ -1041,10 +1057,10 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
     results = provenance._plain(results)
     text = (json.dumps(results, indent=2) + '\n').encode()
     dnnlib.util.write_atomic(os.path.join(outdir, 'results.json'), lambda f: f.write(text))
-    md = markdown(grid, collected, scoring, data, recipe).encode()
+    md = (markdown(grid, collected, scoring, data, recipe) + ('\n'.join(oracle_arm.markdown(oracle)) + '\n' if oracle else '')).encode()
     dnnlib.util.write_atomic(os.path.join(outdir, 'results.md'), lambda f: f.write(md))
     if final:
-        plot(os.path.join(outdir, 'd_study.png'), grid, collected, scoring)
+        plot(os.path.join(outdir, 'd_study.png'), grid, collected, scoring, oracle)
         if bar.enabled:
             print(f'Wrote {os.path.join(outdir, "results.json")}, results.md and d_study.png '
                   f'(total {format_seconds(time.time() - bar.start)}).', flush=True)
@@ -1059,23 +1075,29 @@ def write_tables(outdir: str, grid: Grid, models: list, cells: list, scores: dic
 @click.option('--D', 'D_list', help='PFGM++ D values; inf is diffusion  [default: 16,2048,inf; --quick: 16,inf]', metavar='LIST', type=str)
 @click.option('--train-kimg', 'kimg', help='Training budget per model  [default: 8; --quick: 4; Inception: 200000]', metavar='KIMG', type=float)
 @click.option('--train-seeds', 'seeds', help='Training seeds, one model per D and seed  [default: 0-5; --quick: 0-1]', metavar='LIST', type=str)
-@click.option('--studies',     help='Which studies', metavar='LIST', type=str, default='alpha,steps,quant')
+@click.option('--studies',     help='Which studies: alpha, steps, quant (trained models), oracle (exact denoisers)  [default: all; oracle on the digits only]', metavar='LIST', type=str)
 @click.option('--alphas',      help='Noise injection alphas  [default: 0.1,0.3,0.5; --quick: 0.3]', metavar='LIST', type=str)
 @click.option('--steps-list', '--steps_list', 'steps_list', help='Sampling step counts  [default: 5,6,7,9,12; --quick: 5,6]', metavar='LIST', type=str)
 @click.option('--bits',        help='Weight bits, published rule (the data\'s finest stage kept exact)  [default: 4,5,6,8; --quick: 4]', metavar='LIST', type=str)
 @click.option('--steps',       'num_steps', help='Heun steps of the alpha and quant studies (18: the paper\'s 35 evaluations)  [default: 9]', metavar='INT', type=int)
 @click.option('--num-samples', 'num_samples', help='Samples per cell  [default: 100; --quick: 50; Inception: 10000]', metavar='INT', type=int)
+@click.option('--oracle-D',    'oracle_D', help='The oracle arm\'s D values, inf included  [default: 1,4,16,128,2048,inf; --quick: 1,16,inf]', metavar='LIST', type=str)
+@click.option('--oracle-eps',  'oracle_eps', help='Its additive errors D + eps sigma z  [default: 0.1,0.3,1,3; --quick: 1]', metavar='LIST', type=str)
+@click.option('--oracle-kappa', 'oracle_kappa', help='Its noise-level errors D(x; (1 + kappa) sigma)  [default: -0.5,-0.2,0.2,0.5; --quick: 0.5]', metavar='LIST', type=str)
+@click.option('--oracle-samples', 'oracle_samples', help='Its samples per cell  [default: 1000; --quick: 500]', metavar='INT', type=int)
 @click.option('--detector',    help='Detector file for fid.py  [default: the digits detector, or Inception-v3 for other data]', metavar='PATH', type=str)
 @cli.device_option(help='Where to train, sample and score')
 @click.option('--quick',       help='The smaller grid, for a smoke test (options given still win)', is_flag=True)
 @cli.debug_option
 def cmdline(debug: bool, **kwargs):
     """The D study of PFGM++: train one model per D and training seed, sample it under noise injection,
-    fewer sampling steps and weight quantisation, score every folder and tabulate mean ± standard error
-    over the seeds.
+    fewer sampling steps and weight quantisation, score every folder and tabulate each setting's
+    degradation from the model's base cell, mean ± standard error over the seeds, paired by seed
+    against diffusion; and the oracle arm: exact denoisers of 100 digits with a controlled error,
+    for D from 1 to infinity, with no training variance.
 
     \b
-    # The default grid on the quick start's digits (49 minutes on 2 CPU cores):
+    # The default grid on the quick start's digits (TIME on 2 CPU cores):
     python -m studies.d_study --outdir=d-study
     \b
     # A smoke test (minutes):

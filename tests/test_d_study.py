@@ -23,14 +23,15 @@ from metrics import detector as detector_lib
 from metrics import digits as digits_detector
 from metrics import evaluation
 from sampling import generation
-from studies import d_study
+from studies import d_study, oracle_arm, stats
 from training import checkpoint, launch
 
 from helpers import bars_images, save_standin_detector, write_dataset_zip
 
 TINY_STUDY_NET = dict(cbase=8, cres=[1], nblock=1)  # Replaces the quick start's network: seconds per model.
 TINY_STUDY = dict(D_list=(16, None), kimg=1, seeds=(0, 1), alphas=(0, 0.5), steps_list=(1, 2), bits=(4, 8), num_samples=10,
-                  num_steps=2, device='cpu', train_options=TINY_STUDY_NET)
+                  num_steps=2, device='cpu', train_options=TINY_STUDY_NET,
+                  oracle_D=(1, None), oracle_eps=(1,), oracle_kappa=(0.5,), oracle_samples=20)  # The oracle arm: 2 D x 3 cells.
 
 
 class Calls:
@@ -106,8 +107,9 @@ def test_results_json_cells(study):
             assert model['provenance']['study']['folder'] == f'{cell["study"]}/{cell["folder"]}/0'
             assert model['score']['detector_sha256'] == results['scoring']['detector_sha256']
     assert results['scoring']['kind'] == 'digits' and results['scoring']['detector'].endswith('digits-detector.pt')
-    assert results['code']['source_sha256'] and set(results['timing']['all_runs']) == {'train', 'generate', 'score'}
-    assert results['timing']['all_runs']['train']['units'] == 4 and len(results['timing']['stages']) == 12
+    assert results['code']['source_sha256'] and set(results['timing']['all_runs']) == {'train', 'generate', 'score', 'oracle'}
+    assert results['timing']['all_runs']['train']['units'] == 4 and len(results['timing']['stages']) == 13  # 4 x 3 and the oracle arm.
+    assert results['timing']['all_runs']['oracle']['units'] == 6
 
 
 @pytest.mark.slow
@@ -282,6 +284,139 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch):
     assert calls.counts == dict(train=0, generate=0, score=0)
 
 #----------------------------------------------------------------------------
+# The oracle arm.
+
+@pytest.mark.slow
+def test_oracle_arm_in_results_against_an_independent_computation(study):
+    """results.json's 'oracle': 2 D x (base, eps 1, kappa 0.5) cells of 20 samples; their scores
+    recomputed here from the PNGs: FD-digits by fid.py's calc, the recognised share by the detector,
+    'moved' by nearest subset points computed in numpy, all paired by seed."""
+    results = json.loads((study['outdir'] / 'results.json').read_text())
+    arm = results['oracle']
+    assert arm['settings']['D'] == [1, 'inf'] and arm['settings']['strengths'] == dict(additive=[1], sigma=[0.5])
+    assert arm['settings']['num_samples'] == 20 and arm['settings']['num_steps'] == 2
+    cells = {(c['D'], c['error'], c['strength']): c for c in arm['cells']}
+    assert set(cells) == {(D, e, s) for D in (1, 'inf') for e, s in (('none', 0), ('additive', 1), ('sigma', 0.5))}
+    images, labels = digits_detector.load_digits_dataset(str(study['data']))
+    subset = np.asarray(arm['settings']['subset_indices'])
+    _train, heldout = digits_detector.split_heldout(labels, seed=0)
+    assert len(subset) == 100 and not set(subset) & set(heldout) and np.array_equal(labels[subset], np.repeat(np.arange(10), 10))
+    points = images[subset].reshape(100, -1).astype(np.float64) / 127.5 - 1
+    net = torch.jit.load(results['scoring']['detector'])
+
+    def read(cell):  # seeds 2c, 2c + 1 for digit c: the nearest point of the digit, and recognised or not.
+        nearest, ok = [], []
+        for seed in range(20):
+            c = seed // 2
+            image = np.array(PIL.Image.open(os.path.join(cell['folder'], str(c), f'{seed:06d}.png')))
+            x = image.reshape(-1).astype(np.float64) / 127.5 - 1
+            nearest.append(10 * c + int(np.argmin(((points[10 * c:10 * c + 10] - x) ** 2).sum(1))))
+            with torch.no_grad():
+                probs = net(torch.from_numpy(image)[None, None].expand(1, 3, -1, -1).contiguous())[0]
+            ok.append(float(probs.max() >= 0.8 and int(probs.argmax()) == c))
+        return np.array(nearest), np.array(ok)
+
+    data = {key: read(cell) for key, cell in cells.items()}
+    for (D, error, strength), cell in cells.items():
+        nearest, ok = data[(D, error, strength)]
+        base_nearest, base_ok = data[(D, 'none', 0)]
+        record = evaluation.calc(images=cell['folder'], ref=results['scoring']['ref'], num=20, detector=results['scoring']['detector'],
+                                 workers=0, device='cpu')
+        assert cell['fd']['value'] == pytest.approx(record['metrics']['fid'], rel=1e-6)
+        assert cell['share']['value'] == pytest.approx(ok.mean(), abs=1e-12)
+        moved = (nearest != base_nearest).astype(float)
+        assert cell['moved']['mean'] == pytest.approx(moved.mean(), abs=1e-12)
+        assert cell['moved']['se'] == pytest.approx(moved.std(ddof=1) / math.sqrt(20), abs=1e-12)
+        assert cell['degradation']['share']['mean'] == pytest.approx((ok - base_ok).mean(), abs=1e-12)
+        base_fd = cells[(D, 'none', 0)]['fd']['value']
+        assert cell['degradation']['fd']['mean'] == pytest.approx(cell['fd']['value'] - base_fd, abs=1e-9)
+        if D == 'inf':
+            assert 'vs_diffusion' not in cell
+            continue
+        other_nearest, other_ok = data[('inf', error, strength)]
+        other_base_nearest, other_base_ok = data[('inf', 'none', 0)]
+        if error == 'none':
+            assert cell['vs_diffusion']['share']['mean'] == pytest.approx((ok - other_ok).mean(), abs=1e-12)
+            continue
+        difference = moved - (other_nearest != other_base_nearest)
+        assert cell['vs_diffusion']['moved']['mean'] == pytest.approx(difference.mean(), abs=1e-12)
+        assert cell['vs_diffusion']['moved']['se'] == pytest.approx(difference.std(ddof=1) / math.sqrt(20), abs=1e-12)
+        expected = (cell['fd']['value'] - base_fd) - (cells[('inf', error, strength)]['fd']['value'] - cells[('inf', 'none', 0)]['fd']['value'])
+        assert cell['vs_diffusion']['fd']['mean'] == pytest.approx(expected, abs=1e-9)
+    assert arm['beyond_2se'] == [dict(D=c['D'], error=c['error'], strength=c['strength'], score=k, mean=v['mean'], se=v['se'])
+                                 for c in arm['cells'] for k, v in c.get('vs_diffusion', {}).items() if v['beyond_2se']]
+    text = (study['outdir'] / 'results.md').read_text()
+    assert '## Oracle arm: exact denoisers with a controlled error' in text and '### sigma error: D_hat = D(x; (1 + kappa) * sigma)' in text
+
+
+def _scores(features, ok, index):
+    return oracle_arm.CellScores(seeds=np.arange(len(ok)), features=np.asarray(features, dtype=np.float64), ok=np.asarray(ok, dtype=bool),
+                                 index=np.asarray(index), distance=np.zeros(len(ok)))
+
+
+def test_oracle_statistics_are_paired_by_seed():
+    """cell_statistics() on made-up per-sample scores: a cell identical to its base degrades by
+    exactly 0 ± 0; paired standard errors are those of the per-seed differences, far below the
+    unpaired ones when the cells share most of their samples, and the common bootstrap makes the SE of
+    an FD difference of nearly equal cells far below that of independent cells."""
+    grid = oracle_arm.OracleGrid(D_list=(4.0, None), strengths=dict(additive=(1.0,), sigma=(0.5,)), num_samples=200, per_class=1)
+    rng = np.random.default_rng(0)
+    base_features = rng.normal(size=[200, 3])
+    ok = rng.random(200) < 0.7
+    index = np.repeat(np.arange(10), 20)
+    flip = np.zeros(200, dtype=bool)
+    flip[:30] = True  # 30 seeds recognised no more; 40 moved to another point.
+    moved_index = np.where(np.arange(200) < 40, (index + 1) % 10, index)
+    changed = base_features + 0.05 * rng.normal(size=[200, 3])  # Every sample nudged: nearly the same cell.
+    scores = {}
+    for D in grid.D_list:
+        for cell in oracle_arm.cells_of(grid):
+            if cell[0] != D:
+                continue
+            same = cell[1] == 'sigma' or (cell[1] == 'additive' and D is None)
+            scores[cell] = (_scores(base_features, ok, index) if cell[1] == 'none' or same else
+                            _scores(changed, ok & ~flip, moved_index))
+    ref = dict(mu=np.zeros(3), sigma=np.eye(3))
+    out = {(c['D'], c['error']): c for c in oracle_arm.cell_statistics(grid, oracle_arm.cells_of(grid), scores, ref, 'unused')}
+    for D in (4.0, 'inf'):
+        unchanged = out[(D, 'sigma')]
+        assert unchanged['moved'] == dict(mean=0.0, se=0.0, n=200, beyond_2se=False)
+        assert unchanged['degradation']['fd']['mean'] == 0 and unchanged['degradation']['fd']['se'] == 0
+        assert unchanged['degradation']['share']['mean'] == 0 and unchanged['degradation']['share']['se'] == 0
+    cell = out[(4.0, 'additive')]
+    lost = (ok & ~flip).astype(float) - ok
+    assert cell['degradation']['share']['mean'] == pytest.approx(lost.mean()) == pytest.approx(-(ok[:30]).sum() / 200)
+    assert cell['degradation']['share']['se'] == pytest.approx(lost.std(ddof=1) / math.sqrt(200))
+    unpaired_se = math.sqrt(ok.var(ddof=1) / 200 + (ok & ~flip).var(ddof=1) / 200)
+    assert cell['degradation']['share']['se'] < unpaired_se / 2
+    assert cell['moved']['mean'] == pytest.approx(0.2) and cell['moved']['se'] == pytest.approx(math.sqrt(0.2 * 0.8 * 200 / 199 / 200))
+    assert cell['vs_diffusion']['moved']['mean'] == pytest.approx(0.2) and cell['vs_diffusion']['moved']['beyond_2se']
+    fd_change = stats.frechet_distance(changed, ref) - stats.frechet_distance(base_features, ref)
+    assert cell['degradation']['fd']['mean'] == pytest.approx(fd_change) and cell['vs_diffusion']['fd']['mean'] == pytest.approx(fd_change)
+    unpaired_fd_se = math.hypot(cell['fd']['se'], out[(4.0, 'none')]['fd']['se'])  # As if the cells were independent.
+    assert 0 < cell['degradation']['fd']['se'] < unpaired_fd_se / 2
+    assert out[(4.0, 'none')]['vs_diffusion']['fd'] == dict(mean=0.0, se=0.0, rounds=oracle_arm.BOOTSTRAP_ROUNDS, beyond_2se=False)
+
+
+def test_oracle_grid_defaults_and_refusals():
+    default = oracle_arm.resolve_grid()
+    assert default.D_list == (1, 4, 16, 128, 2048, None) and default.num_samples == 1000
+    assert default.strengths == dict(additive=(0.1, 0.3, 1, 3), sigma=(-0.5, -0.2, 0.2, 0.5))
+    assert len(oracle_arm.cells_of(default)) == 6 * 9
+    quick = oracle_arm.resolve_grid(quick=True)
+    assert quick.D_list == (1, 16, None) and quick.strengths == dict(additive=(1,), sigma=(0.5,)) and quick.num_samples == 500
+    assert oracle_arm.resolve_grid(D_list='inf,4,1').D_list == (1, 4, None)
+    for kwargs, message in [(dict(D_list='1,16'), 'include inf'), (dict(eps='0,1'), 'lists 0'), (dict(kappa='-1'), 'kappa > -1'),
+                            (dict(eps='-0.1'), 'eps >= 0'), (dict(num_samples=25), 'multiple of the 10 digits')]:
+        with pytest.raises(ValueError, match=message):
+            oracle_arm.resolve_grid(**kwargs)
+    assert d_study.resolve_grid().oracle == default and d_study.resolve_grid(studies='alpha').oracle is None
+    assert d_study.resolve_grid(scoring='inception').oracle is None  # Not by default off the digits ...
+    with pytest.raises(ValueError, match='runs with the quick start'):
+        d_study.resolve_grid(studies='steps,oracle', scoring='inception')  # ... and refused when asked for.
+
+
+#----------------------------------------------------------------------------
 # The digits detector.
 
 @pytest.mark.slow
@@ -411,13 +546,17 @@ class NotADetector(torch.nn.Module):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--studies=alpha,noise'], "Error: Unknown study 'noise'; choose from alpha, steps, quant."),
+    (['--studies=alpha,noise'], "Error: Unknown study 'noise'; choose from alpha, steps, quant, oracle."),
     (['--D='], 'Error: The list of D is empty; pass at least one, e.g. --D=16,inf.'),
     (['--D=16,0'], 'Error: --D must be a number >= 1 (the PFGM++ augmentation dimension), or inf for diffusion; got 0.'),
     (['--D=-4,inf'], 'Error: --D must be a number >= 1 (the PFGM++ augmentation dimension), or inf for diffusion; got -4.'),
     (['--train-kimg=0.5'], 'Error: The training budget must be a whole number of kimg >= 1 (train.py counts whole kimg), got 0.5.'),
     (['--bits=1'], "Error: The quant study's settings: '1' must hold bit widths from 2 to 16."),
     (['--detector=missing.pt'], 'Error: --detector missing.pt does not exist; pass a TorchScript or pickle detector file, or leave it out.'),
+    (['--oracle-D=1,16'], 'Error: The oracle arm compares every D with diffusion; include inf in --oracle-D.'),
+    (['--oracle-eps=0,1'], "Error: --oracle-eps lists 0: every D's base cell is the error-free one; list nonzero strengths only."),
+    (['--oracle-kappa=-2'], 'Error: --oracle-kappa: kappa > -1 (and not 0), got -2.'),
+    (['--oracle-samples=15'], "Error: The oracle arm's samples per cell must be a multiple of the 10 digits, at least 20; got 15."),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
