@@ -36,7 +36,7 @@ import io
 import json
 import math
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import click
 import numpy as np

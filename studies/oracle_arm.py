@@ -39,7 +39,7 @@ from metrics import digits as digits_detector
 from metrics import evaluation
 from sampling import provenance
 from studies import oracle
-from studies.stats import beyond_2se, frechet_distance, mean_and_se, paired_bootstrap, paired_samples
+from studies.stats import frechet_distance, mean_and_se, paired_bootstrap, paired_samples
 from torch_utils import cli
 
 CACHE_NAME = 'oracle-score.npz'  # Beside a cell's class folders: its per-sample scores, keyed by what made them.

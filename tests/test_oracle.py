@@ -5,8 +5,6 @@ every bad argument."""
 import json
 import math
 import os
-import re
-import shlex
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from torch_utils import image_io
 from torch_utils.rng import StackedRandomGenerator
 from training.dataset import ImageFolderDataset
 
-from helpers import REPO, check_lands_on_data, make_data, one_sentence, write_dataset_zip
+from helpers import check_lands_on_data, make_data, one_sentence, write_dataset_zip
 
 #----------------------------------------------------------------------------
 # Small data: two classes of three far-apart points [1, 4, 4], and a labelled 16x16 grayscale dataset.
@@ -252,14 +250,6 @@ def test_the_grid_writes_its_cells_and_oracle_json(tmp_path, digits_like_zip):
     record = json.loads((tmp_path / 'additive' / 'oracle.json').read_text())
     assert record['study'] == 'oracle' and len(record['cells']) == 4 and len(record['subset_indices']) == 20
 
-
-def test_the_documented_commands_parse():
-    text = open(os.path.join(REPO, 'docs', 'oracle.md'), encoding='utf-8').read()
-    commands = [shlex.split(line, comments=True) for block in re.findall(r'```bash\n(.*?)```', text, flags=re.S)
-                for line in block.splitlines() if 'studies.oracle' in line]
-    assert commands
-    for words in commands:
-        oracle.cmdline.make_context('studies.oracle', words[words.index('studies.oracle') + 1:])
 
 #----------------------------------------------------------------------------
 # Bad arguments: a ValueError of one sentence.

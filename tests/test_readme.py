@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTS = ['README.md'] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, 'docs', '*.md')))
 SCRIPTS = ('train.py', 'generate.py', 'generate_alpha.py', 'generate_steps.py', 'generate_quant.py',
            'fid.py', 'dataset_tool.py', 'reconstruct_phema.py', 'quickstart.py', 'tools/training_checksum.py')
-MODULES = ('studies.d_study', 'metrics.quality', 'metrics.digits', 'benchmarks.throughput', 'benchmarks.gpu_check')
+MODULES = ('studies.d_study', 'studies.oracle', 'metrics.quality', 'metrics.digits', 'benchmarks.throughput', 'benchmarks.gpu_check',
+           'benchmarks.contention')
 
 
 def documented_commands(path: str) -> list[list[str]]:
