@@ -5,13 +5,19 @@ magnitude-preserving primitives against their laws, and the PFGM++ D, label drop
 import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from torch_utils import precision
 from training import checkpoint, networks_edm2
 from training.networks_edm2 import EDM2Precond
+
+from helpers import REPO
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'edm2_networks')
 with open(os.path.join(FIXTURE_DIR, 'manifest.json')) as f:
@@ -188,5 +194,61 @@ def test_fp16_gains_compute_as_edm2_runs_its_float16_snapshots():
         reference = half_params(x, sigma)
         assert torch.equal(emulated(x, sigma), reference)
         assert not torch.equal(fp16(x, sigma), reference) and torch.allclose(net(x, sigma), reference, atol=1e-2)
+
+
+def test_autocast_keeps_the_embedding_and_the_uncertainty_in_float32():
+    # --precision=bf16: the U-Net's convolutions in bfloat16; the embedding, u(sigma) and D(x) in float32.
+    net = tiny_edm2()
+    seen = {}
+    record = lambda name: (lambda module, args, output: seen.update({name: output.dtype}))
+    net.unet.enc['8x8_block0'].conv_res0.register_forward_hook(record('conv'))
+    net.unet.emb_noise.register_forward_hook(record('emb'))
+    net.logvar_linear.register_forward_hook(record('logvar'))
+    x, sigma = torch.randn([2, 3, 8, 8]), torch.tensor([0.5, 2.0])
+    with torch.no_grad():
+        reference = net(x, sigma)
+        out, logvar = precision.set_network_precision(net, 'bf16')(x, sigma, return_logvar=True)
+    assert seen == dict(emb=torch.float32, conv=torch.bfloat16, logvar=torch.float32)
+    assert out.dtype == logvar.dtype == torch.float32 and 0 < float((out - reference).abs().max()) < 0.1
+
+#----------------------------------------------------------------------------
+# Several ranks: every rank normalises its own copy in its forward passes, and the copies stay equal.
+
+DDP_SCRIPT = textwrap.dedent('''\
+    import torch, torch.distributed as dist
+    from training.loss import EDM2Loss
+    from training.networks_edm2 import EDM2Precond
+    dist.init_process_group('gloo')
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = EDM2Precond(img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[4],
+                      channels_per_head=16, logvar_channels=8, dropout=0.1).train()
+    ddp = torch.nn.parallel.DistributedDataParallel(net, forward_sync_buffers=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(100 + rank)  # Each rank its own images, noise and dropout.
+    for step in range(3):
+        optimizer.zero_grad()
+        torch.manual_seed(1000 * rank + step)
+        with ddp.no_sync():  # Two accumulation rounds, as the training loop runs them.
+            EDM2Loss(D=64.0)(ddp, torch.randn([4, 3, 8, 8], generator=gen), generator=gen).sum().backward()
+        EDM2Loss(D=64.0)(ddp, torch.randn([4, 3, 8, 8], generator=gen), generator=gen).sum().backward()
+        optimizer.step()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        print('identical' if torch.equal(gathered[0], gathered[1]) else 'DIFFERENT', float((gathered[0] - gathered[1]).abs().max()))
+    dist.destroy_process_group()
+    ''')
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stay_identical_with_forced_weight_normalisation(tmp_path):
+    script = tmp_path / 'ddp_edm2.py'
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
+                            cwd=REPO, capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO))
+    assert result.returncode == 0 and 'identical' in result.stdout, result.stdout + result.stderr
 
 #----------------------------------------------------------------------------

@@ -289,7 +289,11 @@ class UNet(torch.nn.Module):
         return mp_silu(emb)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor]) -> torch.Tensor:
-        emb = self.embedding(noise_labels, class_labels)
+        """x [B, img_channels, R, R] (float16 with EDM2's use_fp16), noise_labels c_noise [B], class_labels
+        [B, label_dim] or None -> [B, img_channels, R, R]. The embedding is float32 (as in EDM2's fp16
+        mode, and outside autocast, as EDM's networks keep theirs)."""
+        with float32_region(x.device.type):
+            emb = self.embedding(noise_labels, class_labels)
 
         # Encoder.
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
