@@ -702,3 +702,17 @@ def test_edm2_with_pfgmpp_trains_resumes_bitwise_and_samples(bars_zip, tmp_path)
         result = CliRunner().invoke(generate.main, [f'--network={tmp_path / "full" / checkpoint.snapshot_name(0.064)}', '--seeds=0-3',
                                                     f'--outdir={tmp_path / ("samples" + str(len(extra[0])))}', '--steps=4', '--device=cpu', *extra])
         assert result.exit_code == 0 and '4 images written' in result.output, result.output
+
+
+@pytest.mark.slow
+def test_edm2_under_torchrun_resumes_bitwise(bars_zip, tmp_path):
+    # Two ranks on gloo with two accumulation rounds each and dropout: forced weight normalisation in
+    # every forward pass of every rank, and the resumed run still ends where the uninterrupted one does.
+    args = [f'--data={bars_zip}', *EDM2_TRAIN, '--D=64', '--batch=16', '--batch-gpu=4', '--dropout=0.1', '--tick=0.016',
+            '--duration=0.000064', '--snap=4', '--dump=2']
+    result = run_train([f'--outdir={tmp_path}', '--name=ddp', *args], torchrun=True)
+    assert result.returncode == 0 and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout, result.stdout + result.stderr
+    resumed = run_train([f'--outdir={tmp_path}', '--name=resumed', *args, f'--resume={tmp_path / "ddp" / checkpoint.state_name(0.016)}'],
+                        torchrun=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_states(tmp_path / 'ddp' / checkpoint.state_name(0.064), tmp_path / 'resumed' / checkpoint.state_name(0.064))
