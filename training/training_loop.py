@@ -48,9 +48,10 @@ def learning_rate(base_lr: float, cur_nimg: int, lr_rampup_kimg: float) -> float
 def learning_rate_schedule(cur_nimg: int, batch_size: int, ref_lr: float = 100e-4, ref_batches: float = 70e3,
                            rampup_Mimg: float = 10) -> float:
     """EDM2's learning rate after cur_nimg images: the inverse square-root decay
-    alpha = ref_lr / sqrt(max(t / t_ref, 1)) of EDM2's Section 2.3, with t = cur_nimg / batch_size
-    steps and t_ref = ref_batches (0: no decay), times a linear warm-up over the first rampup_Mimg
-    million images (0: none). Computed in EDM2's order of operations, so the values are EDM2's."""
+    alpha = ref_lr / sqrt(max(t / t_ref, 1)) that EDM2 introduces with forced weight normalisation
+    (Equation 66), with t = cur_nimg / batch_size steps and t_ref = ref_batches (0: no decay), times a
+    linear warm-up over the first rampup_Mimg million images (0: none). Computed in EDM2's order of
+    operations, so the values are EDM2's."""
     lr = ref_lr
     if ref_batches > 0:
         lr /= math.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
