@@ -238,6 +238,8 @@ DDP_SCRIPT = textwrap.dedent('''\
     dist.all_gather(gathered, flat)
     if rank == 0:
         print('identical' if torch.equal(gathered[0], gathered[1]) else 'DIFFERENT', float((gathered[0] - gathered[1]).abs().max()))
+    del ddp  # Its reducer first, then the group, both ranks together: a clean exit on gloo.
+    dist.barrier()
     dist.destroy_process_group()
     ''')
 
