@@ -19,6 +19,7 @@ use_passive_threads()  # Before anything imports torch (torch_utils/threads.py).
 import sys  # noqa: E402
 
 import click  # noqa: E402
+from click.core import ParameterSource  # noqa: E402
 
 from torch_utils import cli, distributed  # noqa: E402
 from torch_utils.precision import PRECISIONS  # noqa: E402
@@ -40,7 +41,7 @@ from training import launch, presets  # noqa: E402
 @click.option('--cond',          help='Train class-conditional model', metavar='BOOL', type=bool, default=False)
 @click.option('--arch',          help='Network architecture', type=click.Choice(list(presets.ARCHITECTURES)), default='ddpmpp')
 @click.option('--precond',       help='Preconditioning & loss function (edm2: edm only)', type=click.Choice(list(presets.PRECONDITIONERS)), default='edm')
-@click.option('--preset',        help='EDM2 preset (edm2-img64-xs..xl, edm2-img512-xxs..xxl): its options where the defaults are left; implies --arch=edm2  [default: edm2-img64-s with --arch=edm2]', metavar='NAME', type=click.Choice(list(presets.EDM2_PRESETS)))
+@click.option('--preset',        help='EDM2 preset (edm2-img64-xs..xl, edm2-img512-xxs..xxl): sets the options not given; implies --arch=edm2  [default: edm2-img64-s with --arch=edm2]', metavar='NAME', type=click.Choice(list(presets.EDM2_PRESETS)))
 @click.option('--name',          help='Run directory name under --outdir (fixed, so --resume=auto finds it)', metavar='STR', type=str)
 
 # PFGM++.
@@ -116,6 +117,9 @@ def cmdline(debug: bool, **kwargs) -> None:
     Exit status 75 means that SIGTERM/SIGINT stopped the run after it wrote a training state: run the
     same command with --resume=auto to continue.
     """
+    # Only the options given on the command line: a preset (--preset, --arch=edm2) sets the others.
+    context = click.get_current_context()
+    kwargs = {name: value for name, value in kwargs.items() if context.get_parameter_source(name) is not ParameterSource.DEFAULT}
     try:
         with cli.one_line_errors(debug):
             result = launch.train(**kwargs)

@@ -656,6 +656,18 @@ def test_edm2_configuration_from_its_preset_and_the_options(bars_zip, tmp_path):
     assert 'lr_kwargs' not in c and c.optimizer_kwargs['betas'] == [0.9, 0.999] and c.loss_kwargs == dict(class_name='training.loss.EDMLoss')
 
 
+def test_an_option_given_wins_over_the_preset_even_at_its_default(bars_zip, tmp_path):
+    # --batch=512 and --dropout=0.13 are train.py's defaults, but given: the preset leaves them.
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', '--preset=edm2-img64-m', '--batch=512', '--dropout=0.13',
+                     '--device=cpu', '--dry-run'])
+    assert result.exit_code == 0 and '"batch": 512,' in result.output and '"dropout": 0.13,' in result.output, result.output
+    assert '"cbase": 256,' in result.output and '"lr": 0.009,' in result.output and '"duration": 2147.483648,' in result.output
+    status = launch.train(outdir=str(tmp_path / 'out'), data=bars_zip, arch='edm2', batch=512, device='cpu', dry_run=True)
+    assert status['status'] == 'dry-run'
+    assert launch.TrainOptions(outdir='x', data='y', arch='edm2', batch=512, given=frozenset({'arch', 'batch'})).batch == 512
+    assert launch.TrainOptions(outdir='x', data='y', arch='edm2', batch=512).batch == 2048  # No record of what was given.
+
+
 def test_edm2_dry_run_says_what_it_trains(bars_zip, tmp_path):
     result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *EDM2_TRAIN, '--pfgmpp=1', '--aug_dim=64', '--dry-run'])
     assert result.exit_code == 0, result.output

@@ -76,11 +76,12 @@ class TrainOptions:
     resume: Optional[str] = None
     allow_pickle: bool = False
     dry_run: bool = False
+    given: dataclasses.InitVar[Optional[frozenset]] = None  # The options given (train()); None: those not at their defaults.
 
-    def __post_init__(self):
+    def __post_init__(self, given: Optional[frozenset]):
         """The EDM2 preset applied (apply_preset), and D from --D or its aliases, resolved here once
         (cli.resolve_D); D None means diffusion."""
-        apply_preset(self)
+        apply_preset(self, given)
         _given, self.D = cli.resolve_D(self.D, self.pfgmpp, self.aug_dim)
         self.pfgmpp = self.aug_dim = None
 
@@ -89,17 +90,17 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.def
 LIST_OPTIONS = {'cres': cli.parse_int_list, 'phema': cli.parse_float_list}  # Recipes hold these as the command line does.
 
 
-def apply_preset(opts: TrainOptions) -> None:
+def apply_preset(opts: TrainOptions, given: Optional[frozenset] = None) -> None:
     """--preset NAME, or for --arch=edm2 without one EDM2_RECIPE's default: the preset's options
-    (training/presets.py RECIPES) replace those left at their defaults, as a sampler preset does; its
-    arch, edm2, too. ValueError for an unknown preset and for one given with another --arch."""
+    (training/presets.py RECIPES) replace those not `given` (without that record: those at their
+    defaults), its arch, edm2, too. ValueError for an unknown preset and for one given with another --arch."""
     if opts.preset is None and opts.arch != 'edm2':
         return
     name = opts.preset or EDM2_RECIPE['default_preset']
     if name not in EDM2_PRESETS:
         raise ValueError(f'Unknown --preset={name}; choose one of {", ".join(EDM2_PRESETS)}.')
     for key, value in RECIPES[name].items():
-        if getattr(opts, key) == DEFAULTS[key]:
+        if (key not in given) if given is not None else (getattr(opts, key) == DEFAULTS[key]):
             setattr(opts, key, LIST_OPTIONS[key](value) if key in LIST_OPTIONS and isinstance(value, str) else value)
     if opts.arch != 'edm2':
         raise ValueError(f'--preset={name} is an EDM2 preset, for --arch=edm2, not --arch={opts.arch}; drop one of them.')
@@ -342,7 +343,7 @@ def print_summary(opts: TrainOptions, c: dnnlib.EasyDict, options: dict, run_dir
     edm2 = " with EDM2's uncertainty head, loss and learning-rate schedule" if opts.arch == 'edm2' else ''
     print(f'Preconditioning & loss:  {opts.precond}{edm2}')
     if opts.preset:
-        print(f'EDM2 preset:             {opts.preset} (its options where train.py\'s defaults were left)')
+        print(f'EDM2 preset:             {opts.preset} (its options where none were given)')
     print(f'PFGM++ D:                {opts.D if opts.D is not None else "infinity (diffusion)"}')
     print(f'Number of ranks:         {world_size}')
     print(f'Batch size:              {c.batch_size}')
@@ -361,7 +362,7 @@ def train(**kwargs) -> dict:
     from Python. Returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}; raises
     ValueError / OSError for bad options and files, with one sentence."""
     try:
-        opts = TrainOptions(**kwargs)
+        opts = TrainOptions(**kwargs, given=frozenset(kwargs))
     except TypeError as err:
         raise ValueError(f'train(): {err}') from None
     device = distributed.init(opts.device)
