@@ -5,7 +5,8 @@ reused by PFGM++ as EDM's networks are: the denoiser D_theta(x, sigma) does not 
 Parameter and buffer names, shapes and registration order follow NVlabs/edm2's
 training/networks_edm2.py exactly, so that its snapshots load with load_state_dict(strict=True);
 EDM2Precond takes EDM2's constructor keywords (those of its `Precond`) plus our `D`, which is recorded
-and never enters the computation, and `label_dropout` for --cond-drop.
+and never enters the computation, `label_dropout` for --cond-drop, and `fp16_gains`, with which a
+network converted from EDM2's float16 snapshots computes as EDM2 runs them (MPConv).
 
 Forced weight normalisation. In training mode every MPConv first rewrites its own weight with the
 normalised one (EDM2's Equation 66), inside forward(), as EDM2 does; so a training-mode forward pass
