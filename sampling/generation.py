@@ -31,8 +31,9 @@ from training import checkpoint
 
 def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = None, class_idx: Optional[int] = None,
                  device: torch.device | str = 'cpu', callback: Optional[Callable] = None) -> torch.Tensor:
-    """Samples for `seeds` from `net` (a network, or a guided one), float64 [B, C, H, W] in (about)
-    [-1, 1]. Per seed, in this order: the prior draw for net.D at the sampler's first noise level
+    """Samples for `seeds` from `net` (a network, or a guided one), [B, C, H, W] in (about)
+    [-1, 1], float64 (EDM2's sampler: its dtype, as EDM2 converts its float32 samples to pixels). Per
+    seed, in this order: the prior draw for net.D at the sampler's first noise level
     (pfgmpp.sample_prior), a class label uniform over label_dim (conditional networks; replaced by
     class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s, run with
     its settings (sampling.resolve_sampler) and its extra inputs (SamplerSpec.extra_inputs)."""

@@ -17,8 +17,8 @@ SECTIONS = [
     ('Network and D', ['network', 'allow_pickle', 'D', 'pfgmpp', 'aug_dim', 'min_kimg', 'max_kimg']),
     ('Output', ['outdir', 'seeds', 'subdirs', 'class_idx', 'batch', 'grid', 'trajectory']),
     ('Study', ['alphas', 'steps_list', 'bits', 'scope']),
-    ('Sampler', ['num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise', 'solver', 'discretization',
-                 'schedule', 'scaling', 'restart', 'restart_gamma']),
+    ('Sampler', ['num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise', 'dtype', 'solver',
+                 'discretization', 'schedule', 'scaling', 'restart', 'restart_gamma']),
     ('Guidance', ['guidance', 'gnet', 'guidance_interval', 'guidance_steps']),
     ('Performance', ['precision', 'channels_last', 'compile', 'device', 'debug']),
 ]
@@ -65,7 +65,7 @@ def output_options(fn: Callable) -> Callable:
 
 
 def sampler_options(with_steps: bool = True) -> Callable:
-    """EDM's sampler options (--steps unless a study varies it), its ablation options, Restart, and guidance."""
+    """EDM's sampler options (--steps unless a study varies it), EDM2's sampler, the ablation options, Restart, and guidance."""
     options = [click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=generation.SAMPLER_DEFAULTS['num_steps'], show_default=True)] if with_steps else []
     options += [
         click.option('--sigma-min', '--sigma_min', 'sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
@@ -75,6 +75,7 @@ def sampler_options(with_steps: bool = True) -> Callable:
         click.option('--S-min', '--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_min'], show_default=True),
         click.option('--S-max', '--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=generation.SAMPLER_DEFAULTS['S_max'], show_default=True),
         click.option('--S-noise', '--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=generation.SAMPLER_DEFAULTS['S_noise'], show_default=True),
+        click.option('--sampler-dtype', 'dtype', help="EDM2's sampler in this arithmetic (float32 gives EDM2's images)  [default: EDM's float64 sampler]", type=click.Choice(list(sampling.SAMPLER_DTYPES))),
         click.option('--solver', help='Ablate ODE solver', metavar='euler|heun', type=click.Choice(list(sampling.SOLVERS))),
         click.option('--disc', 'discretization', help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(list(sampling.DISCRETIZATIONS))),
         click.option('--schedule', help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(list(sampling.SCHEDULES))),

@@ -1,6 +1,6 @@
-"""Samplers: EDM's deterministic/stochastic Heun sampler (Karras et al., 2022, Algorithm 2), its
-generalised ablation sampler (Algorithm 1 with Table 1's schedules and scalings), and Restart
-sampling (Xu et al., 2023) on EDM's Heun sampler. SAMPLERS, the registry, says everything the rest
+"""Samplers: EDM's deterministic/stochastic Heun sampler (Karras et al., 2022, Algorithm 2), the same
+as EDM2's generate_images.py runs it (in float32), EDM's generalised ablation sampler (Algorithm 1
+with Table 1's schedules and scalings), and Restart sampling (Xu et al., 2023) on EDM's Heun sampler. SAMPLERS, the registry, says everything the rest
 of the code needs to know about each (SamplerSpec); choose_sampler() picks one from settings.
 
 The samplers are pure functions of (net, latents, noise levels). `latents` is the starting point at
@@ -24,7 +24,7 @@ import torch
 
 from training import pfgmpp
 
-__all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'ablation_sampler', 'ablation_sigma_steps', 'RestartInterval',
+__all__ = ['edm_sigma_steps', 'heun_step', 'edm_sampler', 'edm2_sigma_steps', 'edm2_sampler', 'SAMPLER_DTYPES', 'ablation_sampler', 'ablation_sigma_steps', 'RestartInterval',
            'RESTART_PRESETS', 'parse_restart', 'restart_nfe', 'restart_plan', 'restart_sampler', 'SamplerSpec', 'SAMPLERS',
            'sampler_keys', 'shared_defaults', 'preset_settings', 'choose_sampler', 'resolve_sampler', 'first_sigma',
            'sigma_range', 'sigma_steps', 'sampler_settings', 'sampling_warning', 'RESTART_JUMP_KS_BOUND',
@@ -140,6 +140,89 @@ def _heun_nfe(settings: dict) -> int:
     if settings['num_steps'] < 1:
         raise ValueError(f'num_steps must be >= 1, got {settings["num_steps"]}.')
     return 2 * settings['num_steps'] - 1
+
+#----------------------------------------------------------------------------
+# EDM2's sampler: Algorithm 2 as EDM2's generate_images.py runs it.
+
+SAMPLER_DTYPES = {'float32': torch.float32, 'float64': torch.float64}
+
+
+def _sampler_dtype(dtype: str) -> torch.dtype:
+    if dtype not in SAMPLER_DTYPES:
+        raise ValueError(f'Unknown sampler dtype {dtype!r}; choose one of {", ".join(SAMPLER_DTYPES)}.')
+    return SAMPLER_DTYPES[dtype]
+
+
+def edm2_sigma_steps(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7, dtype: str = 'float32',
+                     device: Optional[torch.device] = None) -> torch.Tensor:
+    """EDM's Equation 5, sigma_i for i = 0..N-1, evaluated in `dtype` in the order EDM2's
+    generate_images.py evaluates it (so the float32 levels are EDM2's to the bit), [N]."""
+    if num_steps < 1:
+        raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+    step_indices = torch.arange(num_steps, dtype=_sampler_dtype(dtype), device=device)
+    return (sigma_max ** (1 / rho) + step_indices / max(num_steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def edm2_sampler(net, latents: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+                 randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+                 sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
+                 S_max: float = float('inf'), S_noise: float = 1, dtype: str = 'float32',
+                 callback: Optional[Callable] = None) -> torch.Tensor:
+    """EDM's Heun sampler (Algorithm 2) as EDM2's generate_images.py runs it, so that a network gives
+    EDM2's images for the same seeds: the state, the noise levels (edm2_sigma_steps) and the denoiser's
+    output in `dtype` (EDM2: float32), no rounding of the noise levels, and churn noise drawn only at
+    the steps that churn (S_churn > 0 and S_min <= t_cur <= S_max), where EDM's sampler draws at every
+    step. EDM2 samples with 32 steps (num_steps=32). latents [B, C, H, W]: the prior's draw at t_0 =
+    first_sigma(net, 'edm2', ...). callback(i, t_cur, x_cur) sees each state. Returns x_N in `dtype`."""
+    torch_dtype = _sampler_dtype(dtype)
+    sigma_min, sigma_max = _clamp_to_net(net, sigma_min, sigma_max)
+    t_steps = edm2_sigma_steps(num_steps, sigma_min, sigma_max, rho, dtype, device=latents.device)
+    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])  # t_N = 0
+    denoise = lambda x, t: net(x, t, class_labels).to(torch_dtype)
+
+    x_next = latents.to(torch_dtype)
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):  # 0, ..., N-1
+        x_cur = x_next
+        if callback is not None:
+            callback(i, t_cur, x_cur)
+
+        # Increase noise temporarily.
+        if S_churn > 0 and S_min <= t_cur <= S_max:
+            gamma = min(S_churn / num_steps, math.sqrt(2) - 1)
+            t_hat = t_cur + gamma * t_cur
+            x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        else:
+            t_hat = t_cur
+            x_hat = x_cur
+
+        # Euler step.
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+
+        # Apply 2nd order correction.
+        if i < num_steps - 1:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    if callback is not None:
+        callback(num_steps, t_steps[-1], x_next)
+    return x_next
+
+
+def _edm2_sigma_steps_of(net, settings: dict) -> torch.Tensor:
+    """The main noise levels of EDM2's sampler, as it computes them, in float64 [N]."""
+    sigma_min, sigma_max = _edm_sigma_range(net, settings)
+    return edm2_sigma_steps(settings['num_steps'], sigma_min, sigma_max, settings['rho'], settings['dtype']).to(torch.float64)
+
+
+def _edm2_first_sigma(net, settings: dict) -> float:
+    """t_0 of EDM2's sampler: sigma_max within the network's range, as a `dtype` number."""
+    return float(_edm2_sigma_steps_of(net, settings)[0])
+
+
+def _check_edm2(net, settings: dict) -> dict:
+    """The settings, if the dtype is one of SAMPLER_DTYPES."""
+    _sampler_dtype(settings['dtype'])
+    return settings
 
 #----------------------------------------------------------------------------
 # Schedules of the generalised sampler (EDM, Table 1): sigma(t), sigma'(t), sigma^-1, s(t), s'(t).
@@ -568,8 +651,8 @@ class SamplerSpec(NamedTuple):
     given settings over the sampler's defaults (SamplerSpec.defaults).
 
         fn            the pure sampler fn(net, latents, class_labels, randn_like, callback=callback,
-                      **settings, **extra inputs) -> float64 x_N [B, C, H, W]; latents [B, C, H, W] is
-                      the prior's draw at first_sigma
+                      **settings, **extra inputs) -> x_N [B, C, H, W] (float64; EDM2's sampler: its dtype);
+                      latents [B, C, H, W] is the prior's draw at first_sigma
         about         what it is, one clause for error messages ("Restart sampling runs ...")
         chosen_by     the settings that choose it when given; exactly one sampler has none, the default
         first_sigma   (net, settings) -> the noise level it starts at, where the prior is drawn
@@ -612,6 +695,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     'edm': SamplerSpec(
         edm_sampler, "EDM's sampler runs Heun's method on the rho-schedule of Algorithm 2", chosen_by=(),
         first_sigma=_edm_first_sigma, sigma_range=_edm_sigma_range, nfe=_heun_nfe, sigma_steps=_edm_sigma_steps),
+    'edm2': SamplerSpec(
+        edm2_sampler, "EDM2's sampler runs Heun's method in the given dtype as EDM2's generate_images.py does", chosen_by=('dtype',),
+        first_sigma=_edm2_first_sigma, sigma_range=_edm_sigma_range, nfe=_heun_nfe, sigma_steps=_edm2_sigma_steps_of,
+        check=_check_edm2),
     'ablation': SamplerSpec(
         ablation_sampler, "The ablation sampler runs EDM's Algorithm 1 with Table 1's choices",
         chosen_by=('solver', 'discretization', 'schedule', 'scaling'),
@@ -681,7 +768,8 @@ def _refusal(sampler: str, foreign: list[str], given: dict) -> str:
 
 def choose_sampler(sampler_kwargs: dict) -> tuple[Callable, str]:
     """EDM's rule, over the registry: the sampler whose chosen_by settings are given (the ablation
-    sampler for solver/discretization/schedule/scaling, Restart sampling for restart), else the
+    sampler for solver/discretization/schedule/scaling, Restart sampling for restart, EDM2's sampler
+    for dtype), else the
     default one (edm_sampler). None values count as not given. Returns (function, name); ValueError
     for unknown settings, for settings that choose two samplers, and for settings the chosen one
     does not take."""
@@ -720,7 +808,8 @@ def first_sigma(net, sampler: str = 'edm', **settings) -> float:
     """The noise level `sampler` (a name in SAMPLERS) starts at with these settings (over its defaults;
     None values and settings it does not take are ignored), where the prior must be drawn
     (pfgmpp.sample_prior): for EDM's sampler and Restart sampling sigma_max clamped to the network's
-    range and rounded, for the ablation sampler the first level of its discretization."""
+    range and rounded, for EDM2's the same in its dtype, for the ablation sampler the first level of
+    its discretization."""
     return _spec(sampler).first_sigma(net, _with_defaults(sampler, settings))
 
 

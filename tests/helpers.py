@@ -309,6 +309,130 @@ def write_pfgmpp_state(path, net):
     torch.save(dict(net=net, optimizer_state={}), path)
 
 
+#----------------------------------------------------------------------------
+# A legacy module in EDM2's format: its classes carry EDM2's names and constructor arguments, so that
+# pickles of them have EDM2's layout (a snapshot is an EasyDict with 'ema' in float16, 'encoder',
+# 'loss_fn', 'dataset_kwargs', as EDM2's training loop writes it). The U-Net comes from
+# training.networks_edm2 (a real EDM2 file embeds its whole networks_edm2.py); the preconditioner, the
+# loss and the encoders are EDM2's, written out. It imports what EDM2's modules import, so loading its
+# pickles here shows that those imports resolve.
+
+EDM2_SRC = textwrap.dedent('''\
+    # {tag}
+    import numpy as np
+    import torch
+    import dnnlib
+    from torch_utils import persistence
+    from torch_utils import misc
+    from torch_utils import distributed as dist
+    from torch_utils import training_stats
+    from training import networks_edm2 as _ours
+
+    @persistence.persistent_class
+    class UNet(_ours.UNet):
+        pass
+
+    @persistence.persistent_class
+    class Precond(torch.nn.Module):
+        def __init__(self, img_resolution, img_channels, label_dim, use_fp16=True, sigma_data=0.5, logvar_channels=128,
+                     **unet_kwargs):
+            super().__init__()
+            self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+            self.use_fp16, self.sigma_data = use_fp16, sigma_data
+            self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
+            self.logvar_fourier = _ours.MPFourier(logvar_channels)
+            self.logvar_linear = _ours.MPConv(logvar_channels, 1, kernel=[])
+
+        def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False):
+            x = x.to(torch.float32)
+            sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+            if self.label_dim == 0:
+                class_labels = None
+            elif class_labels is None:
+                class_labels = torch.zeros([1, self.label_dim], device=x.device)
+            else:
+                class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+            dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == 'cuda') else torch.float32
+            c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
+            c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
+            c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
+            c_noise = sigma.flatten().log() / 4
+            F_x = self.unet((c_in * x).to(dtype), c_noise, class_labels)
+            D_x = c_skip * x + c_out * F_x.to(torch.float32)
+            if return_logvar:
+                return D_x, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
+            return D_x
+
+    @persistence.persistent_class
+    class EDM2Loss:
+        def __init__(self, P_mean=-0.4, P_std=1.0, sigma_data=0.5):
+            self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+
+    @persistence.persistent_class
+    class Encoder:
+        def __init__(self):
+            pass
+
+        def init(self, device):
+            pass
+
+    @persistence.persistent_class
+    class StandardRGBEncoder(Encoder):
+        def decode(self, x):
+            return (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+    @persistence.persistent_class
+    class StabilityVAEEncoder(Encoder):
+        def __init__(self, vae_name='stabilityai/sd-vae-ft-mse', raw_mean=[5.81, 3.25, 0.12, -2.15], raw_std=[4.17, 4.62, 3.71, 3.28],
+                     final_mean=0, final_std=0.5, batch_size=8):
+            super().__init__()
+            self.vae_name, self.batch_size, self._vae = vae_name, batch_size, None
+            self.scale = np.float32(final_std) / np.float32(raw_std)
+            self.bias = np.float32(final_mean) - np.float32(raw_mean) * self.scale
+    ''')
+
+# A tiny EDM2 network for 8x8 images: two levels, attention at 4x4 (16 channels, one head); gains non-zero.
+TINY_EDM2 = dict(model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[4], channels_per_head=16, logvar_channels=8)
+
+
+def import_edm2_module(folder, monkeypatch):
+    """Write EDM2_SRC (with a unique tag) and import it, as import_legacy_module() does for EDM's."""
+    name = f'edm2_networks_{uuid.uuid4().hex[:8]}'
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f'{name}.py'), 'w') as f:
+        f.write(EDM2_SRC.format(tag=name))
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def edm2_legacy_net(module, seed=0, label_dim=0, img_channels=3, gains=0.3, **kwargs):
+    """EDM2's Precond as EDM2's training loop builds it (keyword arguments), TINY_EDM2 (kwargs on top),
+    initialised after torch.manual_seed(seed), its zero-initialised gains set to `gains` times 1, 2, 3, ..."""
+    torch.manual_seed(seed)
+    net = module.Precond(**dict(TINY_EDM2, **kwargs), dropout=0.0, use_fp16=True, img_resolution=8,
+                         img_channels=img_channels, label_dim=label_dim)
+    with torch.no_grad():
+        for i, (name, param) in enumerate(p for p in net.named_parameters() if p[0].endswith('gain')):
+            param.fill_(gains * (1 + i))
+    return net.eval().requires_grad_(False)
+
+
+def write_edm2_pickle(path, net, module, latent=False):
+    """EDM2's network-snapshot-*.pkl as its training loop writes it: the EMA in float16 beside the
+    encoder (StabilityVAEEncoder for a latent model), the loss and the dataset arguments."""
+    import copy
+
+    import dnnlib
+    encoder = module.StabilityVAEEncoder() if latent else module.StandardRGBEncoder()
+    data = dnnlib.EasyDict(encoder=encoder, dataset_kwargs=dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path='x'),
+                           loss_fn=module.EDM2Loss())
+    data.ema = copy.deepcopy(net).cpu().eval().requires_grad_(False).to(torch.float16)
+    with open(path, 'wb') as f:
+        pickle.dump(data, f)
+
+
 def save_state(path, net, kimg):
     """A training state in our format, as far as load_network() reads it."""
     data = dict(format=checkpoint.STATE_FORMAT, version=1, net=checkpoint.network_to_dict(net),

@@ -9,8 +9,10 @@ import torch
 
 from torch_utils import persistence
 from training import checkpoint, networks
+from training.networks_edm2 import EDM2Precond
 
-from helpers import import_legacy_module, legacy_net, tiny_net, write_edm_pickle, write_pfgmpp_state
+from helpers import (edm2_legacy_net, import_edm2_module, import_legacy_module, legacy_net, one_sentence, tiny_net, write_edm2_pickle,
+                     write_edm_pickle, write_pfgmpp_state)
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -140,6 +142,45 @@ def test_legacy_file_without_a_network(tmp_path, monkeypatch):
         checkpoint.load_network(str(path), allow_pickle=True)
     with pytest.raises(checkpoint.CheckpointError, match='not one of'):
         checkpoint.network_from_legacy(torch.nn.Linear(2, 2))
+
+#----------------------------------------------------------------------------
+# EDM2's snapshot pickles (pixel-space only).
+
+def test_edm2_pickle_needs_allow_pickle_and_converts(tmp_path, monkeypatch):
+    module = import_edm2_module(tmp_path / 'mods', monkeypatch)
+    legacy = edm2_legacy_net(module, label_dim=2)
+    path = tmp_path / 'network-snapshot-0000512.pkl'
+    write_edm2_pickle(path, legacy, module)
+    with pytest.raises(persistence.UntrustedPickleError, match='--allow-pickle'):
+        checkpoint.load_network(str(path))
+    net, info = checkpoint.load_network(str(path), allow_pickle=True)
+    assert type(net) is EDM2Precond and not persistence.is_persistent(net) and not net.training
+    assert info['source'] == 'edm2-pickle' and info['D'] is None and not info['D_recorded']
+    assert {k: net.init_kwargs[k] for k in ('model_channels', 'label_dim', 'use_fp16', 'dropout', 'fp16_gains')} == \
+        dict(model_channels=16, label_dim=2, use_fp16=True, dropout=0.0, fp16_gains=True)
+    assert all(t.dtype == torch.float32 for t in net.state_dict().values())
+    with open(path, 'rb') as f:  # EDM2's own way: its pickled float16 network, run as it is.
+        edm2 = pickle.load(f)['ema']
+    x, sigma, labels = torch.randn([2, 3, 8, 8]), torch.tensor([0.5, 3.0]), torch.eye(2)[[0, 1]]
+    with torch.no_grad():
+        assert torch.equal(net(x, sigma, labels), edm2(x, sigma, labels))
+        assert torch.equal(net(x, sigma, labels, return_logvar=True)[1], edm2(x, sigma, labels, return_logvar=True)[1])
+    # It is ours from then on: a snapshot of ours round-trips it, fp16_gains included.
+    checkpoint.save_network_snapshot(str(tmp_path / 'network-snapshot-000001.pt'), net, kimg=1)
+    again, _ = checkpoint.load_network(str(tmp_path / 'network-snapshot-000001.pt'))
+    with torch.no_grad():
+        assert torch.equal(again(x, sigma, labels), edm2(x, sigma, labels))
+    pfgmpp, info = checkpoint.load_network(str(path), allow_pickle=True, D=64.0)  # EDM2 records no D: --D decides.
+    assert pfgmpp.D == 64.0 and not info['D_recorded']
+
+
+def test_latent_edm2_pickle_is_refused_in_one_line(tmp_path, monkeypatch):
+    module = import_edm2_module(tmp_path / 'mods', monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    write_edm2_pickle('edm2-img512-xs-2147483-0.135.pkl', edm2_legacy_net(module, img_channels=4), module, latent=True)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_network('edm2-img512-xs-2147483-0.135.pkl', allow_pickle=True)
+    assert one_sentence(str(err.value)) and 'StabilityVAEEncoder' in str(err.value) and 'VAE decoder' in str(err.value)
 
 #----------------------------------------------------------------------------
 

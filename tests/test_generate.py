@@ -4,6 +4,7 @@ and processes, run-directory mode, legacy checkpoints through the CLI, D flags, 
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -28,11 +29,14 @@ from helpers import (
     WEIGHTS,
     OracleNet,
     check_lands_on_data,
+    edm2_legacy_net,
+    import_edm2_module,
     import_legacy_module,
     legacy_net,
     make_data,
     save_state,
     tiny_net,
+    write_edm2_pickle,
     write_edm_pickle,
     write_pfgmpp_state,
 )
@@ -810,3 +814,89 @@ def test_bad_guidance_steps_get_one_line_before_sampling(tmp_path, cond_snapshot
     assert exit_code == code and message in out and 'Traceback' not in out, out
     assert len([line for line in out.splitlines() if line.startswith('Error')]) == 1
     assert not (tmp_path / 'out').exists()
+
+#----------------------------------------------------------------------------
+# EDM2's snapshot pickles: generate.py gives the images EDM2's generate_images.py gives for the same
+# seeds, plain and autoguided. EDM2's script is written out below and run on EDM2's own objects (the
+# pickle as pickle.load() returns it: float16 weights, EDM2's Precond, its encoder).
+
+def edm2_generate_images(pkl, seeds, gnet_pkl=None, guidance=1.0, num_steps=32, sigma_min=0.002, sigma_max=80, rho=7,
+                         S_churn=0, S_min=0, S_max=float('inf'), S_noise=1):
+    """EDM2's generate_images.py for `seeds` on the CPU, as uint8 [B, C, H, W]: per seed one generator
+    (seed mod 2^32) draws the noise [C, H, W], then the class label, then the churn noise of the steps
+    that churn; the float32 Heun sampler on EDM's schedule, guided by ref.lerp(D, w); the encoder decodes."""
+    with open(pkl, 'rb') as f:
+        data = pickle.load(f)
+    net, encoder = data['ema'], data['encoder']
+    gnet = None
+    if guidance != 1:
+        with open(gnet_pkl, 'rb') as f:
+            gnet = pickle.load(f)['ema']
+    gens = [torch.Generator('cpu').manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+    noise = torch.stack([torch.randn([net.img_channels, net.img_resolution, net.img_resolution], generator=g) for g in gens])
+    labels = torch.eye(net.label_dim)[torch.stack([torch.randint(net.label_dim, size=[], generator=g) for g in gens])] if net.label_dim else None
+    randn_like = lambda x: torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in gens])
+
+    def denoise(x, t):
+        Dx = net(x, t, labels).to(torch.float32)
+        return Dx if guidance == 1 else gnet(x, t, labels).to(torch.float32).lerp(Dx, guidance)
+
+    step_indices = torch.arange(num_steps, dtype=torch.float32)
+    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+    x_next = noise.to(torch.float32) * t_steps[0]
+    with torch.no_grad():
+        for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+            x_cur = x_next
+            if S_churn > 0 and S_min <= t_cur <= S_max:
+                gamma = min(S_churn / num_steps, np.sqrt(2) - 1)
+                t_hat = t_cur + gamma * t_cur
+                x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+            else:
+                t_hat, x_hat = t_cur, x_cur
+            d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+            x_next = x_hat + (t_next - t_hat) * d_cur
+            if i < num_steps - 1:
+                d_prime = (x_next - denoise(x_next, t_next)) / t_next
+                x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        return encoder.decode(x_next).numpy().astype(np.int16)
+
+
+@pytest.fixture
+def edm2_pickles(tmp_path, monkeypatch):
+    """EDM2 snapshots as EDM2's training loop writes them: a class-conditional main network, a smaller
+    and differently trained one to guide it (autoguidance), and an unconditional one."""
+    module = import_edm2_module(tmp_path / 'mods', monkeypatch)
+    paths = dict(main=tmp_path / 'edm2-main.pkl', guide=tmp_path / 'edm2-guide.pkl', uncond=tmp_path / 'edm2-uncond.pkl')
+    write_edm2_pickle(paths['main'], edm2_legacy_net(module, seed=1, label_dim=3), module)
+    write_edm2_pickle(paths['guide'], edm2_legacy_net(module, seed=2, label_dim=3, model_channels=8, channels_per_head=8, gains=0.2), module)
+    write_edm2_pickle(paths['uncond'], edm2_legacy_net(module, seed=3), module)
+    return {key: str(path) for key, path in paths.items()}
+
+
+SEEDS_EDM2 = [16, 17, 18, 19, 2 ** 32 + 3]  # EDM2's default seeds, and one beyond 2^32.
+
+
+@pytest.mark.parametrize('case,args,kwargs', [
+    ('main', [], {}),                                                                   # EDM2's defaults: 32 steps, 0.002 to 80, rho 7.
+    ('uncond', ['--steps=12', '--sigma-max=40', '--rho=5'], dict(num_steps=12, sigma_max=40, rho=5)),
+    ('main', ['--steps=8', '--S-churn=20', '--S-min=0.05', '--S-max=10'], dict(num_steps=8, S_churn=20, S_min=0.05, S_max=10)),
+    ('main', ['--guidance=2.2', 'GUIDE'], dict(guidance=2.2)),                          # Autoguidance.
+])
+def test_edm2_pickles_give_edm2s_images(tmp_path, edm2_pickles, case, args, kwargs):
+    args = [f'--gnet={edm2_pickles["guide"]}' if a == 'GUIDE' else a for a in args]
+    steps = [] if any(a.startswith('--steps') for a in args) else ['--steps=32']
+    code, out = run_cli(generate.main, [f'--network={edm2_pickles[case]}', '--allow-pickle', f'--outdir={tmp_path / "ours"}',
+                                        f'--seeds={",".join(map(str, SEEDS_EDM2))}', '--sampler-dtype=float32', '--device=cpu',
+                                        *steps, *args])
+    assert code == 0, out
+    ours = read_pngs(tmp_path / 'ours', SEEDS_EDM2)
+    theirs = edm2_generate_images(edm2_pickles[case], SEEDS_EDM2, gnet_pkl=edm2_pickles['guide'], **kwargs)
+    assert np.array_equal(ours, theirs) and len(np.unique(theirs)) > 50
+
+
+def test_edm2_guidance_changes_the_images(tmp_path, edm2_pickles):
+    # The guided images are not the plain ones (the test above would pass for a guide that did nothing).
+    plain = edm2_generate_images(edm2_pickles['main'], SEEDS_EDM2, num_steps=8)
+    guided = edm2_generate_images(edm2_pickles['main'], SEEDS_EDM2, gnet_pkl=edm2_pickles['guide'], guidance=2.2, num_steps=8)
+    assert np.abs(plain - guided).mean() > 1

@@ -1,7 +1,9 @@
 """Training losses (training/loss.py): p(sigma), weights, the D=None path against EDM's recipe, the
 PFGM++ noise plumbing, and learning on a toy set."""
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -234,3 +236,71 @@ def test_sigma_scale_multiplies_the_training_sigmas():
     assert scipy.stats.kstest(log_sigma, scipy.stats.norm(-1.2 + math.log(4.75), 1.2).cdf).pvalue > 1e-3
     with pytest.raises(ValueError, match='sigma_scale'):
         losses.VELoss(sigma_scale=0)
+
+#----------------------------------------------------------------------------
+# EDM2's loss: the learned uncertainty (Equation 21 of EDM2), EDM2's own numbers, and the PFGM++ noise.
+
+EDM2_FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'edm2_networks')
+
+
+class UncertainNet(RecordingNet):
+    """RecordingNet with an uncertainty head u(sigma) = log(sigma) / 2 (return_logvar=True, as EDM2's)."""
+
+    def forward(self, x, sigma, class_labels=None, return_logvar=False):
+        D_x = super().forward(x, sigma, class_labels)
+        return (D_x, torch.as_tensor(sigma).reshape(-1, 1, 1, 1).log() / 2) if return_logvar else D_x
+
+
+@pytest.mark.parametrize('name', ['edm2_uncond16', 'edm2_cond16_latent'])
+def test_edm2_loss_matches_edm2(name, monkeypatch):
+    # EDM2's draws (rnd_normal, then noise = randn * sigma) are the fixture's; EDM2's network in eval mode.
+    # Measured on CPU: 1.3e-5 and 3.2e-5 from EDM2's per-element loss (relative to 1 + |loss|).
+    from training.networks_edm2 import EDM2Precond
+    with open(os.path.join(EDM2_FIXTURES, 'manifest.json')) as f:
+        case = json.load(f)[name]
+    net = EDM2Precond(**case['precond_kwargs'], use_fp16=False).eval()
+    weights = np.load(os.path.join(EDM2_FIXTURES, f'{name}.weights.npz'))
+    net.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files})
+    io = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(EDM2_FIXTURES, f'{name}.io.npz')).items()}
+    loss_fn = losses.EDM2Loss(**case['loss_kwargs'])
+    sigma = (io['loss_rnd_normal'] * loss_fn.P_std + loss_fn.P_mean).exp()
+    monkeypatch.setattr(loss_fn, 'sample_sigma', lambda batch, device, generator=None: sigma.reshape(-1))
+    monkeypatch.setattr(losses.pfgmpp, 'sample_noise', lambda shape, s, **kwargs: io['loss_noise'] * s)
+    with torch.no_grad():
+        ours = loss_fn(net, io['loss_images'], io.get('class_labels'))
+    assert float(((ours - io['loss']).abs() / (1 + io['loss'].abs())).max()) <= 1e-4
+
+
+@pytest.mark.parametrize('D', [None, 64.0])
+def test_edm2_loss_is_uncertainty_weighted(D):
+    images = torch.randn([6, 3, 8, 8], generator=gen(40))
+    net = UncertainNet(0.5)
+    out = losses.EDM2Loss(D=D)(net, images, generator=gen(41))
+    sigma = net.sigma.reshape(-1, 1, 1, 1)
+    logvar = sigma.log() / 2
+    weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    torch.testing.assert_close(out, weight / logvar.exp() * (net.x * 0.5 - images) ** 2 + logvar, rtol=1e-6, atol=1e-7)
+    # EDM2's sigma distribution: ln sigma ~ N(-0.4, 1.0^2), drawn before the noise (EDMLoss's order).
+    big = torch.zeros([4000, 1, 2, 2])
+    losses.EDM2Loss(D=D)(net, big, generator=gen(42))
+    assert scipy.stats.kstest(net.sigma.double().log().reshape(-1).numpy(), scipy.stats.norm(-0.4, 1.0).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize('D', [3.0, 512.0])
+def test_edm2_loss_noise_comes_from_the_kernel(D):
+    # With finite D the noise is the PFGM++ kernel's at the drawn sigma (r = sigma sqrt(D)), as for the other losses.
+    net = UncertainNet()
+    losses.EDM2Loss(D=D)(net, torch.zeros([3000, 1, 4, 4]), generator=gen(43))
+    ratio = (net.x.double().reshape(3000, -1).square().sum(1) / (net.sigma.double().reshape(-1) ** 2 * D)).numpy()
+    assert scipy.stats.kstest(ratio, scipy.stats.betaprime(16 / 2, D / 2).cdf).pvalue > 1e-3
+    # The same draws as EDMLoss (same P_mean / P_std): only the per-element formula differs.
+    a, b = UncertainNet(), RecordingNet()
+    losses.EDM2Loss(P_mean=-1.2, P_std=1.2, D=D)(a, torch.ones([4, 3, 4, 4]), generator=gen(44))
+    losses.EDMLoss(D=D)(b, torch.ones([4, 3, 4, 4]), generator=gen(44))
+    assert torch.equal(a.x, b.x) and torch.equal(a.sigma, b.sigma)
+
+
+def test_edm2_loss_refuses_augmentation_labels():
+    pipe = lambda images, generator=None: (images, torch.zeros([len(images), 9]))
+    with pytest.raises(ValueError, match='augmentation'):
+        losses.EDM2Loss()(UncertainNet(), torch.zeros([2, 3, 4, 4]), augment_pipe=pipe, generator=gen(45))

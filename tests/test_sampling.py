@@ -165,6 +165,8 @@ def test_first_sigma_clamps_to_the_network():
     ('ablation', dict(num_steps=6, solver='euler', discretization='vp', schedule='vp', scaling='vp')),
     ('ablation', dict(num_steps=6, discretization='iddpm')),
     ('restart', dict(num_steps=7, restart='2:1:0.5:1.5')),
+    ('edm2', dict(num_steps=7, dtype='float32')),
+    ('edm2', dict(num_steps=5, sigma_min=0.01, sigma_max=200, dtype='float64')),
 ])
 def test_sigma_steps_are_the_levels_each_sampler_steps_from(sampler, kwargs):
     # The noise level at the start of each main step, as the sampler's callback reports it.
@@ -217,6 +219,50 @@ def test_bad_sampler_settings_raise(call, match):
     net = OracleNet(make_data())
     with pytest.raises(ValueError, match=match):
         call(net, torch.zeros([1, 2, 4, 4], dtype=torch.float64))
+
+#----------------------------------------------------------------------------
+# EDM2's sampler: Algorithm 2 as EDM2's generate_images.py runs it (tests/test_generate.py compares its
+# images with EDM2's script written out).
+
+def test_edm2_sampler_in_float64_is_edms_deterministic_sampler():
+    net = OracleNet(make_data(), None, WEIGHTS)
+    latents = draw_prior(net, None, 6, 'edm2', dtype='float64')
+    ours = sampling.edm2_sampler(net, latents, num_steps=9, dtype='float64')
+    assert ours.dtype == torch.float64 and torch.equal(ours, sampling.edm_sampler(net, latents, num_steps=9))
+
+
+def test_edm2_sampler_runs_in_float32_from_its_float32_levels():
+    net = OracleNet(make_data(), None, WEIGHTS)
+    levels = sampling.edm2_sigma_steps(32, 0.002, 80, 7)
+    assert levels.dtype == torch.float32 and sampling.first_sigma(net, 'edm2') == float(levels[0]) != 80.0
+    seen = []
+    x = sampling.edm2_sampler(net, draw_prior(net, None, 4, 'edm2'), num_steps=4, callback=lambda i, t, x: seen.append((t.dtype, x.dtype)))
+    assert x.dtype == torch.float32 and set(seen) == {(torch.float32, torch.float32)} and len(seen) == 5
+    name, settings = sampling.resolve_sampler(dict(dtype='float32'))
+    assert name == 'edm2' and settings['num_steps'] == 18 and generation.nfe(dict(dtype='float32', num_steps=32)) == 63
+    with pytest.raises(ValueError, match='Unknown sampler dtype'):
+        sampling.sampler_settings(net, dict(dtype='float16'))
+    with pytest.raises(ValueError, match="EDM2's sampler .* takes no alpha"):
+        sampling.sampler_settings(net, dict(dtype='float32', alpha=0.1))
+
+
+def test_edm2_sampler_draws_churn_noise_only_where_it_churns():
+    # EDM's sampler draws at every step (gamma = 0 outside [S_min, S_max]); EDM2's only where it churns,
+    # which is what keeps its per-seed streams, and so its images, apart from EDM's.
+    net = OracleNet(make_data(), None, WEIGHTS)
+    latents = draw_prior(net, None, 2, 'edm2')
+    calls = []
+    randn_like = lambda x: (calls.append(1), torch.zeros_like(x))[1]
+    settings = dict(num_steps=10, S_churn=10, S_min=0.5, S_max=5)
+    sampling.edm2_sampler(net, latents, randn_like=randn_like, **settings)
+    churning = [t for t in sampling.edm2_sigma_steps(10, 0.002, 80, 7).tolist() if 0.5 <= t <= 5]
+    assert len(calls) == len(churning) == 2
+    calls.clear()
+    sampling.edm_sampler(net, latents.double(), randn_like=randn_like, **settings)
+    assert len(calls) == 10
+    calls.clear()
+    sampling.edm2_sampler(net, latents, randn_like=randn_like, num_steps=10)
+    assert not calls
 
 #----------------------------------------------------------------------------
 # The registry: a sampler is one entry in sampling.SAMPLERS, and everything else follows from it.

@@ -606,4 +606,125 @@ def test_recipes_are_train_options():
     for name, recipe in presets.RECIPES.items():
         assert set(recipe) <= fields, (name, set(recipe) - fields)
     assert all(launch.DEFAULTS[k] == v for k, v in presets.RECIPES['cifar10'].items())
-    assert presets.RECIPES['quickstart']['D'] == 128.0 and set(presets.ARCHITECTURES) == {'ddpmpp', 'ncsnpp', 'adm'}
+    assert presets.RECIPES['quickstart']['D'] == 128.0 and set(presets.ARCHITECTURES) == {'ddpmpp', 'ncsnpp', 'adm', 'edm2'}
+
+#----------------------------------------------------------------------------
+# EDM2's network and recipe: --arch=edm2 and --preset.
+
+# EDM2's train_edm2.py presets, written out: (channels, lr, decay in batches, dropout, duration in 2^20 images).
+EDM2_PRESETS = {
+    'edm2-img512-xxs': (64, 0.0170, 70000, 0.00, 2048), 'edm2-img512-xs': (128, 0.0120, 70000, 0.00, 2048),
+    'edm2-img512-s': (192, 0.0100, 70000, 0.00, 2048), 'edm2-img512-m': (256, 0.0090, 70000, 0.10, 2048),
+    'edm2-img512-l': (320, 0.0080, 70000, 0.10, 1792), 'edm2-img512-xl': (384, 0.0070, 70000, 0.10, 1280),
+    'edm2-img512-xxl': (448, 0.0065, 70000, 0.10, 896), 'edm2-img64-xs': (128, 0.0120, 35000, 0.00, 1024),
+    'edm2-img64-s': (192, 0.0100, 35000, 0.00, 1024), 'edm2-img64-m': (256, 0.0090, 35000, 0.10, 2048),
+    'edm2-img64-l': (320, 0.0080, 35000, 0.10, 1024), 'edm2-img64-xl': (384, 0.0070, 35000, 0.10, 640),
+}
+# A tiny EDM2 network: 16 channels at 8x8 and 4x4, one block per resolution (no attention: fewer than 64 channels).
+EDM2_TRAIN = [*TINY_TRAIN, '--arch=edm2', '--cbase=16', '--cres=1,1', '--nblock=1']
+
+
+def test_edm2_presets_are_edm2s():
+    assert presets.EDM2_PRESETS == tuple(EDM2_PRESETS)
+    for name, (channels, lr, decay, dropout, duration) in EDM2_PRESETS.items():
+        recipe = presets.RECIPES[name]
+        assert (recipe['arch'], recipe['cbase'], recipe['lr'], recipe['decay'], recipe['dropout'], recipe['batch']) == \
+            ('edm2', channels, lr, decay, dropout, 2048), name
+        assert round(recipe['duration'] * 1e6) == duration << 20 and recipe['augment'] == 0 and recipe['phema'] == '0.05,0.10'
+        assert (recipe['P_mean'], recipe['P_std']) == ((-0.8, 1.6) if 'img64' in name else (-0.4, 1.0))
+
+
+def test_edm2_configuration_from_its_preset_and_the_options(bars_zip, tmp_path):
+    opts = launch.TrainOptions(outdir=str(tmp_path), data=bars_zip, preset='edm2-img64-xs', lr=0.02, D=64)
+    c = launch.setup_training_config(opts, world_size=1)
+    # The preset fills the options left at their defaults; --lr was given, so it stays.
+    assert (opts.arch, opts.batch, opts.lr, opts.cbase, opts.augment, opts.phema, opts.dropout, opts.decay) == \
+        ('edm2', 2048, 0.02, 128, 0, [0.05, 0.1], 0.0, 35000)
+    assert c.network_kwargs == dict(class_name='training.networks_edm2.EDM2Precond', model_channels=128, channel_mult=[1, 2, 3, 4],
+                                    num_blocks=3, attn_resolutions=[16, 8], dropout=0.0, D=64.0, use_fp16=False)
+    assert c.loss_kwargs == dict(class_name='training.loss.EDM2Loss', P_mean=-0.8, P_std=1.6)
+    assert c.optimizer_kwargs == dict(class_name='torch.optim.Adam', betas=[0.9, 0.99], eps=1e-8, lr=0.02)
+    assert c.lr_kwargs == dict(func_name='training.training_loop.learning_rate_schedule', ref_lr=0.02, ref_batches=35000, rampup_Mimg=10.0)
+    assert c.augment_kwargs is None and c.phema_stds == [0.05, 0.1] and c.total_kimg == (1024 << 20) / 1000
+    # --arch=edm2 alone takes edm2-img64-s; --cres/--nblock/--cond-drop map onto EDM2's arguments.
+    opts = launch.TrainOptions(outdir=str(tmp_path), data=bars_zip, arch='edm2', cres=[1, 2], nblock=2, cond=True, cond_drop=0.1)
+    c = launch.setup_training_config(opts, world_size=1)
+    assert opts.preset == 'edm2-img64-s' and c.network_kwargs['model_channels'] == 192
+    assert (c.network_kwargs['channel_mult'], c.network_kwargs['num_blocks'], c.network_kwargs['label_dropout']) == ([1, 2], 2, 0.1)
+    # EDM's configurations are as they were.
+    c = launch.setup_training_config(launch.TrainOptions(outdir=str(tmp_path), data=bars_zip), world_size=1)
+    assert 'lr_kwargs' not in c and c.optimizer_kwargs['betas'] == [0.9, 0.999] and c.loss_kwargs == dict(class_name='training.loss.EDMLoss')
+
+
+def test_an_option_given_wins_over_the_preset_even_at_its_default(bars_zip, tmp_path):
+    # --batch=512 and --dropout=0.13 are train.py's defaults, but given: the preset leaves them.
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', '--preset=edm2-img64-m', '--batch=512', '--dropout=0.13',
+                     '--device=cpu', '--dry-run'])
+    assert result.exit_code == 0 and '"batch": 512,' in result.output and '"dropout": 0.13,' in result.output, result.output
+    assert '"cbase": 256,' in result.output and '"lr": 0.009,' in result.output and '"duration": 2147.483648,' in result.output
+    status = launch.train(outdir=str(tmp_path / 'out'), data=bars_zip, arch='edm2', batch=512, device='cpu', dry_run=True)
+    assert status['status'] == 'dry-run'
+    assert launch.TrainOptions(outdir='x', data='y', arch='edm2', batch=512, given=frozenset({'arch', 'batch'})).batch == 512
+    assert launch.TrainOptions(outdir='x', data='y', arch='edm2', batch=512).batch == 2048  # No record of what was given.
+
+
+def test_edm2_dry_run_says_what_it_trains(bars_zip, tmp_path):
+    result = invoke([f'--outdir={tmp_path / "out"}', f'--data={bars_zip}', *EDM2_TRAIN, '--pfgmpp=1', '--aug_dim=64', '--dry-run'])
+    assert result.exit_code == 0, result.output
+    for text in ("edm with EDM2's uncertainty head", 'EDM2 preset:             edm2-img64-s', 'PFGM++ D:                64.0',
+                 'Post-hoc EMA stds:       0.05, 0.1', 'Blocks per resolution:   1'):
+        assert text in result.output, text
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--preset=edm2-img64-s', '--arch=adm'], 'is an EDM2 preset, for --arch=edm2'),
+    (['--arch=edm2', '--augment=0.3'], 'takes no augmentation labels'),
+    (['--arch=edm2', '--precond=vp'], "uses EDM's preconditioning"),
+    (['--decay=1000'], "option of EDM2's recipe"),
+    (['--P-mean=-0.4'], "option of EDM2's recipe"),
+])
+def test_edm2_options_that_do_not_apply_are_one_line(bars_zip, tmp_path, args, message):
+    out = str(tmp_path / 'out')
+    assert_clean_failure(invoke([f'--outdir={out}', f'--data={bars_zip}', *TINY_TRAIN, *args]), message, out)
+
+
+@pytest.mark.slow
+def test_edm2_with_pfgmpp_trains_resumes_bitwise_and_samples(bars_zip, tmp_path):
+    # train.py --arch=edm2 --pfgmpp=1 --aug_dim=64 with label dropout and the preset's post-hoc EMAs, 4 steps of 16
+    # images, against 2 steps and --resume=auto for the other 2; then generate.py samples its snapshot,
+    # with EDM2's sampler and with classifier-free guidance.
+    common = [f'--data={bars_zip}', *EDM2_TRAIN, '--pfgmpp=1', '--aug_dim=64', '--cond-drop=0.2', '--tick=0.016', '--snap=4', '--dump=2']
+    for name, duration in (('full', 0.000064), ('resumed', 0.000032), ('resumed', 0.000064)):
+        result = train_here([f'--outdir={tmp_path}', f'--name={name}', *common, f'--duration={duration}', '--resume=auto'])
+        assert result.exit_code == 0, result.output
+    assert 'Resuming from' in result.output and 'Network: EDM2Precond/UNet' in result.output
+    final = checkpoint.state_name(0.064)
+    assert_same_states(tmp_path / 'full' / final, tmp_path / 'resumed' / final)
+    a, b = (torch.load(tmp_path / run / final, weights_only=True) for run in ('full', 'resumed'))
+    assert a['phema']['stds'] == [0.05, 0.1] and all(torch.equal(x[k], y[k]) for x, y in zip(a['phema']['emas'], b['phema']['emas']) for k in x)
+    options = json.load(open(tmp_path / 'full' / 'training_options.json'))
+    assert (options['arch'], options['preset'], options['D'], options['decay'], options['P_mean'], options['augment']) == \
+        ('edm2', 'edm2-img64-s', 64.0, 35000, -0.8, 0)
+    net, info = checkpoint.load_network(str(tmp_path / 'full' / checkpoint.snapshot_name(0.064)))
+    assert type(net).__name__ == 'EDM2Precond' and net.D == 64.0 and net.init_kwargs['label_dropout'] == 0.2
+    # Training moved the weights: the snapshot is not the initial network.
+    first = torch.load(tmp_path / 'full' / checkpoint.state_name(0.016), weights_only=True)
+    assert any(not torch.equal(t, first['net']['state_dict'][k]) for k, t in a['net']['state_dict'].items())
+    for extra in (['--sampler-dtype=float32'], ['--guidance=2']):
+        result = CliRunner().invoke(generate.main, [f'--network={tmp_path / "full" / checkpoint.snapshot_name(0.064)}', '--seeds=0-3',
+                                                    f'--outdir={tmp_path / ("samples" + str(len(extra[0])))}', '--steps=4', '--device=cpu', *extra])
+        assert result.exit_code == 0 and '4 images written' in result.output, result.output
+
+
+@pytest.mark.slow
+def test_edm2_under_torchrun_resumes_bitwise(bars_zip, tmp_path):
+    # Two ranks on gloo with two accumulation rounds each and dropout: forced weight normalisation in
+    # every forward pass of every rank, and the resumed run still ends where the uninterrupted one does.
+    args = [f'--data={bars_zip}', *EDM2_TRAIN, '--D=64', '--batch=16', '--batch-gpu=4', '--dropout=0.1', '--tick=0.016',
+            '--duration=0.000064', '--snap=4', '--dump=2']
+    result = run_train([f'--outdir={tmp_path}', '--name=ddp', *args], torchrun=True)
+    assert result.returncode == 0 and '4 per rank and round x 2 rounds x 2 ranks' in result.stdout, result.stdout + result.stderr
+    resumed = run_train([f'--outdir={tmp_path}', '--name=resumed', *args, f'--resume={tmp_path / "ddp" / checkpoint.state_name(0.016)}'],
+                        torchrun=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_states(tmp_path / 'ddp' / checkpoint.state_name(0.064), tmp_path / 'resumed' / checkpoint.state_name(0.064))

@@ -1,9 +1,10 @@
-"""Pieces of training/training_loop.py: EMA, learning-rate ramp-up, gradient accumulation and
+"""Pieces of training/training_loop.py: EMA, learning-rate ramp-up and EDM2's schedule, gradient accumulation and
 sanitisation, seeds, the resume architecture check, and the optimizer options (fused Adam on CUDA)."""
 
 import copy
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -46,6 +47,29 @@ def test_learning_rate_rampup():
     assert math.isclose(tl.learning_rate(1e-3, 5000, 10), 5e-4)
     assert tl.learning_rate(1e-3, 20000, 10) == 1e-3
     assert tl.learning_rate(1e-3, 0, 0) == 0 and tl.learning_rate(1e-3, 1, 0) == 1e-3
+
+
+def test_edm2_learning_rate_schedule_is_edm2s():
+    # EDM2's own values (tests/fixtures/edm2_networks/manifest.json): equal to the last bit (required: 1e-12 relative).
+    with open(os.path.join(os.path.dirname(__file__), 'fixtures', 'edm2_networks', 'manifest.json')) as f:
+        cases = json.load(f)['learning_rate_schedule']
+    for case in cases:
+        lr = tl.learning_rate_schedule(case['cur_nimg'], case['batch_size'], case['ref_lr'], case['ref_batches'], case['rampup_Mimg'])
+        assert lr == case['lr'], case
+    # The law: warm-up to ref_lr over rampup_Mimg, then ref_lr / sqrt(t / t_ref) after t_ref steps.
+    assert tl.learning_rate_schedule(5_000_000, 2048, 0.01, 70000, 10) == 0.005
+    assert math.isclose(tl.learning_rate_schedule(4 * 70000 * 2048, 2048, 0.01, 70000, 10), 0.005, rel_tol=1e-15)
+
+
+def test_the_training_loop_follows_the_recipes_schedule():
+    # lr_kwargs names EDM2's schedule; without it, EDM's warm-up of the optimizer's lr.
+    c = dnnlib.EasyDict(optimizer_kwargs=dict(lr=2e-3), lr_rampup_kimg=1, batch_size=64, lr_kwargs=None)
+    training = tl.Training.__new__(tl.Training)
+    training.c, training.cur_nimg = c, 500
+    assert training.learning_rate() == tl.learning_rate(2e-3, 500, 1) == 1e-3
+    c.lr_kwargs = dict(func_name='training.training_loop.learning_rate_schedule', ref_lr=0.01, ref_batches=4, rampup_Mimg=0)
+    training.cur_nimg = 64 * 16
+    assert training.learning_rate() == 0.005
 
 
 def test_accumulation_equals_one_big_batch():

@@ -92,7 +92,8 @@ def checksums(workdir: str) -> dict:
         run(base + ['--name=full', '--duration=0.003'])
         run(base + ['--name=resumed', '--duration=0.0015'])
         run(base + ['--name=resumed', '--duration=0.003', '--resume=auto'])
-        final = 'training-state-000003.pt'
+        # The newest state (names sort in training order): 3 kimg at 32 images per step ends at 3,008 images.
+        final = sorted(name for name in os.listdir(os.path.join(outdir, 'full')) if name.startswith('training-state-'))[-1]
         full = state_checksum(os.path.join(outdir, 'full', final))
         resumed = state_checksum(os.path.join(outdir, 'resumed', final))
         results[name] = dict(uninterrupted=full, resumed=resumed)

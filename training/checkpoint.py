@@ -17,7 +17,7 @@ import torch
 import dnnlib
 from torch_utils import persistence
 from torch_utils.cli import first_line
-from training import networks
+from training import networks, networks_edm2
 
 __all__ = ['SNAPSHOT_FORMAT', 'STATE_FORMAT', 'CheckpointError', 'network_to_dict', 'network_from_dict',
            'save_atomic', 'load_plain', 'kimg_tag', 'kimg_of', 'snapshot_name', 'state_name', 'kimg_from_name', 'samples_dir_name',
@@ -30,7 +30,13 @@ SNAPSHOT_FORMAT = 'pfgmpp-network-snapshot'
 STATE_FORMAT = 'pfgmpp-training-state'
 PHEMA_FORMAT = 'pfgmpp-phema-snapshot'
 FORMAT_VERSION = 1
-NETWORK_CLASSES = {cls.__name__: cls for cls in (networks.VPPrecond, networks.VEPrecond, networks.iDDPMPrecond, networks.EDMPrecond)}
+NETWORK_CLASSES = {cls.__name__: cls for cls in (networks.VPPrecond, networks.VEPrecond, networks.iDDPMPrecond, networks.EDMPrecond,
+                                                  networks_edm2.EDM2Precond)}
+# Legacy class names that are ours under another name: EDM2's preconditioner is `Precond` in its pickles.
+LEGACY_CLASS_NAMES = {'Precond': 'EDM2Precond'}
+# EDM2's encoders: a snapshot's 'encoder' turns the network's output into pixels. Only the standard RGB one
+# (pixel-space models) needs nothing more; a latent model's needs a VAE decoder, which this project lacks.
+PIXEL_ENCODERS = ('StandardRGBEncoder',)
 
 
 class CheckpointError(ValueError):
@@ -151,7 +157,7 @@ def kimg_from_name(name: str) -> Optional[float | int]:
 #----------------------------------------------------------------------------
 # Network snapshots, and loading a network from any checkpoint we know.
 
-SOURCE_KINDS = ('snapshot', 'training-state', 'edm-pickle', 'pfgmpp-training-state')
+SOURCE_KINDS = ('snapshot', 'training-state', 'edm-pickle', 'edm2-pickle', 'pfgmpp-training-state')
 
 
 def save_network_snapshot(path: str, net: torch.nn.Module, kimg: Optional[int] = None, **extra: Any) -> None:
@@ -173,8 +179,8 @@ def load_network(path_or_url: str, allow_pickle: bool = False, device: torch.dev
     """Load the network to sample from, in eval mode without gradients, on `device`, built for its one D.
 
     Reads our network-snapshot-*.pt ('network') and training-state-*.pt (its 'ema'), and, only with
-    allow_pickle, EDM's network-snapshot-*.pkl ('ema') and PFGM++'s training-state-*.pt ('ema' or
-    'net'). D: RECORDED, or the D asked for (None: diffusion), which must agree with a D the file
+    allow_pickle, EDM's and EDM2's network-snapshot-*.pkl ('ema'; EDM2's only for pixel-space models)
+    and PFGM++'s training-state-*.pt ('ema' or 'net'). D: RECORDED, or the D asked for (None: diffusion), which must agree with a D the file
     records and is the network's D where the file records none (legacy EDM files). Returns (net, info)
     with info = {'D': net.D, 'D_recorded': whether the file says which D the network was trained for,
     'kimg': int or None, 'source': one of SOURCE_KINDS, 'path': the local file, 'training_options': the
@@ -229,6 +235,7 @@ def _load_network(path_or_url: str, allow_pickle: bool, device: torch.device | s
             source = 'pfgmpp-training-state'
         else:
             source = 'edm-pickle'
+            check_pixel_space(data, name)
     elif head == b'PK':  # A zip archive (torch.save) whose end, the central directory, is missing.
         raise CheckpointError(f'{name} is an incomplete or damaged checkpoint (a truncated zip archive); copy or download it again, '
                               f'or pass an earlier checkpoint.')
@@ -245,7 +252,19 @@ def _load_network(path_or_url: str, allow_pickle: bool, device: torch.device | s
         keys = ', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f'{name} holds no network (found {keys}); expected EDM\'s dict with \'ema\' or PFGM++\'s with \'net\'.')
     net, D_recorded = network_from_legacy(legacy, name=name, device=device, D_unrecorded=None if D == RECORDED else D)
+    if source == 'edm-pickle' and isinstance(net, networks_edm2.EDM2Precond):
+        source = 'edm2-pickle'
     return net, dict(D=net.D, D_recorded=D_recorded, kimg=kimg, source=source, path=path, training_options=None)
+
+
+def check_pixel_space(data: Any, name: str) -> None:
+    """CheckpointError unless an EDM2 snapshot's 'encoder' (when it has one) is a pixel-space one: a
+    latent model (edm2-img512-*, a StabilityVAEEncoder) makes latents that only the VAE decoder turns
+    into images."""
+    encoder = data.get('encoder') if isinstance(data, dict) else None
+    if encoder is not None and type(encoder).__name__ not in PIXEL_ENCODERS:
+        raise CheckpointError(f'{name} is a latent-space EDM2 model (encoder {type(encoder).__name__}): its latents need the VAE decoder to '
+                              f'become images, which this project does not have yet; use a pixel-space model such as edm2-img64-*.')
 
 
 def _network_from_ours(data: Any, name: str, path: str, kimg: Optional[int], device) -> tuple[torch.nn.Module, dict]:
@@ -271,8 +290,9 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
     """Rebuild a network unpickled from EDM or PFGM++ as our class of the same name: the persistent
     object's recorded constructor arguments (init_args, init_kwargs) with PFGM++'s pfgmpp/D/aug_dim
     turned into our D (D_unrecorded where it records none: EDM's files), then its state dict loaded
-    strictly. Returns (net, D_recorded)."""
-    class_name = type(legacy).__name__
+    strictly. EDM2's `Precond` becomes our EDM2Precond, its float16 weights float32 (with fp16_gains
+    when its gains are float16, so that it computes as EDM2 runs its snapshots). Returns (net, D_recorded)."""
+    class_name = LEGACY_CLASS_NAMES.get(type(legacy).__name__, type(legacy).__name__)
     cls = NETWORK_CLASSES.get(class_name)
     if cls is None or not isinstance(legacy, torch.nn.Module):
         raise CheckpointError(f'{name} holds a {class_name}, not one of {", ".join(NETWORK_CLASSES)}; it cannot be converted.')
@@ -301,6 +321,8 @@ def network_from_legacy(legacy: torch.nn.Module, name: str = 'the file', device:
         D, D_recorded = D_unrecorded, False  # EDM (or PFGM++ without a recorded D): the caller's.
 
     state_dict = {k: v.detach().to('cpu') for k, v in legacy.state_dict().items()}
+    if cls is networks_edm2.EDM2Precond and state_dict.get('unet.out_gain', torch.zeros([])).dtype == torch.float16:
+        init_kwargs['fp16_gains'] = True
     net = network_from_dict(dict(class_name=class_name, init_kwargs=dict(init_kwargs, D=D), state_dict=state_dict), device=device)
     return net, D_recorded
 

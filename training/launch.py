@@ -15,7 +15,7 @@ import dnnlib
 from torch_utils import cli, distributed
 from training import checkpoint, networks, phema
 from training.dataset import ImageFolderDataset
-from training.presets import ARCHITECTURES, PRECONDITIONERS
+from training.presets import ARCHITECTURES, EDM2_PRESETS, EDM2_RECIPE, PRECONDITIONERS, RECIPES
 from training.training_loop import training_loop
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL of sysexits.h: stopped early, try again (--resume=auto).
@@ -31,6 +31,7 @@ class TrainOptions:
     cond: bool = False
     arch: str = 'ddpmpp'
     precond: str = 'edm'
+    preset: Optional[str] = None       # An EDM2 preset (presets.EDM2_PRESETS); after construction, the one in use (or None).
     D: Optional[float] = None          # PFGM++ D (None or inf: diffusion); after construction, the resolved D.
     pfgmpp: Optional[bool] = None      # Published alias (cli.resolve_D); None after construction.
     aug_dim: Optional[float] = None    # Published alias of D; None after construction.
@@ -46,6 +47,9 @@ class TrainOptions:
     nblock: Optional[int] = None
     lr: float = 10e-4
     lr_rampup: float = 10000
+    decay: Optional[float] = None      # EDM2's learning-rate decay t_ref, in batches (--arch=edm2 only).
+    P_mean: Optional[float] = None     # EDM2's lognormal sigma (--arch=edm2 only).
+    P_std: Optional[float] = None
     ema: float = 0.5
     ema_rampup: float = 0.05
     phema: Optional[list] = None
@@ -72,14 +76,35 @@ class TrainOptions:
     resume: Optional[str] = None
     allow_pickle: bool = False
     dry_run: bool = False
+    given: dataclasses.InitVar[Optional[frozenset]] = None  # The options given (train()); None: those not at their defaults.
 
-    def __post_init__(self):
-        """D from --D or its aliases, resolved here once (cli.resolve_D); D None means diffusion."""
+    def __post_init__(self, given: Optional[frozenset]):
+        """The EDM2 preset applied (apply_preset), and D from --D or its aliases, resolved here once
+        (cli.resolve_D); D None means diffusion."""
+        apply_preset(self, given)
         _given, self.D = cli.resolve_D(self.D, self.pfgmpp, self.aug_dim)
         self.pfgmpp = self.aug_dim = None
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
+LIST_OPTIONS = {'cres': cli.parse_int_list, 'phema': cli.parse_float_list}  # Recipes hold these as the command line does.
+
+
+def apply_preset(opts: TrainOptions, given: Optional[frozenset] = None) -> None:
+    """--preset NAME, or for --arch=edm2 without one EDM2_RECIPE's default: the preset's options
+    (training/presets.py RECIPES) replace those not `given` (without that record: those at their
+    defaults), its arch, edm2, too. ValueError for an unknown preset and for one given with another --arch."""
+    if opts.preset is None and opts.arch != 'edm2':
+        return
+    name = opts.preset or EDM2_RECIPE['default_preset']
+    if name not in EDM2_PRESETS:
+        raise ValueError(f'Unknown --preset={name}; choose one of {", ".join(EDM2_PRESETS)}.')
+    for key, value in RECIPES[name].items():
+        if (key not in given) if given is not None else (getattr(opts, key) == DEFAULTS[key]):
+            setattr(opts, key, LIST_OPTIONS[key](value) if key in LIST_OPTIONS and isinstance(value, str) else value)
+    if opts.arch != 'edm2':
+        raise ValueError(f'--preset={name} is an EDM2 preset, for --arch=edm2, not --arch={opts.arch}; drop one of them.')
+    opts.preset = name
 
 #----------------------------------------------------------------------------
 # Configuration: the training_loop() arguments.
@@ -91,7 +116,7 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
     if opts.sigma_scale <= 0:
         raise ValueError(f'--sigma-scale must be > 0, got {opts.sigma_scale}.')
     c.dataset_kwargs = dict(path=opts.data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
-    network_class, loss_class = PRECONDITIONERS[opts.precond]
+    network_class, loss_class = network_and_loss(opts)
     c.network_kwargs = dict(class_name=network_class, **ARCHITECTURES[opts.arch])
     if opts.cbase is not None:
         c.network_kwargs['model_channels'] = opts.cbase
@@ -110,6 +135,8 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
     if opts.sigma_scale != 1:
         c.loss_kwargs['sigma_scale'] = opts.sigma_scale
     c.optimizer_kwargs = dict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
+    if opts.arch == 'edm2':
+        setup_edm2_recipe(opts, c)
     c.augment_kwargs = None
     if opts.augment:
         c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', p=opts.augment, xflip=1e8, yflip=1,
@@ -124,6 +151,34 @@ def setup_training_config(opts: TrainOptions, world_size: int) -> dnnlib.EasyDic
              precision=resolve_precision(opts), channels_last=opts.channels_last, compile=opts.compile,
              stf_rbatch=(opts.rbatch - batch_gpu) if opts.stf else None)
     return c
+
+
+def network_and_loss(opts: TrainOptions) -> tuple[str, str]:
+    """The preconditioner's and the loss's class names: --precond's for EDM's architectures, EDM2's own
+    for --arch=edm2 (EDM's preconditioning with the uncertainty head); ValueError for options that
+    only one of them takes."""
+    if opts.arch != 'edm2':
+        for name, value in (('--decay', opts.decay), ('--P-mean', opts.P_mean), ('--P-std', opts.P_std)):
+            if value is not None:
+                raise ValueError(f'{name} is an option of EDM2\'s recipe, for --arch=edm2; drop it for --arch={opts.arch}.')
+        return PRECONDITIONERS[opts.precond]
+    if opts.precond != 'edm':
+        raise ValueError(f'--arch=edm2 uses EDM\'s preconditioning (with EDM2\'s uncertainty head), not --precond={opts.precond}; drop --precond.')
+    if opts.augment:
+        raise ValueError(f'--augment={opts.augment:g}: EDM2\'s network takes no augmentation labels, so --arch=edm2 trains without '
+                         f'EDM\'s augmentation; pass --augment=0 (--xflip=1 flips the dataset).')
+    return EDM2_RECIPE['network_class'], EDM2_RECIPE['loss_class']
+
+
+def setup_edm2_recipe(opts: TrainOptions, c: dnnlib.EasyDict) -> None:
+    """EDM2's recipe in the training_loop() arguments: fp32 unless --precision says otherwise (EDM2's
+    use_fp16 off), the loss's lognormal sigma, Adam with betas (0.9, 0.99), and EDM2's learning-rate
+    schedule with --lr as alpha_ref, --decay as t_ref (batches) and --lr-rampup as its warm-up."""
+    c.network_kwargs['use_fp16'] = False
+    c.loss_kwargs.update({key: value for key, value in (('P_mean', opts.P_mean), ('P_std', opts.P_std)) if value is not None})
+    c.optimizer_kwargs = dict(EDM2_RECIPE['optimizer_kwargs'], lr=opts.lr)
+    c.lr_kwargs = dict(func_name=EDM2_RECIPE['lr_func'], ref_lr=opts.lr, ref_batches=opts.decay if opts.decay is not None else 0,
+                       rampup_Mimg=opts.lr_rampup / 1000)
 
 
 def check_batch(opts: TrainOptions, world_size: int) -> int:
@@ -163,9 +218,11 @@ def ema_rampup_ratio(opts: TrainOptions) -> Optional[float]:
 
 
 def num_blocks(opts: TrainOptions) -> int:
-    """Residual blocks per resolution: --nblock, or the architecture's default (SongUNet 4, DhariwalUNet 3)."""
+    """Residual blocks per resolution: --nblock, or the architecture's default (SongUNet 4, DhariwalUNet 3, EDM2 3)."""
     if opts.nblock is not None:
         return opts.nblock
+    if 'num_blocks' in ARCHITECTURES[opts.arch]:
+        return ARCHITECTURES[opts.arch]['num_blocks']
     model_class = networks.MODEL_TYPES[ARCHITECTURES[opts.arch]['model_type']]
     return inspect.signature(model_class).parameters['num_blocks'].default
 
@@ -283,7 +340,10 @@ def print_summary(opts: TrainOptions, c: dnnlib.EasyDict, options: dict, run_dir
     print(f'Class-conditional:       {opts.cond}{f" (labels dropped with probability {opts.cond_drop:g})" if opts.cond_drop else ""}')
     print(f'Network architecture:    {opts.arch}')
     print(f'Blocks per resolution:   {num_blocks(opts)}')
-    print(f'Preconditioning & loss:  {opts.precond}')
+    edm2 = " with EDM2's uncertainty head, loss and learning-rate schedule" if opts.arch == 'edm2' else ''
+    print(f'Preconditioning & loss:  {opts.precond}{edm2}')
+    if opts.preset:
+        print(f'EDM2 preset:             {opts.preset} (its options where none were given)')
     print(f'PFGM++ D:                {opts.D if opts.D is not None else "infinity (diffusion)"}')
     print(f'Number of ranks:         {world_size}')
     print(f'Batch size:              {c.batch_size}')
@@ -302,7 +362,7 @@ def train(**kwargs) -> dict:
     from Python. Returns {'status': 'done' | 'stopped' | 'dry-run', 'run_dir', 'cur_nimg'}; raises
     ValueError / OSError for bad options and files, with one sentence."""
     try:
-        opts = TrainOptions(**kwargs)
+        opts = TrainOptions(**kwargs, given=frozenset(kwargs))
     except TypeError as err:
         raise ValueError(f'train(): {err}') from None
     device = distributed.init(opts.device)

@@ -1,6 +1,7 @@
-"""Training losses: EDM's VP, VE and EDM formulations (Karras et al., 2022, Table 1), with the noise
-drawn from the PFGM++ kernel. D=None is the diffusion model and reproduces EDM's losses exactly;
-a finite D changes only the noise, through training.pfgmpp.sample_noise."""
+"""Training losses: EDM's VP, VE and EDM formulations (Karras et al., 2022, Table 1) and EDM2's loss with
+learned uncertainty (Karras et al., 2024), with the noise drawn from the PFGM++ kernel. D=None is the
+diffusion model and reproduces EDM's and EDM2's losses exactly; a finite D changes only the noise,
+through training.pfgmpp.sample_noise."""
 
 from typing import Optional
 
@@ -48,7 +49,7 @@ class _DenoisingLoss:
         weight = self.weight(sigma)
         y, augment_labels = augment_pipe(images, generator=generator) if augment_pipe is not None else (images, None)
         n = pfgmpp.sample_noise(y.shape, sigma, D=self.D, generator=generator, device=y.device).to(y.dtype)
-        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
+        D_yn, logvar = self.denoise(net, y + n, sigma, labels, augment_labels)
         target = y
         if reference_images is not None:
             others = reference_images.to(y.dtype)
@@ -56,6 +57,16 @@ class _DenoisingLoss:
                 others, _ = augment_pipe(others, generator=generator)
             reference = torch.cat([y, others.to(y.dtype)]).detach()
             target = pfgmpp.ideal_denoiser((y + n).detach(), sigma, reference, D=self.D)
+        return self.per_element(weight, D_yn, target, logvar)
+
+    def denoise(self, net, x: torch.Tensor, sigma: torch.Tensor, labels: Optional[torch.Tensor],
+                augment_labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(D_theta(x; sigma), None): the network's denoised images, and no uncertainty."""
+        return net(x, sigma, labels, augment_labels=augment_labels), None
+
+    def per_element(self, weight: torch.Tensor, D_yn: torch.Tensor, target: torch.Tensor,
+                    logvar: Optional[torch.Tensor]) -> torch.Tensor:
+        """lambda(sigma) |D_theta - target|^2 per element."""
         return weight * ((D_yn - target) ** 2)
 
 
@@ -116,3 +127,29 @@ class EDMLoss(_DenoisingLoss):
 
     def weight(self, sigma):
         return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+
+#----------------------------------------------------------------------------
+# EDM2 (Karras et al., 2024): EDM's lognormal sigma and weighting (with EDM2's P_mean = -0.4,
+# P_std = 1.0), each sigma's loss divided by the learned exp(u(sigma)) plus u(sigma).
+
+class EDM2Loss(EDMLoss):
+    """lambda(sigma) / exp(u(sigma)) |D_theta(y + n; sigma) - y|^2 + u(sigma) per element, with u the
+    network's uncertainty head (training.networks_edm2.EDM2Precond, return_logvar=True), so that the
+    loss of every noise level is normalised by its own expected magnitude. The draws are EDMLoss's:
+    ln sigma ~ N(P_mean, P_std^2), then the noise from the PFGM++ kernel at sigma for the network's D
+    (EDM2's Gaussian for D=None). EDM2's network takes no augmentation labels."""
+
+    def __init__(self, P_mean: float = -0.4, P_std: float = 1.0, sigma_data: float = 0.5, D: Optional[float] = None,
+                 sigma_scale: float = 1):
+        super().__init__(P_mean, P_std, sigma_data, D, sigma_scale)
+
+    def denoise(self, net, x, sigma, labels, augment_labels):
+        if augment_labels is not None:
+            raise ValueError("EDM2's network takes no augmentation labels; train it without an augmentation pipe (--augment=0).")
+        return net(x, sigma, labels, return_logvar=True)
+
+    def per_element(self, weight, D_yn, target, logvar):
+        """(lambda / exp(u)) |D_theta - target|^2 + u, according to Equation 21 (with Equations 14 to 16)."""
+        return (weight / logvar.exp()) * ((D_yn - target) ** 2) + logvar
+
+#----------------------------------------------------------------------------

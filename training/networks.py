@@ -644,9 +644,11 @@ class Preconditioner(torch.nn.Module):
 
 def records_init_kwargs(cls: type) -> type:
     """Class decorator: after __init__, `self.init_kwargs` holds every constructor argument by name
-    (with **model_kwargs merged in), a plain dict that checkpoints store beside the state dict."""
+    (with the **keyword arguments, e.g. **model_kwargs, merged in), a plain dict that checkpoints store
+    beside the state dict."""
     init = cls.__init__
     signature = inspect.signature(init)
+    var_keyword = next((p.name for p in signature.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD), None)
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
@@ -654,7 +656,7 @@ def records_init_kwargs(cls: type) -> type:
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         arguments.pop('self')
-        arguments.update(arguments.pop('model_kwargs', {}))
+        arguments.update(arguments.pop(var_keyword, {}) if var_keyword else {})
         init(self, *args, **kwargs)
         self.init_kwargs = copy.deepcopy(arguments)
 

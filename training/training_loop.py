@@ -13,6 +13,7 @@ optimisation step, the EMA update, the tick report, and checkpointing.
 import contextlib
 import copy
 import json
+import math
 import os
 import signal
 import time
@@ -42,6 +43,21 @@ def ema_beta(cur_nimg: int, batch_size: int, ema_halflife_kimg: float, ema_rampu
 def learning_rate(base_lr: float, cur_nimg: int, lr_rampup_kimg: float) -> float:
     """Linear warm-up from 0 to base_lr over the first lr_rampup_kimg thousand images."""
     return base_lr * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+
+
+def learning_rate_schedule(cur_nimg: int, batch_size: int, ref_lr: float = 100e-4, ref_batches: float = 70e3,
+                           rampup_Mimg: float = 10) -> float:
+    """EDM2's learning rate after cur_nimg images: the inverse square-root decay
+    alpha = ref_lr / sqrt(max(t / t_ref, 1)) that EDM2 introduces with forced weight normalisation
+    (Equation 66), with t = cur_nimg / batch_size steps and t_ref = ref_batches (0: no decay), times a
+    linear warm-up over the first rampup_Mimg million images (0: none). Computed in EDM2's order of
+    operations, so the values are EDM2's."""
+    lr = ref_lr
+    if ref_batches > 0:
+        lr /= math.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
+    if rampup_Mimg > 0:
+        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
+    return lr
 
 
 @torch.no_grad()
@@ -162,7 +178,7 @@ class Training:
                                                  img_channels=self.dataset.num_channels, label_dim=self.dataset.label_dim)
         net.train().requires_grad_(True).to(self.device)
         precision_lib.prepare_network(net, c.precision, channels_last=c.channels_last)
-        self.log(f'Network: {type(net).__name__}/{net.init_kwargs.get("model_type")}, {sum(p.numel() for p in net.parameters()):,} parameters, D={net.D}')
+        self.log(f'Network: {type(net).__name__}/{net.init_kwargs.get("model_type", "UNet")}, {sum(p.numel() for p in net.parameters()):,} parameters, D={net.D}')
         self.log(f'Precision: {c.precision}{", channels-last" if c.channels_last else ""}{", torch.compile" if c.compile else ""}')
         self.loss_fn = make_loss(c.loss_kwargs, net)
         self.optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_options(c.optimizer_kwargs, self.device))
@@ -241,7 +257,7 @@ class Training:
                                  grad_scaler=self.grad_scaler, no_sync_module=self.ddp_module,
                                  augment_pipe=self.augment_pipe, generator=self.loss_generator)
         for group in self.optimizer.param_groups:
-            group['lr'] = learning_rate(c.optimizer_kwargs['lr'], self.cur_nimg, c.lr_rampup_kimg)
+            group['lr'] = self.learning_rate()
         if self.grad_scaler is not None:
             # Unscaling records whether fp16 overflowed; the step is then skipped and the scale lowered.
             self.grad_scaler.unscale_(self.optimizer)
@@ -251,6 +267,15 @@ class Training:
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    def learning_rate(self) -> float:
+        """The step's learning rate, at cur_nimg images before it: EDM's warm-up to the optimizer's lr
+        over lr_rampup_kimg, or the schedule lr_kwargs names (EDM2's learning_rate_schedule)."""
+        c = self.c
+        if c.lr_kwargs is None:
+            return learning_rate(c.optimizer_kwargs['lr'], self.cur_nimg, c.lr_rampup_kimg)
+        kwargs = dict(c.lr_kwargs)
+        return dnnlib.get_obj_by_name(kwargs.pop('func_name'))(cur_nimg=self.cur_nimg, batch_size=c.batch_size, **kwargs)
 
     def update_averages(self) -> None:
         """The averages of the weights after a step: the EMA (EDM's half-life with ramp-up) and the
@@ -379,6 +404,7 @@ def training_loop(
     ema_rampup_ratio: Optional[float] = 0.05,  # EMA ramp-up: half-life at most cur_nimg * ratio.
     phema_stds: Optional[list] = None,      # Post-hoc EMA: relative stds of the power-function profiles to track.
     lr_rampup_kimg: float = 10000,          # Learning-rate warm-up, kimg.
+    lr_kwargs: Optional[dict] = None,       # func_name (e.g. training.training_loop.learning_rate_schedule, EDM2's) and its arguments; None = EDM's warm-up.
     loss_scaling: float = 1,                # Multiplier of the loss before backpropagation.
     kimg_per_tick: float = 50,              # Progress line, statistics and checks every this many kimg.
     snapshot_ticks: Optional[int] = 50,     # Network snapshot every this many ticks, None = never.
