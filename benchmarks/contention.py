@@ -2,14 +2,15 @@
 
     python -m benchmarks.contention                       # About 10 minutes on 2 cores.
     python -m benchmarks.contention --repeats=1 --out=c.json
+    python -m benchmarks.contention --policies=default,PASSIVE --repeats=7   # The default against PASSIVE only.
 
 A competing PyTorch process (matrix products on every core, as another user's job would run) shares
 the CPU while a tiny generate.py run (--seeds images of a small network) and a tiny train.py run
 (--kimg of 16x16 images) are timed under each policy: the commands' default (torch_utils/threads.py:
 PASSIVE unless set), OMP_WAIT_POLICY=PASSIVE and ACTIVE set by hand, and GNU OpenMP's own default
 (OMP_WAIT_POLICY set but empty, which it ignores). The same runs without the competitor show what
-each policy costs on an idle machine. Runs alternate between policies, and the median of --repeats
-is reported. One JSON record (--out) and a table on stdout."""
+each policy costs on an idle machine. Runs alternate between policies (in a rotated order each
+repeat), and the median of --repeats is reported; the JSON keeps every run. One JSON record (--out) and a table on stdout."""
 
 import json
 import os
@@ -71,38 +72,47 @@ def commands(folder: str, seeds: int, kimg: float) -> dict:
     }
 
 
-def measure(cmds: dict, repeats: int, competitor: bool) -> dict:
-    """{command: {policy: median seconds}} with or without the competing process."""
-    times = {name: {policy: [] for policy in POLICIES} for name in cmds}
+def measure(cmds: dict, policies: list[str], repeats: int, competitor: bool) -> dict:
+    """{command: {policy: {'median': seconds, 'runs': [seconds, ...]}}} with or without the competing
+    process. Each repeat runs the policies in a rotated order, so that none always goes first."""
+    times = {name: {policy: [] for policy in policies} for name in cmds}
     proc = subprocess.Popen([sys.executable, '-c', COMPETITOR]) if competitor else None
     try:
         run = 0
-        for _ in range(repeats):
+        for repeat in range(repeats):
+            order = policies[repeat % len(policies):] + policies[:repeat % len(policies)]
             for name, make in cmds.items():
-                for policy in POLICIES:
+                for policy in order:
                     run += 1
                     times[name][policy].append(timed(make(f'{int(competitor)}-{run}'), environment(policy)))
     finally:
         if proc is not None:
             proc.kill()
             proc.wait()
-    return {name: {policy: statistics.median(t) for policy, t in by_policy.items()} for name, by_policy in times.items()}
+    return {name: {policy: dict(median=statistics.median(t), runs=t) for policy, t in by_policy.items()}
+            for name, by_policy in times.items()}
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.option('--repeats', help='Runs per command and policy (the median is reported)', type=click.IntRange(min=1), default=3, show_default=True)
 @click.option('--seeds', help='Images generate.py draws per run', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--kimg', help='Training length per train.py run', type=click.FloatRange(min=0.016), default=0.4, show_default=True)
+@click.option('--policies', help='Policies to time, of ' + ', '.join(POLICIES), type=str, default=','.join(POLICIES), show_default=True)
 @click.option('--out', help='Write the record to this JSON file', type=str, default=None)
-def main(repeats: int, seeds: int, kimg: float, out: str) -> None:
+def main(repeats: int, seeds: int, kimg: float, policies: str, out: str) -> None:
+    chosen = [p for p in policies.split(',') if p]
+    unknown = sorted(set(chosen) - set(POLICIES))
+    if not chosen or unknown:
+        raise click.BadParameter(f'unknown policies {unknown}; choose from {", ".join(POLICIES)}', param_hint='--policies')
     with tempfile.TemporaryDirectory() as folder:
         cmds = commands(folder, seeds, kimg)
         record = dict(cpus=os.cpu_count(), repeats=repeats, seeds=seeds, kimg=kimg,
-                      contended=measure(cmds, repeats, competitor=True), idle=measure(cmds, repeats, competitor=False))
-    print(f'{"command":<13}{"load":<11}' + ''.join(f'{p:>14}' for p in POLICIES) + '   (median seconds)')
+                      policies=chosen, contended=measure(cmds, chosen, repeats, competitor=True),
+                      idle=measure(cmds, chosen, repeats, competitor=False))
+    print(f'{"command":<13}{"load":<11}' + ''.join(f'{p:>14}' for p in chosen) + '   (median seconds)')
     for load in ('contended', 'idle'):
         for name, by_policy in record[load].items():
-            print(f'{name:<13}{load:<11}' + ''.join(f'{by_policy[p]:>14.1f}' for p in POLICIES))
+            print(f'{name:<13}{load:<11}' + ''.join(f'{by_policy[p]["median"]:>14.1f}' for p in chosen))
     if out:
         with open(out, 'w') as f:
             json.dump(record, f, indent=2)
