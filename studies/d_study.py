@@ -1,7 +1,9 @@
 """The D study of PFGM++ (Xu et al. 2023, Section 5) in one command: for each D and training seed, train a
 model, sample it under the paper's three robustness studies (noise injection alpha, number of sampling
 steps, weight quantisation with the published rule) and score every folder; then tables, a figure and
-a JSON of every cell, each number a mean with its standard error over independently trained models.
+a JSON of every cell: each model's degradation from its own base cell, and each D's paired difference
+from diffusion, as means with standard errors over training seeds. The oracle arm (studies/oracle_arm.py)
+does the same for exact denoisers with a controlled error, without training.
 
     python -m studies.d_study                         # The default grid on the quick start's digits.
     python -m studies.d_study --quick                 # A smaller grid: a smoke test in minutes.
@@ -1097,7 +1099,7 @@ def cmdline(debug: bool, **kwargs):
     for D from 1 to infinity, with no training variance.
 
     \b
-    # The default grid on the quick start's digits (TIME on 2 CPU cores):
+    # The default grid on the quick start's digits (about 45 min on 2 CPU cores):
     python -m studies.d_study --outdir=d-study
     \b
     # A smoke test (minutes):
