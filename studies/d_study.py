@@ -639,6 +639,40 @@ def setting_nfe(grid: Grid, overrides: dict) -> int:
     return generation.nfe({**grid.sampler_kwargs, **overrides})
 
 
+def check_paths(outdir: str, detector: Optional[str]) -> None:
+    """One-line errors for a detector that is not a file and an outdir that is a file."""
+    if detector is not None and not isinstance(detector, str):
+        raise ValueError(f'--detector must be a file path, got {detector!r}.')
+    if detector is not None and not os.path.isfile(detector):
+        raise FileNotFoundError(f'--detector {detector} does not exist; pass a TorchScript or pickle detector file, or leave it out.')
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ValueError(f'--outdir {outdir} is a file; choose a folder.')
+
+
+def describe_grid(grid: Grid, models: list, cells: list) -> str:
+    """The start line's account of the models, settings and oracle cells."""
+    trained = (f'{len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds {cli.format_int_list(grid.seeds)}; '
+               f'{target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples per cell' if models else
+               'no trained models')
+    if grid.oracle is None:
+        return trained
+    per_D = len(oracle_arm.cells_of(grid.oracle)) // len(grid.oracle.D_list)
+    return (f'{trained}; oracle arm: D = {", ".join(map(format_D, grid.oracle.D_list))}, {per_D} cells each of '
+            f'{grid.oracle.num_samples} samples')
+
+
+def run_oracle_stage(oracle_dir: str, data_path: str, grid: Grid, scorer, dev, bar, log_dir: str) -> dict:
+    """The oracle arm as one stage (first: minutes, and no training variance); its record, with beyond_2se."""
+    work = []
+    with captured(os.path.join(log_dir, 'oracle.txt')):
+        record = oracle_arm.run_arm(oracle_dir, data_path, grid.oracle, grid.num_steps, scorer.detector, scorer.ref, scorer.threshold,
+                                    dev, stage=lambda *args: work.append(args))
+    cells_sampled, seconds, cpu_seconds = work[0]
+    bar.stage('oracle', 'arm', cells_sampled, seconds if cells_sampled else None, cpu_seconds)
+    record['beyond_2se'] = oracle_arm.beyond(record)
+    return record
+
+
 def run_d_study(
     outdir: str = 'd-study',                 # Everything goes here.
     data: Optional[str] = None,              # Dataset ZIP/folder; None: the quick start's digits (built if missing).
@@ -666,12 +700,7 @@ def run_d_study(
     bad input, before anything is written into outdir."""
     # Everything that can be checked without work first.
     dev = misc.resolve_device(device)
-    if detector is not None and not isinstance(detector, str):
-        raise ValueError(f'--detector must be a file path, got {detector!r}.')
-    if detector is not None and not os.path.isfile(detector):
-        raise FileNotFoundError(f'--detector {detector} does not exist; pass a TorchScript or pickle detector file, or leave it out.')
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise ValueError(f'--outdir {outdir} is a file; choose a folder.')
+    check_paths(outdir, detector)
     arm = dict(oracle_D=oracle_D, oracle_eps=oracle_eps, oracle_kappa=oracle_kappa, oracle_samples=oracle_samples)
     resolve_grid(quick, D_list, seeds, kimg, num_samples, studies, alphas, steps_list, bits, num_steps, **arm)  # Fail fast, before any work.
     data_path = ensure_digits_dataset(data)
@@ -709,24 +738,9 @@ def run_d_study(
     bar = Progress(pending, total_stages=3 * len(models) + (grid.oracle is not None), enabled=progress,
                    log_path=os.path.join(outdir, 'timing.jsonl'))
     if progress:
-        arm_line = '' if grid.oracle is None else (
-            f'; oracle arm: D = {", ".join(map(format_D, grid.oracle.D_list))}, {len(oracle_arm.cells_of(grid.oracle)) // len(grid.oracle.D_list)} '
-            f'cells each of {grid.oracle.num_samples} samples')
-        trained_line = (f'{len(models)} models (D = {", ".join(map(format_D, grid.D_list))}; training seeds {cli.format_int_list(grid.seeds)}; '
-                        f'{target_kimg(grid.kimg)} kimg each), {len(cells)} settings, {grid.num_samples} samples per cell' if trained else
-                        'no trained models')
-        print(f'D study in {outdir}: {trained_line}{arm_line}; scoring: {describe_scoring(scoring_info)}. Stage output goes to {log_dir}/.',
-              flush=True)
-
-    arm_record = None
-    if grid.oracle is not None:  # First: minutes, and no training variance.
-        work = []
-        with captured(os.path.join(log_dir, 'oracle.txt')):
-            arm_record = oracle_arm.run_arm(oracle_dir, data_path, grid.oracle, grid.num_steps, scorer.detector, scorer.ref, scorer.threshold,
-                                            dev, stage=lambda *args: work.append(args))
-        cells_sampled, seconds, cpu_seconds = work[0]
-        bar.stage('oracle', 'arm', cells_sampled, seconds if cells_sampled else None, cpu_seconds)
-        arm_record['beyond_2se'] = oracle_arm.beyond(arm_record)
+        print(f'D study in {outdir}: {describe_grid(grid, models, cells)}; scoring: {describe_scoring(scoring_info)}. '
+              f'Stage output goes to {log_dir}/.', flush=True)
+    arm_record = None if grid.oracle is None else run_oracle_stage(oracle_dir, data_path, grid, scorer, dev, bar, log_dir)
     scores = {}
     for m in models:
         log_path = os.path.join(log_dir, f'{m.name}.txt')
