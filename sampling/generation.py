@@ -37,19 +37,28 @@ def sample_batch(net, seeds: Sequence[int], sampler_kwargs: Optional[dict] = Non
     (pfgmpp.sample_prior), a class label uniform over label_dim (conditional networks; replaced by
     class_idx if given), then the sampler's noise. The sampler is sampling.choose_sampler()'s, run with
     its settings (sampling.resolve_sampler) and its extra inputs (SamplerSpec.extra_inputs)."""
+    check_class_idx(net, class_idx)
+    spec, settings, rnd, latents, class_labels = draw_start(net, seeds, sampler_kwargs, class_idx, device)
+    extra = {argument: make(net, rnd) for argument, make in spec.extra_inputs.items()}
+    return spec.fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **settings, **extra)
+
+
+def draw_start(net, seeds: Sequence[int], sampler_kwargs: Optional[dict], class_idx: Optional[int],
+               device: torch.device | str, label_dtype: torch.dtype = torch.float32) -> tuple:
+    """The sampler and what each seed draws before sampling: (spec, settings, rnd, latents,
+    class_labels). Per seed, from its own generator: the prior for net.D at the sampler's first noise
+    level, then a class label uniform over net.label_dim (drawn also when class_idx replaces it, so a
+    seed's stream never depends on --class); class_labels is None for an unconditional network."""
     name, settings = sampling.resolve_sampler(sampler_kwargs)
     spec = sampling.SAMPLERS[name]
     rnd = StackedRandomGenerator(device, seeds)
     latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], spec.first_sigma(net, settings), net.D)
     class_labels = None
     if net.label_dim:
-        class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
-    if class_idx is not None:
-        check_class_idx(net, class_idx)
-        class_labels[:, :] = 0
-        class_labels[:, class_idx] = 1
-    extra = {argument: make(net, rnd) for argument, make in spec.extra_inputs.items()}
-    return spec.fn(net, latents, class_labels, randn_like=rnd.randn_like, callback=callback, **settings, **extra)
+        drawn = rnd.randint(net.label_dim, size=[len(seeds)], device=device)
+        classes = drawn if class_idx is None else torch.full_like(drawn, class_idx)
+        class_labels = torch.eye(net.label_dim, dtype=label_dtype, device=device)[classes]
+    return spec, settings, rnd, latents, class_labels
 
 
 def check_class_idx(net, class_idx: Optional[int]) -> None:

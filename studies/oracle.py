@@ -62,9 +62,7 @@ import torch
 import dnnlib
 from metrics import digits as digits_detector
 from sampling import generation, provenance
-from sampling import samplers as sampling
 from torch_utils import cli, image_io
-from torch_utils.rng import StackedRandomGenerator
 from training import pfgmpp
 from training.dataset import ImageFolderDataset
 
@@ -256,15 +254,7 @@ def sample_oracle_batch(net: ExactDenoiser, seeds: Sequence[int], class_idx: Opt
     then the sampler's noise and the error's z, interleaved as the sampler calls the denoiser."""
     if class_idx is not None and not 0 <= class_idx < net.label_dim:
         raise ValueError(f'Class {class_idx} is not one of the oracle\'s {net.label_dim} classes; pass None to sample without a class.')
-    name, settings = sampling.resolve_sampler(sampler_kwargs)
-    spec = sampling.SAMPLERS[name]
-    rnd = StackedRandomGenerator(device, seeds)
-    latents = rnd.prior([net.img_channels, net.img_resolution, net.img_resolution], spec.first_sigma(net, settings), net.D)
-    class_labels = None
-    if net.label_dim:
-        drawn = rnd.randint(net.label_dim, size=[len(seeds)], device=device)
-        classes = drawn if class_idx is None else torch.full_like(drawn, class_idx)
-        class_labels = torch.eye(net.label_dim, dtype=torch.float64, device=device)[classes]
+    spec, settings, rnd, latents, class_labels = generation.draw_start(net, seeds, sampler_kwargs, class_idx, device, torch.float64)
     denoiser = PerturbedDenoiser(net, error_kind, strength, rnd.randn_like)
     extra = {argument: make(denoiser, rnd) for argument, make in spec.extra_inputs.items()}
     with torch.no_grad():

@@ -567,6 +567,16 @@ def prepare_inputs(x: torch.Tensor, sigma: SigmaLike, class_labels: Optional[tor
         class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
     return x, sigma, class_labels
 
+def precision_region(device: torch.device, amp_dtype: Optional[torch.dtype], force_fp32: bool):
+    """Where a network's forward pass runs: float32 when forced, else autocast to amp_dtype (--precision),
+    else as it is."""
+    if force_fp32:
+        return float32_region(device.type)
+    if amp_dtype is not None:
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+    return contextlib.nullcontext()
+
+
 def model_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
     """float16 only when use_fp16, not force_fp32, and running on CUDA (as EDM); float32 otherwise."""
     return torch.float16 if (use_fp16 and not force_fp32 and device.type == 'cuda') else torch.float32
@@ -625,13 +635,7 @@ class Preconditioner(torch.nn.Module):
                   force_fp32: bool, **model_kwargs) -> torch.Tensor:
         """F(x_in, c_noise, class_labels) as float32."""
         dtype = model_dtype(self.use_fp16, force_fp32, x_in.device)
-        if force_fp32:
-            region = float32_region(x_in.device.type)
-        elif self.amp_dtype is not None:
-            region = torch.autocast(device_type=x_in.device.type, dtype=self.amp_dtype)
-        else:
-            region = contextlib.nullcontext()
-        with region:
+        with precision_region(x_in.device, self.amp_dtype, force_fp32):
             F_x = self.model(x_in.to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
         return F_x.to(torch.float32)
 

@@ -15,14 +15,13 @@ training mode, and a resumed run repeats the forward passes of the uninterrupted
 rank of a DDP run normalises its identical copy the same way). Eval-mode passes never write.
 """
 
-import contextlib
 import math
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from training.networks import SigmaLike, float32_region, model_dtype, prepare_inputs, records_init_kwargs
+from training.networks import SigmaLike, float32_region, model_dtype, precision_region, prepare_inputs, records_init_kwargs
 from training.pfgmpp import check_D
 
 #----------------------------------------------------------------------------
@@ -370,13 +369,7 @@ class EDM2Precond(torch.nn.Module):
         x, sigma, class_labels = prepare_inputs(x, sigma, class_labels, self.label_dim)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = model_dtype(self.use_fp16, force_fp32, x.device)
-        if force_fp32:
-            region = float32_region(x.device.type)
-        elif self.amp_dtype is not None:
-            region = torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
-        else:
-            region = contextlib.nullcontext()
-        with region:
+        with precision_region(x.device, self.amp_dtype, force_fp32):
             F_x = self.unet((c_in * x).to(dtype), c_noise, class_labels, **unet_kwargs)
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
         if return_logvar:
