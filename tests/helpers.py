@@ -278,16 +278,22 @@ LEGACY_SRC = textwrap.dedent('''\
     ''')
 
 
-def import_legacy_module(folder, monkeypatch):
-    """Write LEGACY_SRC (with a unique tag, so every test has its own source) and import it."""
-    name = f'legacy_networks_{uuid.uuid4().hex[:8]}'
+def import_source(source, prefix, folder, monkeypatch):
+    """Write `source` (formatted with a unique tag, so every test has its own module) into folder and
+    import it; the module leaves sys.modules and sys.path again after the test."""
+    name = f'{prefix}_{uuid.uuid4().hex[:8]}'
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f'{name}.py'), 'w') as f:
-        f.write(LEGACY_SRC.format(tag=name))
+        f.write(source.format(tag=name))
     monkeypatch.syspath_prepend(str(folder))
     module = importlib.import_module(name)
-    monkeypatch.setitem(sys.modules, name, module)  # Removed again after the test.
+    monkeypatch.setitem(sys.modules, name, module)
     return module
+
+
+def import_legacy_module(folder, monkeypatch):
+    """LEGACY_SRC (EDM's classes) as a module of its own."""
+    return import_source(LEGACY_SRC, 'legacy_networks', folder, monkeypatch)
 
 
 def legacy_net(module, seed=0, label_dim=0, **kwargs):
@@ -396,15 +402,8 @@ TINY_EDM2 = dict(model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_reso
 
 
 def import_edm2_module(folder, monkeypatch):
-    """Write EDM2_SRC (with a unique tag) and import it, as import_legacy_module() does for EDM's."""
-    name = f'edm2_networks_{uuid.uuid4().hex[:8]}'
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f'{name}.py'), 'w') as f:
-        f.write(EDM2_SRC.format(tag=name))
-    monkeypatch.syspath_prepend(str(folder))
-    module = importlib.import_module(name)
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
+    """EDM2_SRC (EDM2's classes) as a module of its own."""
+    return import_source(EDM2_SRC, 'edm2_networks', folder, monkeypatch)
 
 
 def edm2_legacy_net(module, seed=0, label_dim=0, img_channels=3, gains=0.3, **kwargs):

@@ -67,14 +67,21 @@ def test_published_rule_matches_fixture():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # The original is untouched.
 
 
-def test_published_rule_on_cifar10_ncsnpp():
-    # The network of the published CIFAR-10 study (EDM's NCSN++ with augment_dim=9), built on the meta
-    # device: the rule keeps 73 of its 421 parameter tensors, 65.1% of the parameters, in the study.
+def cifar10_ncsnpp_on_meta():
+    """The network of the published CIFAR-10 study (EDM's NCSN++, augment_dim 9) on the meta device,
+    and its manifest entry."""
     with open(EDM_MANIFESTS) as f:
         entry = json.load(f)['cifar10-uncond-ncsnpp-edm']
     with torch.device('meta'):
         net = networks.EDMPrecond(img_resolution=entry['img_resolution'], img_channels=entry['img_channels'],
                                   label_dim=entry['label_dim'], **entry['network_kwargs'])
+    return net, entry
+
+
+def test_published_rule_on_cifar10_ncsnpp():
+    # The network of the published CIFAR-10 study (EDM's NCSN++ with augment_dim=9), built on the meta
+    # device: the rule keeps 73 of its 421 parameter tensors, 65.1% of the parameters, in the study.
+    net, entry = cifar10_ncsnpp_on_meta()
     counts = quantization.quantisation_counts(net)
     assert (counts['tensors'], counts['total_tensors']) == (73, 421)
     assert counts['total_params'] == entry['num_parameters']
@@ -152,11 +159,7 @@ def test_scopes_on_a_network():
 def test_finest_scope_is_the_published_rule_at_any_resolution():
     # On CIFAR-10's NCSN++ (32x32) 'finest' selects exactly the published rule's tensors; on 8x8 data
     # it keeps the 8x8 layers exact, which the published '32' rule quantises.
-    with open(EDM_MANIFESTS) as f:
-        entry = json.load(f)['cifar10-uncond-ncsnpp-edm']
-    with torch.device('meta'):
-        net = networks.EDMPrecond(img_resolution=entry['img_resolution'], img_channels=entry['img_channels'],
-                                  label_dim=entry['label_dim'], **entry['network_kwargs'])
+    net, _entry = cifar10_ncsnpp_on_meta()
     assert quantization.quantised_names(net, 'finest') == quantization.quantised_names(net, 'published')
     small = tiny_net(channel_mult=[1, 2])  # Levels at 8x8 and 4x4.
     finest, published = set(quantization.quantised_names(small, 'finest')), set(quantization.quantised_names(small, 'published'))
